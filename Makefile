@@ -1,0 +1,40 @@
+# crossrec: `make demo` and `make test` each set up everything on a fresh machine, then run.
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+# GPU users: make install TORCH_SPEC="torch==2.13.0" PIP_EXTRA="--index-url https://download.pytorch.org/whl/cu128"
+PIP_EXTRA ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.install-stamp
+CONSTRAINTS := $(VENV)/constraints.txt
+
+.PHONY: install demo test test-all lint bench clean
+
+install: $(STAMP) models/all-MiniLM-L6-v2/.crossrec-verified
+
+# torch first, then everything else constrained to that torch (no surprise CUDA download)
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
+	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(CONSTRAINTS)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test]"
+	touch $(STAMP)
+
+models/all-MiniLM-L6-v2/.crossrec-verified: scripts/provision_models.py
+	$(BIN)/python scripts/provision_models.py minilm
+
+demo: install
+	$(BIN)/python scripts/demo.py
+
+test: install
+	$(BIN)/python -m pytest
+
+test-all: install
+	$(BIN)/python -m pytest -m "not gpu"
+
+bench: install
+	$(BIN)/python scripts/bench_encode.py
+
+clean:
+	rm -rf $(VENV) outputs/*/ .pytest_cache

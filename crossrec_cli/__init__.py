@@ -1,0 +1,3 @@
+"""crossrec: cross-domain recommendation with pretrained language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,81 @@
+"""``crossrec <command> [hydra overrides]``: dispatch to one Hydra app per command."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+import uuid
+
+COMMANDS = {
+    "pretrain": "domain-adaptive pretraining of the item tower on item texts",
+    "finetune": "train the recommender on one or more domains, early-stopped on valid NDCG",
+    "transfer": "source -> target transfer with zero-shot, adapted and control runs",
+    "evaluate": "evaluate a baseline or a trained run directory on any domain",
+    "data": "dataset tools: `crossrec data stats domain=X`",
+}
+# a per-process suffix keeps run directories of commands started in the same second apart
+_UID = uuid.uuid4().hex[:6]
+
+
+def usage() -> str:
+    lines = ["usage: crossrec <command> [key=value ...] [-m] [--cfg job]", "", "commands:"]
+    lines += [f"  {name:<9} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "Overrides are Hydra's: e.g. crossrec finetune domain=music adapter=lora trainer.epochs=3"]
+    return "\n".join(lines)
+
+
+def _register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("crossrec_uid"):
+        OmegaConf.register_new_resolver("crossrec_uid", lambda: _UID)
+
+
+def _precheck(config_name: str, overrides: list[str]) -> None:
+    """Compose the config once so a bad override is one line, not Hydra's multi-line report."""
+    from hydra import compose, initialize_config_dir
+
+    from crossrec_cli.commands._common import CONF_DIR
+
+    plain = [o for o in overrides if not o.startswith("hydra.") or o.startswith("hydra.searchpath")]
+    try:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=config_name):
+            compose(config_name=config_name, overrides=plain)
+    except Exception as exc:  # Hydra's composition and override-parsing errors
+        text = str(exc).strip().splitlines() or [type(exc).__name__]
+        cause = str(exc.__cause__).strip().splitlines()[:1] if exc.__cause__ else []
+        m = re.search(r"'([^']+)'", text[0])
+        where = m.group(1) if m else "overrides"
+        problem = "; ".join([text[0]] + cause)
+        hint = next((t for t in text[1:] if t.strip()), "check `crossrec %s --cfg job`" % config_name)
+        print(f"error: config key {where}: {problem}; {hint.strip()}".replace("\n", " "), file=sys.stderr)
+        sys.exit(2)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    cmd = argv.pop(0)
+    if cmd not in COMMANDS:
+        print(f"error: command {cmd!r}: unknown command; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        sys.exit(2)
+    config_name = cmd
+    if cmd == "data":
+        if not argv or argv[0] != "stats":
+            print("error: crossrec data: expected a subcommand; use `crossrec data stats domain=X`", file=sys.stderr)
+            sys.exit(2)
+        argv.pop(0)
+        config_name = "data_stats"
+    _register_resolvers()
+    if not any(a.startswith("-") for a in argv):
+        _precheck(config_name, argv)
+    module = importlib.import_module(f"crossrec_cli.commands.{config_name}")
+    sys.argv = [f"crossrec-{cmd}", *argv]
+    module.app()
+
+
+if __name__ == "__main__":
+    main()

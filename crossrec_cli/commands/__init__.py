@@ -1,0 +1,1 @@
+"""One recipe per subcommand. Only this package and cli.py import Hydra."""

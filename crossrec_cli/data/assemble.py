@@ -1,0 +1,134 @@
+"""Turn raw item rows and interaction rows into a validated, filtered Domain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crossrec_cli.data.domain import Domain, DomainSpec, render_text
+from crossrec_cli.errors import CrossrecError
+
+
+@dataclass
+class RawItems:
+    path: Path
+    ids: list[str]
+    columns: dict[str, list[str]]  # every item column as strings (token_seq joined by spaces)
+    lines: list[int]
+
+
+@dataclass
+class RawInteractions:
+    path: Path
+    users: list[str]
+    items: list[str]
+    lines: list[int]
+    time: list[float] | None = None
+    rating: list[float] | None = None
+
+
+def item_texts(spec: DomainSpec, items: RawItems) -> list[str]:
+    fields = spec.text_fields or [c for c in items.columns if c != spec.item_field]
+    for f in fields:
+        if f not in items.columns:
+            raise CrossrecError(
+                str(items.path), f"text field {f!r} is not a column", f"columns are {list(items.columns)}", line=1
+            )
+    texts = []
+    for row, line in enumerate(items.lines):
+        try:
+            text = render_text(items.columns, fields, spec.text_template, row)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise CrossrecError(
+                f"domain.{spec.name}.text_template", f"cannot render template: {exc}", f"use fields among {fields}"
+            ) from None
+        if not text:
+            raise CrossrecError(
+                str(items.path), f"item {items.ids[row]!r} has no text in {fields}", "every item needs text", line=line
+            )
+        texts.append(text)
+    return texts
+
+
+def assemble(spec: DomainSpec, items: RawItems, inter: RawInteractions) -> Domain:
+    """Validate ids, build the item text and apply the domain's filters."""
+    index: dict[str, int] = {}
+    for iid, line in zip(items.ids, items.lines):
+        if iid in index:
+            raise CrossrecError(str(items.path), f"duplicate item id {iid!r}", "item ids must be unique", line=line)
+        index[iid] = len(index)
+    texts = item_texts(spec, items)
+    item_idx = np.empty(len(inter.items), dtype=np.int64)
+    for k, (iid, line) in enumerate(zip(inter.items, inter.lines)):
+        j = index.get(iid)
+        if j is None:
+            raise CrossrecError(
+                str(inter.path), f"unknown item id {iid!r}", f"not in the item file {items.path.name}", line=line
+            )
+        item_idx[k] = j
+    users, user_idx = np.unique(np.asarray(inter.users, dtype=object), return_inverse=True)
+    # re-number users by first appearance so "first N users" means file order
+    first = np.full(len(users), len(user_idx), dtype=np.int64)
+    np.minimum.at(first, user_idx, np.arange(len(user_idx)))
+    rank = np.empty(len(users), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(users))
+    user_idx = rank[user_idx]
+    user_ids = [str(u) for u in users[np.argsort(first, kind="stable")]]
+    n = len(item_idx)
+    time = np.asarray(inter.time, dtype=np.float64) if inter.time is not None else np.full(n, np.nan)
+    rating = np.asarray(inter.rating, dtype=np.float64) if inter.rating is not None else np.full(n, np.nan)
+    domain = Domain(
+        spec.name, list(items.ids), texts, items.columns, user_ids,
+        user_idx.astype(np.int64), item_idx, time, rating, origin=str(inter.path.parent),
+    )
+    return apply_filters(domain, spec)
+
+
+def _keep(domain: Domain, mask: np.ndarray) -> Domain:
+    """Keep interactions where ``mask``; drop users left without any."""
+    kept_users, new_user = np.unique(domain.inter_user[mask], return_inverse=True)
+    return Domain(
+        domain.name, domain.item_ids, domain.item_text, domain.item_columns,
+        [domain.user_ids[u] for u in kept_users], new_user.astype(np.int64),
+        domain.inter_item[mask], domain.inter_time[mask], domain.inter_rating[mask],
+        domain.given_split, domain.origin,
+    )
+
+
+def _keep_items(domain: Domain, keep: np.ndarray) -> Domain:
+    new_index = np.cumsum(keep) - 1
+    cols = {c: [v for v, k in zip(vals, keep) if k] for c, vals in domain.item_columns.items()}
+    return Domain(
+        domain.name, [i for i, k in zip(domain.item_ids, keep) if k],
+        [t for t, k in zip(domain.item_text, keep) if k], cols, domain.user_ids, domain.inter_user,
+        new_index[domain.inter_item], domain.inter_time, domain.inter_rating, domain.given_split, domain.origin,
+    )
+
+
+def apply_filters(domain: Domain, spec: DomainSpec) -> Domain:
+    f = spec.filters
+    if f.min_rating is not None:
+        if np.isnan(domain.inter_rating).all():
+            raise CrossrecError(f"domain.{spec.name}.filters.min_rating", "the domain has no ratings", "remove the filter")
+        domain = _keep(domain, domain.inter_rating >= f.min_rating)
+    if f.user_core > 0 or f.item_core > 0:
+        while True:
+            uc = np.bincount(domain.inter_user, minlength=domain.n_users)
+            ic = np.bincount(domain.inter_item, minlength=domain.n_items)
+            mask = (uc[domain.inter_user] >= f.user_core) & (ic[domain.inter_item] >= f.item_core)
+            if mask.all():
+                break
+            domain = _keep(domain, mask)
+        if f.item_core > 0:
+            domain = _keep_items(domain, np.bincount(domain.inter_item, minlength=domain.n_items) > 0)
+    if f.max_users is not None:
+        domain = _keep(domain, domain.inter_user < f.max_users)
+    if f.drop_unused_items:
+        domain = _keep_items(domain, np.bincount(domain.inter_item, minlength=domain.n_items) > 0)
+    if domain.n_interactions == 0:
+        raise CrossrecError(
+            f"domain.{spec.name}.filters", "no interactions left after filtering", "loosen the filters or check the data"
+        )
+    return domain

@@ -1,0 +1,112 @@
+"""Leave-one-out splitting by time, and the containers every trainer and evaluator reads."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class EvalSet:
+    """Examples to rank: ``histories[i]`` (item indices, oldest first) predicts ``targets[i]``."""
+
+    users: np.ndarray  # (n,) user index
+    histories: list[np.ndarray]
+    targets: np.ndarray  # (n,) item index
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, mask: np.ndarray) -> EvalSet:
+        idx = np.flatnonzero(mask)
+        return EvalSet(self.users[idx], [self.histories[i] for i in idx], self.targets[idx])
+
+
+@dataclass
+class Split:
+    """Training sequences plus validation and test examples.
+
+    Training example ``(s, p)`` in ``train_pairs`` means: history ``train_seqs[s][:p]`` predicts
+    ``train_seqs[s][p]``. No valid or test target is ever inside ``train_seqs``.
+    """
+
+    train_users: np.ndarray  # (n_seqs,)
+    train_seqs: list[np.ndarray]
+    valid: EvalSet
+    test: EvalSet
+    kind: str  # "leave-one-out" | "given"
+
+    @property
+    def train_pairs(self) -> np.ndarray:
+        """(n_pairs, 2) int64 of (sequence index, target position)."""
+        out = [np.stack([np.full(len(s) - 1, i), np.arange(1, len(s))], 1) for i, s in enumerate(self.train_seqs) if len(s) > 1]
+        return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 2), dtype=np.int64)
+
+    def train_item_counts(self, n_items: int) -> np.ndarray:
+        """Training interactions per item: each user's longest training sequence, counted once."""
+        longest: dict[int, np.ndarray] = {}
+        for u, s in zip(self.train_users.tolist(), self.train_seqs):
+            if u not in longest or len(s) > len(longest[u]):
+                longest[u] = s
+        items = np.concatenate(list(longest.values())) if longest else np.zeros(0, dtype=np.int64)
+        return np.bincount(items, minlength=n_items)
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for s in self.train_seqs:
+            h.update(s.astype(np.int64).tobytes() + b"|")
+        for ev in (self.valid, self.test):
+            for u, hist, t in zip(ev.users, ev.histories, ev.targets):
+                h.update(f"{u}:{t}:".encode() + hist.astype(np.int64).tobytes())
+        return h.hexdigest()
+
+
+def order_interactions(users: np.ndarray, time: np.ndarray, weight: np.ndarray, order: str, seed: int) -> np.ndarray:
+    """Indices that sort interactions by user, then by ``order`` within a user (stable).
+
+    time: by timestamp, ties and missing timestamps in file order; random: a seeded permutation
+    (for formats without timestamps); weight: ascending weight/rating, so the heaviest is last.
+    """
+    n = len(users)
+    if order == "time":
+        key = np.nan_to_num(time, nan=-np.inf)
+    elif order == "random":
+        key = np.random.default_rng(seed).permutation(n).astype(np.float64)
+    elif order == "weight":
+        key = np.nan_to_num(weight, nan=0.0)
+    else:
+        raise ValueError(order)
+    return np.lexsort((np.arange(n), key, users))
+
+
+def make_split(domain, order: str = "time", order_seed: int = 0) -> Split:
+    """The dataset's own split when it ships one, else leave-one-out.
+
+    Leave-one-out: per user (ordered by ``order``), last = test, second-last = valid, the rest
+    train. Users with fewer than 3 interactions only contribute training sequences.
+    """
+    if domain.given_split is not None:
+        return domain.given_split
+    idx = order_interactions(domain.inter_user, domain.inter_time, domain.inter_rating, order, order_seed)
+    users, items = domain.inter_user[idx], domain.inter_item[idx]
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    t_users, t_seqs, v, te = [], [], ([], [], []), ([], [], [])
+    for seq_users, seq in zip(np.split(users, bounds), np.split(items, bounds)):
+        if len(seq) == 0:
+            continue
+        u = int(seq_users[0])
+        if len(seq) < 3:
+            t_users.append(u)
+            t_seqs.append(seq.copy())
+            continue
+        t_users.append(u)
+        t_seqs.append(seq[:-2].copy())
+        v[0].append(u), v[1].append(seq[:-2].copy()), v[2].append(int(seq[-2]))
+        te[0].append(u), te[1].append(seq[:-1].copy()), te[2].append(int(seq[-1]))
+
+    def ev(parts):
+        return EvalSet(np.asarray(parts[0], dtype=np.int64), parts[1], np.asarray(parts[2], dtype=np.int64))
+
+    return Split(np.asarray(t_users, dtype=np.int64), t_seqs, ev(v), ev(te), "leave-one-out")

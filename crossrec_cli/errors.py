@@ -1,0 +1,37 @@
+"""One error type for bad input, printed as a single line by the command wrapper.
+
+Format: ``error: <where>[:<line>[:<col>]]: <problem>; <hint>`` where ``where`` is a file path
+or a config key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class CrossrecError(Exception):
+    """Bad input (file, config key or checkpoint) that stops a command with exit code 2."""
+
+    where: str
+    problem: str
+    hint: str = ""
+    line: int | None = None
+    col: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        loc = str(self.where)
+        if self.line is not None:
+            loc += f":{self.line}"
+            if self.col is not None:
+                loc += f":{self.col}"
+        text = f"error: {loc}: {self.problem}"
+        if self.hint:
+            text += f"; {self.hint}"
+        return " ".join(text.split())  # exactly one line, whatever the inputs held
+
+    def __str__(self) -> str:
+        return self.one_line()

@@ -1,0 +1,95 @@
+"""Rank each example's target among all items (or its candidate list), in memory-bounded chunks.
+
+Ties are broken by item order (the item file's first row first), so a constant scorer cannot
+look good by luck, and popularity ties follow the item file as the protocol says.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from crossrec_cli.data.table import read_text
+from crossrec_cli.errors import CrossrecError
+
+
+def full_ranks(
+    user_vecs: torch.Tensor,
+    item_vecs: torch.Tensor,
+    targets: np.ndarray,
+    exclude: list[np.ndarray] | None = None,
+    user_chunk: int = 512,
+    item_chunk: int = 65536,
+) -> np.ndarray:
+    """0-based rank of ``targets[i]`` under scores ``user_vecs[i] @ item_vecs.T``.
+
+    user_vecs: (n, d); item_vecs: (N, d); targets: (n,). ``exclude[i]`` lists items removed
+    from example i's ranking (its seen items; the target itself is never removed). Peak memory
+    is user_chunk x item_chunk scores, never n x N.
+    """
+    n, n_items = user_vecs.shape[0], item_vecs.shape[0]
+    items = item_vecs.detach().to(torch.float64)
+    tgt = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    ranks = np.zeros(n, dtype=np.int64)
+    for a in range(0, n, user_chunk):
+        u = user_vecs[a : a + user_chunk].detach().to(torch.float64)
+        t_idx = tgt[a : a + user_chunk]
+        t_score = (u * items[t_idx]).sum(-1, keepdim=True)
+        count = torch.zeros(len(u), dtype=torch.long)
+        for b in range(0, n_items, item_chunk):
+            s = u @ items[b : b + item_chunk].T
+            ids = torch.arange(b, b + s.shape[1]).unsqueeze(0)
+            if exclude is not None:
+                for r, seen in enumerate(exclude[a : a + user_chunk]):
+                    seen = torch.as_tensor(seen, dtype=torch.long)
+                    seen = seen[(seen >= b) & (seen < b + s.shape[1]) & (seen != t_idx[r])]
+                    s[r, seen - b] = -torch.inf
+            better = (s > t_score) | ((s == t_score) & (ids < t_idx.unsqueeze(1)))
+            better &= ids != t_idx.unsqueeze(1)  # the target never outranks itself
+            count += better.sum(1)
+        ranks[a : a + len(u)] = count.numpy()
+    return ranks
+
+
+def candidate_ranks(
+    user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: np.ndarray, candidates: list[np.ndarray]
+) -> np.ndarray:
+    """0-based rank of ``targets[i]`` among ``candidates[i]`` (which contains it)."""
+    ranks = np.zeros(len(targets), dtype=np.int64)
+    items = item_vecs.detach().to(torch.float64)
+    users = user_vecs.detach().to(torch.float64)
+    for i, (t, cand) in enumerate(zip(targets, candidates)):
+        cand = torch.as_tensor(np.unique(cand), dtype=torch.long)
+        s = items[cand] @ users[i]
+        ts = torch.dot(items[int(t)], users[i])
+        better = ((s > ts) | ((s == ts) & (cand < int(t)))) & (cand != int(t))
+        ranks[i] = int(better.sum())
+    return ranks
+
+
+def read_candidates(path: str | Path, user_index: dict[str, int], item_index: dict[str, int]) -> dict[int, np.ndarray]:
+    """Read ``user_id<TAB>item ids separated by spaces``; returns user index -> item indices."""
+    path = Path(path).expanduser()
+    out: dict[int, np.ndarray] = {}
+    for lineno, row in enumerate(read_text(path).splitlines(), start=1):
+        if not row.strip():
+            continue
+        if "\t" not in row:
+            raise CrossrecError(str(path), "no tab after the user id", "expected user_id<TAB>item ids", line=lineno)
+        uid, rest = row.split("\t", 1)
+        if uid not in user_index:
+            raise CrossrecError(str(path), f"unknown user id {uid!r}", "not a user of the domain", line=lineno, col=1)
+        ids = rest.split()
+        if not ids:
+            raise CrossrecError(str(path), f"user {uid!r} has no candidates", "list at least the test item", line=lineno)
+        bad = [i for i in ids if i not in item_index]
+        if bad:
+            raise CrossrecError(str(path), f"unknown item id {bad[0]!r}", "not an item of the domain", line=lineno)
+        if user_index[uid] in out:
+            raise CrossrecError(str(path), f"user {uid!r} listed twice", "one line per user", line=lineno)
+        out[user_index[uid]] = np.asarray([item_index[i] for i in ids], dtype=np.int64)
+    if not out:
+        raise CrossrecError(str(path), "file lists no users", "expected user_id<TAB>item ids lines", line=1)
+    return out
