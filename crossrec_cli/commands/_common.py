@@ -98,7 +98,8 @@ def load_domains(cfg: DictConfig, value: Any = None) -> list[tuple[DomainSpec, D
     out = []
     for n in chosen:
         if value is None and len(chosen) == 1:
-            raw = OmegaConf.to_container(OmegaConf.merge(cfg.domain, ov or {}), resolve=True)
+            base = OmegaConf.create(OmegaConf.to_container(cfg.domain, resolve=True))
+            raw = OmegaConf.to_container(OmegaConf.merge(base, ov or {}))
             spec = DomainSpec.from_dict(raw, where=str(_find_domain_file(n) or "domain"))
         else:
             spec = domain_spec(n, ov)

@@ -1,0 +1,85 @@
+"""crossrec finetune: train the recommender on one or more domains.
+
+Recipe: domains -> splits -> backbone + adapter + towers -> fit (early stopping on valid
+NDCG@10, best weights kept) -> reload best -> valid/test per domain -> metrics.json + curve.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from crossrec_cli.commands._common import CONF_DIR, load_domains, run_dir, run_recipe, seed_everything, write_metrics
+from crossrec_cli.commands.recsys import (
+    build_model, evaluate_model, load_init, model_mode, resume_dir, save_final, train_config,
+)
+from crossrec_cli.data import make_split
+from crossrec_cli.evaluation.report import metrics_record, metrics_table
+from crossrec_cli.training.loggers import MetricLogger
+from crossrec_cli.training.loop import fit
+from crossrec_cli.training.plots import training_curve
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.task.name != "recommendation":
+        from crossrec_cli.commands.tasks import run_task
+
+        return run_task(cfg, "finetune")
+    t_start = time.perf_counter()
+    seed_everything(cfg.seed)
+    out = run_dir()
+    domains = load_domains(cfg)
+    splits = {spec.name: make_split(d, spec.order, spec.order_seed) for spec, d in domains}
+    tc = train_config(cfg, splits)
+    model = build_model(cfg, [(s.name, d) for s, d in domains], tc)
+    load_init(cfg, model)
+    logger = MetricLogger(cfg.logger.name, out, OmegaConf.to_container(cfg, resolve=True),
+                          **{k: v for k, v in cfg.logger.items() if k != "name"})
+
+    def valid_only(m):
+        return {k: evaluate_model(cfg, m, k, s)["valid"] for k, s in splits.items()}
+
+    prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
+               show_progress=bool(cfg.progress), step_hook=_adalora_hook())
+    result = save_final(cfg, model, out, splits, domains, prog, tc)
+    logger.close()
+    record = metrics_record(
+        "finetune", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed,
+        result["dataset"], result["valid"], result["test"],
+        backbone=cfg.backbone.name, adapter=cfg.adapter.name,
+        trainable_params=result["trainable_params"], total_params=result["total_params"],
+        best_epoch=prog.best_epoch, epochs_run=len(prog.history),
+        seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),
+        wall_seconds=time.perf_counter() - t_start, history=_history(prog.history),
+        status="complete",
+    )
+    path = write_metrics(record)
+    if prog.history:
+        training_curve(prog.history, tc.monitor, out / "training_curve.png", f"{cfg.backbone.name} · {cfg.adapter.name}")
+    Console().print(metrics_table(record))
+    Console().print(f"trainable {result['trainable_params']:,} / total {result['total_params']:,} parameters; "
+                    f"metrics: {path}")
+    return record
+
+
+def _history(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in h.items() if k != "valid"} for h in history]
+
+
+def _adalora_hook():
+    from crossrec_cli.adapters import adapter_step_hook
+
+    return adapter_step_hook
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="finetune")
+def app(cfg: DictConfig) -> None:
+    run_recipe(cfg, run)
+
+
+__all__ = ["app", "run", "Path"]

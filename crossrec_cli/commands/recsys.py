@@ -1,0 +1,146 @@
+"""Recipe helpers shared by finetune, transfer, pretrain and evaluate for the recommender."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from safetensors.torch import load_file
+
+from crossrec_cli.commands._common import run_dir
+from crossrec_cli.data import Domain, DomainSpec, Split
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.evaluation.protocol import evaluate_split
+from crossrec_cli.evaluation.ranking import read_candidates
+from crossrec_cli.models.build import build_recommender
+from crossrec_cli.models.seqrec import SeqRec, seqrec_scorer
+from crossrec_cli.training import checkpoint as ckpt
+from crossrec_cli.training.batches import windows
+from crossrec_cli.training.loop import Progress, TrainConfig, load_trainable_state
+
+log = logging.getLogger("crossrec")
+
+
+def train_config(cfg: DictConfig, splits: dict[str, Split]) -> TrainConfig:
+    tc = TrainConfig(**OmegaConf.to_container(cfg.trainer, resolve=True), seed=int(cfg.seed))
+    if tc.loss not in ("full", "sampled"):
+        raise CrossrecError("trainer.loss", f"unknown loss {tc.loss!r}", "expected full or sampled")
+    if tc.monitor.split("@")[0] not in ("recall", "ndcg", "mrr") or int(tc.monitor.split("@")[1]) not in cfg.eval.topk:
+        raise CrossrecError("trainer.monitor", f"{tc.monitor!r} is not computed", f"use recall|ndcg|mrr@k with k in eval.topk {list(cfg.eval.topk)}")
+    return tc
+
+
+def total_steps(cfg: DictConfig, splits: dict[str, Split], tc: TrainConfig) -> int:
+    per_epoch = sum(math.ceil(len(windows(s, cfg.model.max_history)) / tc.batch_size) for s in splits.values())
+    if tc.max_steps_per_epoch:
+        per_epoch = min(per_epoch, tc.max_steps_per_epoch)
+    return max(1, per_epoch * tc.epochs)
+
+
+def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: TrainConfig | None = None,
+                splits: dict[str, Split] | None = None) -> SeqRec:
+    """The recommender of ``cfg`` with every domain's catalogue registered."""
+    if cfg.model.name != "seqrec":
+        raise CrossrecError("model", f"{cfg.model.name!r} is a baseline, not a trainable model",
+                            "use `crossrec evaluate model=...` for baselines, or model=seqrec")
+    if cfg.backbone.kind == "none" and not cfg.model.item_ids:
+        raise CrossrecError("model.item_ids", "backbone=none needs item ids", "set model.item_ids=true (ID-only SASRec)")
+    steps = total_steps(cfg, splits, tc) if (tc and splits) else None
+    model = build_recommender(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True),
+                              OmegaConf.to_container(cfg.adapter, resolve=True), int(cfg.seed), steps)
+    for name, domain in catalogues:
+        model.add_catalogue(name, domain.item_text)
+    dev = device(cfg)
+    model.to(dev)
+    model.cache_vectors = bool(cfg.eval.cache_vectors)
+    return model
+
+
+def device(cfg: DictConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def model_mode(cfg: DictConfig) -> str:
+    return "transductive" if cfg.model.get("item_ids", False) else "inductive"
+
+
+def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domain: Domain | None = None,
+                   refresh: bool | None = None) -> dict[str, dict[str, float]]:
+    """Valid and test metrics of ``model`` on one domain under the protocol in ``cfg.eval``."""
+    if not model.can_score(key):
+        raise CrossrecError(f"domain={key}", "a transductive model (item ids) cannot score a domain it was not trained on",
+                            "evaluate it on its training domains, or train with model.item_ids=false")
+    user_vecs, item_vecs = seqrec_scorer(model, key, cfg.eval.batch_size,
+                                         refresh=model.backbone_trains if refresh is None else refresh)
+    cands = None
+    if cfg.eval.candidates and domain is not None:
+        cands = read_candidates(cfg.eval.candidates, {u: i for i, u in enumerate(domain.user_ids)},
+                                {t: i for i, t in enumerate(domain.item_ids)})
+    return evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
+                          str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk)
+
+
+def resume_dir(cfg: DictConfig) -> Path | None:
+    return run_dir() if cfg.get("resume") else None
+
+
+def _checkpoint_file(folder: Path) -> Path:
+    problem = ckpt.verify(folder)
+    if problem:
+        raise CrossrecError(str(folder), f"checkpoint is not usable: {problem}", "re-run the command that wrote it")
+    return folder / "model.safetensors"
+
+
+def load_init(cfg: DictConfig, model: SeqRec) -> None:
+    """``init_from=<run dir>``: copy every tensor whose name and shape match (other domains'
+    id tables and heads are left as initialised)."""
+    if not cfg.get("init_from"):
+        return
+    folder = Path(str(cfg.init_from)).expanduser() / "checkpoint"
+    state = load_file(str(_checkpoint_file(folder)))
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not take:
+        raise CrossrecError(str(folder), "no weights match this model", "init_from needs the same backbone and adapter")
+    model.load_state_dict(take, strict=False)
+    log.info("init_from %s: %d of %d tensors loaded", folder, len(take), len(state))
+
+
+def load_best(model: SeqRec, out: Path) -> None:
+    folder = out / "checkpoint"
+    if (folder / "model.safetensors").exists():
+        load_trainable_state(model, load_file(str(_checkpoint_file(folder))), str(folder))
+
+
+def param_counts(model: SeqRec) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Split],
+               domains: list[tuple[DomainSpec, Domain]], prog: Progress, tc: TrainConfig) -> dict[str, Any]:
+    """Reload the best weights, save peft adapters in peft's format, evaluate every domain."""
+    load_best(model, out)
+    if model.backbone_trains and cfg.adapter.name not in ("full", "frozen"):
+        from crossrec_cli.adapters import save_adapter
+
+        save_adapter(model.backbone_model, out / "checkpoint" / "adapter")
+    trainable, total = param_counts(model)
+    dataset, valid, test = {}, {}, {}
+    for spec, domain in domains:
+        res = evaluate_model(cfg, model, spec.name, splits[spec.name], domain)
+        dataset[spec.name] = domain.fingerprint() | {"split": splits[spec.name].kind}
+        valid[spec.name], test[spec.name] = res["valid"], res["test"]
+    (out / "checkpoint").mkdir(exist_ok=True)
+    meta = {"domains": [s.name for s, _ in domains], "best_epoch": prog.best_epoch, "monitor": tc.monitor}
+    from crossrec_cli.io import atomic_write_text
+
+    atomic_write_text(out / "checkpoint" / "crossrec.json", json.dumps(meta, indent=1))
+    return {"dataset": dataset, "valid": valid, "test": test, "trainable_params": trainable, "total_params": total}

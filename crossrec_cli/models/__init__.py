@@ -1,0 +1,1 @@
+"""Backbones, item/user towers, baselines."""

@@ -1,0 +1,139 @@
+"""Build a backbone language model and its tokenizer: provisioned folder, hub id, or tiny config."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from crossrec_cli.errors import CrossrecError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def models_dir() -> Path:
+    """Where provisioned backbones live: $CROSSREC_MODELS or ``models/`` in the repository."""
+    return Path(os.environ.get("CROSSREC_MODELS", REPO_ROOT / "models")).expanduser()
+
+
+@dataclass
+class Backbone:
+    """A language model, its tokenizer and a string that identifies its weights (cache key)."""
+
+    model: nn.Module
+    tokenizer: Any
+    hidden_size: int
+    identity: str
+    kind: str  # "encoder" | "decoder"
+    source: str  # folder or hub id it came from ("config" for random ones)
+
+
+def byte_tokenizer() -> Any:
+    """A download-free byte-level tokenizer (256 byte symbols + BERT specials) for tiny models."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+        sep_token="[SEP]", mask_token="[MASK]",
+    )
+
+
+def resolve_source(path: str | None, local: str | None) -> str:
+    """A provisioned local folder when present, else ``path`` (a folder or a hub id)."""
+    if path and Path(path).expanduser().is_dir():
+        return str(Path(path).expanduser().resolve())
+    if local and (models_dir() / local).is_dir():
+        return str((models_dir() / local).resolve())
+    if not path:
+        raise CrossrecError("backbone.path", "no backbone folder or hub id", "set backbone.path or run `make install`")
+    return path
+
+
+def _identity_of_folder(folder: Path) -> str:
+    parts = [str(folder)]
+    for f in sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) + sorted(folder.glob("*.gguf")):
+        st = f.stat()
+        parts.append(f"{f.name}:{st.st_size}:{int(st.st_mtime)}")
+    return "|".join(parts)
+
+
+def build_backbone(
+    name: str,
+    path: str | None = None,
+    local: str | None = None,
+    config: dict | None = None,
+    kind: str = "encoder",
+    seed: int = 0,
+    trust_remote_code: bool = False,
+    gguf_file: str | None = None,
+) -> Backbone:
+    """Encoder (``AutoModel``) or decoder (``AutoModelForCausalLM``) with its tokenizer.
+
+    ``config`` builds a randomly initialised model (seeded) with a byte-level tokenizer, no
+    download; otherwise ``path``/``local`` name a folder or hub id (see ``resolve_source``).
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    auto = AutoModelForCausalLM if kind == "decoder" else AutoModel
+    if config is not None:
+        tokenizer = byte_tokenizer()
+        cfg = dict(config)
+        model_type = cfg.pop("model_type", "bert")
+        cfg.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id)
+        hf_cfg = AutoConfig.for_model(model_type, **cfg)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            model = auto.from_config(hf_cfg) if kind == "decoder" else AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+        ident = "config:" + json.dumps({"model_type": model_type, **cfg, "seed": seed}, sort_keys=True)
+        return Backbone(model, tokenizer, hf_cfg.hidden_size, ident, kind, "config")
+    source = resolve_source(path, local)
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if kind != "decoder" and _is_bert_like(source, trust_remote_code):
+        kwargs["add_pooling_layer"] = False  # unused pooler breaks DDP and wastes memory
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}),
+                                                  trust_remote_code=trust_remote_code)
+        model = auto.from_pretrained(source, **kwargs)
+    except OSError as exc:
+        raise CrossrecError(
+            f"backbone {name}", f"cannot load {source!r}: {str(exc).splitlines()[0]}",
+            "run `make install` to provision it, or set backbone.path to a local folder",
+        ) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    folder = Path(source)
+    ident = _identity_of_folder(folder) if folder.is_dir() else f"hub:{source}"
+    return Backbone(model, tokenizer, model.config.hidden_size, ident, kind, source)
+
+
+def _is_bert_like(source: str, trust_remote_code: bool) -> bool:
+    from transformers import AutoConfig
+
+    try:
+        mt = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code).model_type
+    except OSError:
+        return False
+    return mt in ("bert", "roberta", "xlm-roberta", "camembert")
+
+
+def short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
