@@ -53,6 +53,15 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
         sys.exit(2)
 
 
+def _resume_overrides(argv: list[str]) -> list[str]:
+    """``resume=<run dir>`` continues in that directory: it becomes ``hydra.run.dir``."""
+    for a in argv:
+        if a.startswith("resume=") and a.split("=", 1)[1] not in ("", "true", "True", "null", "false"):
+            if not any(x.startswith("hydra.run.dir=") for x in argv):
+                return [*argv, f"hydra.run.dir={a.split('=', 1)[1]}"]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -70,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         argv.pop(0)
         config_name = "data_stats"
     _register_resolvers()
+    argv = _resume_overrides(argv)
     if not any(a.startswith("-") for a in argv):
         _precheck(config_name, argv)
     module = importlib.import_module(f"crossrec_cli.commands.{config_name}")

@@ -51,7 +51,12 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
     if cfg.backbone.kind == "none" and not cfg.model.item_ids:
         raise CrossrecError("model.item_ids", "backbone=none needs item ids", "set model.item_ids=true (ID-only SASRec)")
     steps = total_steps(cfg, splits, tc) if (tc and splits) else None
-    model = build_recommender(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True),
+    bcfg = OmegaConf.to_container(cfg.backbone, resolve=True)
+    pretrained = Path(str(cfg.init_from)).expanduser() / "checkpoint" / "backbone" if cfg.get("init_from") else None
+    if pretrained is not None and (pretrained / "config.json").is_file():  # a `crossrec pretrain` run
+        _checkpoint_file(pretrained.parent)
+        bcfg.update(path=str(pretrained), local=None, config=None)
+    model = build_recommender(OmegaConf.to_container(cfg.model, resolve=True), bcfg,
                               OmegaConf.to_container(cfg.adapter, resolve=True), int(cfg.seed), steps)
     for name, domain in catalogues:
         model.add_catalogue(name, domain.item_text)
@@ -104,6 +109,8 @@ def load_init(cfg: DictConfig, model: SeqRec) -> None:
     if not cfg.get("init_from"):
         return
     folder = Path(str(cfg.init_from)).expanduser() / "checkpoint"
+    if (folder / "backbone" / "config.json").is_file():
+        return  # a pretrain run: its backbone was loaded by build_model
     state = load_file(str(_checkpoint_file(folder)))
     own = model.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

@@ -110,3 +110,18 @@ def make_split(domain, order: str = "time", order_seed: int = 0) -> Split:
         return EvalSet(np.asarray(parts[0], dtype=np.int64), parts[1], np.asarray(parts[2], dtype=np.int64))
 
     return Split(np.asarray(t_users, dtype=np.int64), t_seqs, ev(v), ev(te), "leave-one-out")
+
+
+def subsample_training_users(split: Split, fraction: float, seed: int) -> Split:
+    """Keep the training sequences of a seeded random ``fraction`` of users (at least one);
+    validation and test examples are unchanged, so every user is still evaluated."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return split
+    users = np.unique(split.train_users)
+    k = max(1, int(round(fraction * len(users))))
+    keep = set(np.random.default_rng([seed, 11]).choice(users, size=k, replace=False).tolist())
+    idx = [i for i, u in enumerate(split.train_users.tolist()) if u in keep]
+    return Split(split.train_users[idx], [split.train_seqs[i] for i in idx], split.valid, split.test,
+                 f"{split.kind}, {k}/{len(users)} training users")

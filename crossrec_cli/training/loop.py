@@ -135,12 +135,15 @@ def fit(
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
     resume: bool = False,
     show_progress: bool = True,
+    extra_loss: Callable[[SeqRec, str], torch.Tensor] | None = None,
 ) -> Progress:
     """Train with early stopping on the mean valid ``tc.monitor`` over domains.
 
     Writes ``run_dir/checkpoints/step-N`` (atomic, verified; the newest ``keep_last`` kept) and
     the best weights to ``run_dir/checkpoint/model.safetensors``. ``resume`` continues from the
-    newest verified checkpoint with identical data order, RNG and counters.
+    newest verified checkpoint with identical data order, RNG and counters. ``extra_loss(model,
+    domain)`` is added to every step's loss (e.g. domain-adversarial alignment); its parameters
+    must belong to ``model`` so they are optimised and checkpointed with it.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
@@ -170,6 +173,8 @@ def fit(
                 key, idx = batches[prog.batch]
                 inp, tgt = collate([wins[key][i] for i in idx], max_h)
                 loss = batch_loss(model, key, inp, tgt, tc)
+                if extra_loss is not None:
+                    loss = loss + extra_loss(model, key)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip:

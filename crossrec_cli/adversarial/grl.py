@@ -1,0 +1,53 @@
+"""Gradient reversal (Ganin & Lempitsky, 2015): identity forward, ``-weight * grad`` backward.
+
+A domain discriminator learns to tell source from target vectors; through the reversal the
+encoder below it learns to make them indistinguishable.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.weight = weight
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return -ctx.weight * grad, None
+
+
+def grad_reverse(x: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """Identity on the way forward; multiplies the gradient by ``-weight`` on the way back."""
+    return GradReverse.apply(x, weight)
+
+
+class DomainDiscriminator(nn.Module):
+    """(n, dim) vectors -> (n, n_domains) logits, after a gradient-reversal layer."""
+
+    def __init__(self, dim: int, n_domains: int = 2, hidden: int = 64, weight: float = 0.1):
+        super().__init__()
+        self.weight = weight
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, n_domains))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(grad_reverse(x, self.weight))
+
+
+def item_alignment_loss(disc: DomainDiscriminator, vectors: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the discriminator over each domain's vectors (label = domain index);
+    returns (loss, discriminator accuracy). Domains are balanced by sampling the same count."""
+    n = min(len(v) for v in vectors)
+    xs, ys = [], []
+    for d, v in enumerate(vectors):
+        idx = torch.randperm(len(v), device=v.device)[:n]
+        xs.append(v[idx])
+        ys.append(torch.full((n,), d, dtype=torch.long, device=v.device))
+    logits = disc(torch.cat(xs))
+    y = torch.cat(ys)
+    return F.cross_entropy(logits, y), float((logits.argmax(1) == y).float().mean())

@@ -1,0 +1,73 @@
+"""``crossrec evaluate run=<run dir> [domain=...]``: reload a trained run and evaluate it.
+
+The run's own config.yaml rebuilds the model (backbone, adapter, towers); the best weights
+come from ``<run>/checkpoint/model.safetensors`` (safetensors only, manifest verified). Without
+``domain=`` the run's training domains are evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from safetensors.torch import load_file
+
+from crossrec_cli.commands._common import domain_spec, load_domains, write_metrics
+from crossrec_cli.commands.recsys import _checkpoint_file, build_model, evaluate_model, model_mode, param_counts
+from crossrec_cli.data import load_domain, make_split
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.evaluation.report import metrics_record, metrics_table
+from crossrec_cli.training.loop import load_trainable_state
+
+
+def _domain_given(cfg: DictConfig) -> bool:
+    return any(o.split("=")[0].lstrip("+~") == "domain" for o in HydraConfig.get().overrides.task)
+
+
+def run_config(run: Path) -> DictConfig:
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise CrossrecError(str(path), "not a crossrec run directory (no config.yaml)", "pass run=<a finetune/transfer run dir>")
+    return OmegaConf.load(path)
+
+
+def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
+    run = Path(str(cfg.run)).expanduser()
+    saved = run_config(run)
+    meta_path = run / "checkpoint" / "crossrec.json"
+    if not meta_path.is_file():
+        raise CrossrecError(str(meta_path), "run has no finished checkpoint", "evaluate a run that completed training")
+    trained_on = json.loads(meta_path.read_text())["domains"]
+    if _domain_given(cfg):
+        domains = load_domains(cfg)
+    else:
+        ov = OmegaConf.to_container(saved.data.overrides) or None
+        domains = [(s, load_domain(s)) for s in (domain_spec(n, ov) for n in trained_on)]
+    # the saved model's architecture, this command's evaluation protocol
+    mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None})
+    model = build_model(mcfg, [(s.name, d) for s, d in domains])
+    state = load_file(str(_checkpoint_file(run / "checkpoint")))
+    own = model.state_dict()
+    load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
+    dataset, valid, test = {}, {}, {}
+    for spec, domain in domains:
+        split = make_split(domain, spec.order, spec.order_seed)
+        res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains)
+        dataset[spec.name] = domain.fingerprint() | {"split": split.kind}
+        valid[spec.name], test[spec.name] = res["valid"], res["test"]
+    trainable, total = param_counts(model)
+    unseen = [s.name for s, _ in domains if s.name not in trained_on]
+    record = metrics_record(
+        "evaluate", saved.model.name, "zero-shot" if unseen else model_mode(saved),
+        "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,
+        run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
+        trainable_params=trainable, total_params=total,
+    )
+    path = write_metrics(record)
+    Console().print(metrics_table(record))
+    Console().print(f"metrics: {path}")
+    return record

@@ -1,0 +1,172 @@
+"""crossrec transfer: source -> target, always with its control.
+
+Recipe: (a) train on the source (or init_from), (b) zero-shot on the target, (c) adapt on the
+target (optionally a fraction of its training users), (d) control = the same target training
+from the same initial model without the source step; then forgetting on the source, lift of
+adapted over control, metrics.json, a table and a bar chart.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from crossrec_cli.commands._common import CONF_DIR, load_domains, names, run_dir, run_recipe, seed_everything, write_metrics
+from crossrec_cli.commands.recsys import (
+    build_model, evaluate_model, load_best, load_init, model_mode, param_counts, train_config,
+)
+from crossrec_cli.data import make_split
+from crossrec_cli.data.split import subsample_training_users
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.evaluation.report import metrics_record
+from crossrec_cli.training.loop import fit
+
+
+def _adversary(cfg: DictConfig, model, keys: list[str]):
+    """Attach a GRL discriminator to the model; return the extra-loss function (or None)."""
+    if cfg.adversarial.name == "none":
+        return None
+    if cfg.adversarial.name != "grl":
+        raise CrossrecError("adversarial.name", f"unknown option {cfg.adversarial.name!r}", "expected none or grl")
+    import torch
+    from torch import nn
+
+    from crossrec_cli.adversarial import DomainDiscriminator, item_alignment_loss
+
+    model.aux = nn.ModuleDict({"disc": DomainDiscriminator(model.cfg.dim, len(keys), cfg.adversarial.hidden,
+                                                           cfg.adversarial.weight)}).to(model.user.pos.weight.device)
+    k = int(cfg.adversarial.items_per_domain)
+
+    def extra(m, _key: str) -> torch.Tensor:
+        vecs = []
+        for key in keys:
+            n = len(m.texts[key])
+            idx = torch.randint(n, (min(k, n),), device=m.user.pos.weight.device)
+            vecs.append(m.item_matrix(key)[idx] if not m.backbone_trains else m.item_matrix(key, idx.unique())[idx])
+        loss, _ = item_alignment_loss(m.aux["disc"], vecs)
+        return loss
+
+    return extra
+
+
+def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
+    def valid(m):
+        return {k: evaluate_model(cfg, m, k, s)["valid"] for k, s in valid_splits.items()}
+
+    prog = fit(model, splits, tc, valid, out, show_progress=bool(cfg.progress), extra_loss=extra)
+    load_best(model, out)
+    return {"best_epoch": prog.best_epoch, "epochs_run": len(prog.history),
+            "seconds_per_epoch": sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history))}
+
+
+def _both(res: dict[str, dict], name: str) -> dict:
+    return {"valid": {name: res["valid"]}, "test": {name: res["test"]}}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.task.name != "recommendation":
+        from crossrec_cli.commands.tasks import run_task
+
+        return run_task(cfg, "transfer")
+    t0 = time.perf_counter()
+    out = run_dir()
+    sources = load_domains(cfg, cfg.source)
+    (tspec, target), = load_domains(cfg, cfg.target)
+    tname = tspec.name
+    if tname in names(cfg.source):
+        raise CrossrecError("target", f"{tname!r} is also a source", "choose a different target domain")
+    splits_src = {s.name: make_split(d, s.order, s.order_seed) for s, d in sources}
+    split_full = make_split(target, tspec.order, tspec.order_seed)
+    split_tgt = subsample_training_users(split_full, float(cfg.target_fraction), int(cfg.seed))
+    catalogues = [(s.name, d) for s, d in sources] + [(tname, target)]
+    tc = train_config(cfg, splits_src)
+    keys = [s.name for s, _ in sources] + [tname]
+
+    # (a) source
+    seed_everything(cfg.seed)
+    model = build_model(cfg, catalogues, tc, splits_src)
+    extra = _adversary(cfg, model, keys)
+    phases = {}
+    if cfg.get("init_from"):
+        load_init(cfg, model)
+    else:
+        phases["source"] = _phase(cfg, model, splits_src, splits_src, tc, out / "source", extra)
+    # (b) zero-shot
+    zero = evaluate_model(cfg, model, tname, split_full, target) if model.can_score(tname) else None
+    # (c) adapt
+    phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", extra)
+    adapted = evaluate_model(cfg, model, tname, split_full, target)
+    after = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d) for s, d in sources}
+    trainable, total = param_counts(model)
+    # (d) control: same initial model and target data, no source step
+    seed_everything(cfg.seed)
+    control_model = build_model(cfg, catalogues, tc, splits_src)
+    phases["control"] = _phase(cfg, control_model, {tname: split_tgt}, {tname: split_full}, tc, out / "control")
+    control = evaluate_model(cfg, control_model, tname, split_full, target)
+
+    lift = {k: (adapted["test"][k] - v) / v if v > 0 else None
+            for k, v in control["test"].items() if "@" in k}
+    transfer = {
+        "zero_shot": _both(zero, tname) if zero else {"skipped": "a transductive model (item ids) cannot score unseen target items"},
+        "adapted": _both(adapted, tname),
+        "control": _both(control, tname),
+    }
+    dataset = {s.name: d.fingerprint() | {"split": splits_src[s.name].kind} for s, d in sources}
+    dataset[tname] = target.fingerprint() | {"split": split_tgt.kind}
+    record = metrics_record(
+        "transfer", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed, dataset,
+        {tname: adapted["valid"], **{k: v["valid"] for k, v in after.items()}},
+        {tname: adapted["test"], **{k: v["test"] for k, v in after.items()}},
+        source=names(cfg.source), target=tname, target_fraction=float(cfg.target_fraction),
+        adversarial=cfg.adversarial.name, backbone=cfg.backbone.name, adapter=cfg.adapter.name,
+        transfer=transfer, lift=lift, phases=phases, trainable_params=trainable, total_params=total,
+        wall_seconds=time.perf_counter() - t0, status="complete",
+    )
+    path = write_metrics(record)
+    _report(record, tname, out)
+    Console().print(f"metrics: {path}")
+    return record
+
+
+def _report(record: dict, tname: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from crossrec_cli.io import atomic_write
+
+    arms = [a for a in ("zero_shot", "adapted", "control") if "test" in record["transfer"][a]]
+    keys = [k for k in record["transfer"]["adapted"]["test"][tname] if "@" in k]
+    table = Table(title=f"transfer {record['source']} -> {tname} · target test · fraction {record['target_fraction']}")
+    table.add_column("arm")
+    for k in keys:
+        table.add_column(k, justify="right")
+    for a in arms:
+        m = record["transfer"][a]["test"][tname]
+        table.add_row(a, *(f"{m[k]:.4f}" for k in keys))
+    table.add_row("lift", *(f"{record['lift'][k]:+.1%}" if record["lift"].get(k) is not None else "n/a" for k in keys))
+    Console().print(table)
+    shown = [k for k in keys if k.startswith(("recall@", "ndcg@"))]
+    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=110)
+    width = 0.8 / len(arms)
+    for i, a in enumerate(arms):
+        m = record["transfer"][a]["test"][tname]
+        ax.bar([j + i * width for j in range(len(shown))], [m[k] for k in shown], width, label=a.replace("_", "-"))
+    ax.set_xticks([j + width * (len(arms) - 1) / 2 for j in range(len(shown))], shown)
+    ax.set_title(f"{', '.join(record['source'])} -> {tname} (target test)")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(out / "transfer.png", lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="transfer")
+def app(cfg: DictConfig) -> None:
+    run_recipe(cfg, run)

@@ -1,0 +1,30 @@
+"""Shared helpers: run the real CLI in a subprocess with outputs in a temp folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "crossrec")
+
+
+def run_cli(*args: str, run_dir: Path | None = None, check: bool = True, env: dict | None = None,
+            timeout: int = 600) -> subprocess.CompletedProcess:
+    """``crossrec ARGS`` (with ``hydra.run.dir=run_dir``); fails the test with its output on error."""
+    cmd = [CLI, *args] + ([f"hydra.run.dir={run_dir}"] if run_dir is not None else [])
+    full_env = {**os.environ, "CROSSREC_CACHE": os.environ.get("CROSSREC_TEST_CACHE", str(REPO / ".cache" / "test")),
+                **(env or {})}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=full_env, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())

@@ -1,0 +1,128 @@
+"""Smoke runs of the real commands on the tiny backbone and a slice of the bundled data."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import read_metrics, run_cli
+
+SMOKE = ("experiment=smoke",)
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ft")
+    run_cli("finetune", *SMOKE, "trainer.epochs=2", run_dir=out)
+    return out
+
+
+def test_finetune_writes_run_directory(finetuned):
+    m = read_metrics(finetuned)
+    assert m["command"] == "finetune" and m["model"] == "seqrec" and m["mode"] == "inductive"
+    assert m["protocol"] == "full" and m["seed"] == 0 and m["status"] == "complete"
+    fp = m["dataset"]["movies"]
+    assert fp["users"] == 40 and len(fp["sha256"]) == 64
+    assert set(m["test"]["movies"]) >= {"recall@5", "ndcg@5", "mrr@5", "recall@10", "ndcg@10", "mrr@10"}
+    assert 0 < m["trainable_params"] < m["total_params"]
+    assert m["epochs_run"] == 2 and len(m["history"]) == 2 and m["seconds_per_epoch"] > 0
+    assert (finetuned / "checkpoint" / "model.safetensors").is_file()
+    assert (finetuned / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert "backbone:" in (finetuned / "config.yaml").read_text()
+
+
+def test_finetune_loss_matches_recorded_values(finetuned):
+    """Recipe regression: the first epochs' mean training loss on the smoke setting."""
+    losses = [h["loss"] for h in read_metrics(finetuned)["history"]]
+    assert losses == pytest.approx([7.2100, 7.2038], abs=2e-3)
+
+
+def test_same_seed_same_metrics_other_seed_differs(finetuned, tmp_path):
+    again = tmp_path / "again"
+    run_cli("finetune", *SMOKE, "trainer.epochs=2", run_dir=again)
+    a, b = read_metrics(finetuned), read_metrics(again)
+    assert a["test"] == b["test"] and a["valid"] == b["valid"]
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    other = tmp_path / "other"
+    run_cli("finetune", *SMOKE, "trainer.epochs=2", "seed=1", run_dir=other)
+    assert [h["loss"] for h in read_metrics(other)["history"]] != [h["loss"] for h in a["history"]]
+
+
+def test_evaluate_run_reproduces_finetune_metrics(finetuned, tmp_path):
+    run_cli("evaluate", *SMOKE, f"run={finetuned}", run_dir=tmp_path)
+    m, ref = read_metrics(tmp_path), read_metrics(finetuned)
+    assert m["test"]["movies"] == pytest.approx(ref["test"]["movies"])
+    assert m["trained_on"] == ["movies"] and m["mode"] == "inductive"
+
+
+def test_evaluate_run_on_unseen_domain_is_zero_shot(finetuned, tmp_path):
+    run_cli("evaluate", *SMOKE, f"run={finetuned}", "domain=music", run_dir=tmp_path)
+    m = read_metrics(tmp_path)
+    assert m["mode"] == "zero-shot" and "music" in m["test"] and m["test"]["music"]["examples"] > 0
+
+
+@pytest.mark.parametrize("adapter", ["frozen", "full", "lora", "adalora", "prefix", "ia3", "adapter"])
+def test_every_adapter_trains(adapter, tmp_path):
+    run_cli("finetune", *SMOKE, f"adapter={adapter}", run_dir=tmp_path)
+    m = read_metrics(tmp_path)
+    assert m["adapter"] == adapter and m["history"][0]["loss"] > 0
+    (tmp_path / "counts.json").write_text(json.dumps([m["trainable_params"], m["total_params"]]))
+    if adapter not in ("frozen", "full"):
+        assert (tmp_path / "checkpoint" / "adapter").is_dir()
+
+
+def test_trainable_parameter_order(tmp_path):
+    counts = {}
+    for adapter in ("frozen", "lora", "ia3", "prefix", "adapter", "full"):
+        out = tmp_path / adapter
+        run_cli("finetune", *SMOKE, f"adapter={adapter}", "trainer.max_steps_per_epoch=1", run_dir=out)
+        m = read_metrics(out)
+        counts[adapter] = m["trainable_params"]
+        total = m["total_params"]
+    for mid in ("lora", "ia3", "prefix", "adapter"):
+        assert counts["frozen"] < counts[mid] < counts["full"], counts
+    assert counts["full"] <= total
+
+
+def test_id_only_sasrec_baseline(tmp_path):
+    run_cli("finetune", *SMOKE, "backbone=none", "model.item_ids=true", run_dir=tmp_path)
+    m = read_metrics(tmp_path)
+    assert m["mode"] == "transductive" and m["test"]["movies"]["examples"] > 0
+
+
+def test_backbone_none_without_ids_is_a_config_error(tmp_path):
+    proc = run_cli("finetune", *SMOKE, "backbone=none", run_dir=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert proc.stderr.startswith("error: model.item_ids:")
+
+
+def test_transfer_writes_all_arms(tmp_path):
+    run_cli("transfer", *SMOKE, "source=movies", "target=music", "trainer.epochs=1", run_dir=tmp_path)
+    m = read_metrics(tmp_path)
+    assert m["command"] == "transfer" and m["source"] == ["movies"] and m["target"] == "music"
+    for arm in ("zero_shot", "adapted", "control"):
+        assert set(m["transfer"][arm]) == {"valid", "test"}
+        assert "ndcg@10" in m["transfer"][arm]["test"]["music"]
+    assert set(m["test"]) == {"music", "movies"}  # target after adaptation + source (forgetting)
+    c, a = m["transfer"]["control"]["test"]["music"]["ndcg@10"], m["transfer"]["adapted"]["test"]["music"]["ndcg@10"]
+    assert m["lift"]["ndcg@10"] == (pytest.approx((a - c) / c) if c > 0 else None)
+    assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_transductive_transfer_explains_missing_zero_shot(tmp_path):
+    run_cli("transfer", *SMOKE, "model.item_ids=true", "target_fraction=0.5", run_dir=tmp_path)
+    m = read_metrics(tmp_path)
+    assert "skipped" in m["transfer"]["zero_shot"] and "transductive" in m["transfer"]["zero_shot"]["skipped"]
+    assert "20/" in m["dataset"]["music"]["split"]
+
+
+def test_pretrain_then_finetune_from_it(tmp_path):
+    pre = tmp_path / "pre"
+    run_cli("pretrain", *SMOKE, "domains=[movies,music]", run_dir=pre)
+    m = read_metrics(pre)
+    assert m["command"] == "pretrain" and set(m["dataset"]) == {"movies", "music"} and m["history"][0]["loss"] > 0
+    assert (pre / "checkpoint" / "backbone" / "model.safetensors").is_file()
+    ft = tmp_path / "ft"
+    run_cli("finetune", *SMOKE, f"init_from={pre}", run_dir=ft)
+    assert read_metrics(ft)["test"]["movies"]["examples"] > 0
