@@ -124,9 +124,45 @@ def write_metrics(record: dict[str, Any]) -> Path:
     return path
 
 
+# keys that may change between an interrupted run and its resumption (they do not change results)
+RESUME_FREE = ("resume", "progress", "debug", "device", "logger", "eval.cache_vectors", "eval.user_chunk",
+               "eval.item_chunk", "eval.batch_size")
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def check_resume_config(cfg: DictConfig) -> None:
+    """Resuming with a changed value that matters stops with one line per differing key."""
+    path = run_dir() / "config.yaml"
+    if not path.is_file():
+        raise CrossrecError(str(path), "nothing to resume: no config.yaml in the run directory",
+                            "pass resume=<the interrupted run directory>")
+    old = _flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+    new = _flat(OmegaConf.to_container(cfg, resolve=True))
+    lines = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == f or key.startswith(f + ".") for f in RESUME_FREE):
+            continue
+        if old.get(key, "<unset>") != new.get(key, "<unset>"):
+            lines.append(f"error: config key {key}: the interrupted run used {old.get(key, '<unset>')!r}, "
+                         f"this command {new.get(key, '<unset>')!r}; resume with the run's own value")
+    if lines:
+        print("\n".join(lines), file=sys.stderr)
+        sys.exit(2)
+
+
 def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
     """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
     try:
+        if cfg.get("resume"):
+            check_resume_config(cfg)
         write_config(cfg)
         return recipe(cfg)
     except CrossrecError as exc:

@@ -16,12 +16,13 @@ from rich.console import Console
 
 from crossrec_cli.commands._common import CONF_DIR, load_domains, run_dir, run_recipe, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    build_model, evaluate_model, load_init, model_mode, resume_dir, save_final, train_config,
+    build_model, check_same_data, evaluate_model, load_init, model_mode, resume_dir, save_final, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.training.loggers import MetricLogger
 from crossrec_cli.training.loop import fit
+from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.plots import training_curve
 
 
@@ -44,8 +45,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     def valid_only(m):
         return {k: evaluate_model(cfg, m, k, s)["valid"] for k, s in splits.items()}
 
-    prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
-               show_progress=bool(cfg.progress), step_hook=_adalora_hook())
+    dataset = {s.name: d.fingerprint() for s, d in domains}
+    check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
+    try:
+        prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
+                   show_progress=bool(cfg.progress), step_hook=_adalora_hook())
+    except SystemExit as stop:
+        if stop.code == EXIT_PREEMPTED:
+            write_metrics({"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
+                           "resume": f"crossrec finetune resume={out}"})
+        raise
     result = save_final(cfg, model, out, splits, domains, prog, tc)
     logger.close()
     record = metrics_record(

@@ -92,6 +92,22 @@ def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domai
                           str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk)
 
 
+def check_same_data(out: Path, dataset: dict[str, dict], resuming: bool) -> None:
+    """Record the data fingerprints of a run; a resumed run must see the very same data."""
+    from crossrec_cli.io import atomic_write_json
+
+    path = out / "checkpoints" / "data.json"
+    if resuming and path.is_file():
+        old = json.loads(path.read_text())
+        for name in sorted(set(old) | set(dataset)):
+            if old.get(name) != dataset.get(name):
+                raise CrossrecError(f"domain={name}", "the data changed since the interrupted run "
+                                    f"(sha256 {str(old.get(name, {}).get('sha256'))[:12]} -> {str(dataset.get(name, {}).get('sha256'))[:12]})",
+                                    "resume only with the data the run started with")
+    elif not resuming:
+        atomic_write_json(path, dataset)
+
+
 def resume_dir(cfg: DictConfig) -> Path | None:
     return run_dir() if cfg.get("resume") else None
 

@@ -1,0 +1,102 @@
+"""Kill a real `crossrec finetune` and resume it: same weights and metrics as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+from conftest import CLI, REPO, read_metrics, run_cli
+from safetensors.torch import load_file
+
+ARGS = ("finetune", "experiment=smoke", "trainer.epochs=2", "trainer.checkpoint_every=1", "trainer.keep_last=3")
+TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds")
+
+
+def _strip(m):
+    if isinstance(m, dict):
+        return {k: _strip(v) for k, v in m.items() if k not in TIMING}
+    if isinstance(m, list):
+        return [_strip(v) for v in m]
+    return m
+
+
+def _start(run_dir):
+    env = {**os.environ, "CROSSREC_CACHE": str(REPO / ".cache" / "test")}
+    return subprocess.Popen([CLI, *ARGS, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_step(proc, run_dir, step, timeout=240):
+    t0 = time.time()
+    while not (run_dir / "checkpoints" / f"step-{step}").is_dir():
+        assert proc.poll() is None, f"run ended before step {step}: {proc.stderr.read()[-2000:]}"
+        assert time.time() - t0 < timeout
+        time.sleep(0.02)
+
+
+def _same_weights(a, b):
+    wa, wb = load_file(str(a / "checkpoint" / "model.safetensors")), load_file(str(b / "checkpoint" / "model.safetensors"))
+    return wa.keys() == wb.keys() and all((wa[k] == wb[k]).all() for k in wa)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref")
+    run_cli(*ARGS, run_dir=out)
+    return out
+
+
+def test_sigkill_at_a_random_step_then_resume_is_identical(reference, tmp_path):
+    step = random.Random().randint(1, 6)
+    proc = _start(tmp_path)
+    _wait_for_step(proc, tmp_path, step)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_cli(*ARGS, f"resume={tmp_path}")
+    got, ref = read_metrics(tmp_path), read_metrics(reference)
+    assert got["status"] == "complete"
+    assert _strip(got) == _strip(ref), f"killed after step {step}"
+    assert _same_weights(tmp_path, reference)
+
+
+def test_sigterm_checkpoints_exits_75_and_resumes(reference, tmp_path):
+    proc = _start(tmp_path)
+    _wait_for_step(proc, tmp_path, 2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 75
+    m = read_metrics(tmp_path)
+    assert m["status"] == "interrupted" and "resume=" in m["resume"]
+    run_cli(*ARGS, f"resume={tmp_path}")
+    assert _strip(read_metrics(tmp_path)) == _strip(read_metrics(reference))
+    assert _same_weights(tmp_path, reference)
+
+
+def test_damaged_newest_checkpoint_falls_back_to_previous(reference, tmp_path):
+    proc = _start(tmp_path)
+    _wait_for_step(proc, tmp_path, 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    newest = max((p for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step-")),
+                 key=lambda p: int(p.name.split("-")[1]))
+    blob = newest / "optimizer.safetensors"
+    blob.write_bytes(blob.read_bytes()[:100])  # a checkpoint damaged after the fact
+    proc = run_cli(*ARGS, f"resume={tmp_path}")
+    assert "not usable" in proc.stdout + proc.stderr
+    assert _strip(read_metrics(tmp_path)) == _strip(read_metrics(reference))
+
+
+def test_resume_with_changed_config_lists_each_key(reference, tmp_path):
+    run_cli(*ARGS, "trainer.epochs=1", run_dir=tmp_path)
+    (tmp_path / "config.yaml").write_text((tmp_path / "config.yaml").read_text())
+    proc = run_cli(*ARGS, f"resume={tmp_path}", "seed=3", "trainer.batch_size=8", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    keys = sorted(line.split()[3].rstrip(":") for line in lines)
+    assert keys == ["seed", "trainer.batch_size", "trainer.epochs"], lines
+    assert all(line.startswith("error: config key ") for line in lines)
+    assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "complete"  # untouched
