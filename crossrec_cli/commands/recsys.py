@@ -136,6 +136,15 @@ def load_init(cfg: DictConfig, model: SeqRec) -> None:
     log.info("init_from %s: %d of %d tensors loaded", folder, len(take), len(state))
 
 
+def load_matching(model: SeqRec, run: Path) -> int:
+    """Copy the tensors of ``run/checkpoint`` whose names and shapes match ``model``."""
+    state = load_file(str(_checkpoint_file(Path(run) / "checkpoint")))
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(take, strict=False)
+    return len(take)
+
+
 def load_best(model: SeqRec, out: Path) -> None:
     folder = out / "checkpoint"
     if (folder / "model.safetensors").exists():

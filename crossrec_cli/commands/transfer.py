@@ -19,7 +19,7 @@ from rich.table import Table
 
 from crossrec_cli.commands._common import CONF_DIR, load_domains, names, run_dir, run_recipe, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    build_model, evaluate_model, load_best, load_init, model_mode, param_counts, train_config,
+    build_model, evaluate_model, load_best, load_init, load_matching, model_mode, param_counts, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.split import subsample_training_users
@@ -65,6 +65,49 @@ def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
             "seconds_per_epoch": sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history))}
 
 
+def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt, tc, out):
+    """Shared users: adapt again from the source model with merged (source + target) histories."""
+    space = tspec.shared_user_space
+    if not cfg.overlap.context or not space or len(sources) != 1 or sources[0][0].shared_user_space != space:
+        return None
+    from crossrec_cli.data.context import with_context
+
+    sspec, sdom = sources[0]
+    full, shared = with_context(target, split_full, sdom, splits_src[sspec.name])
+    if len(shared) == 0:
+        return None
+    part, _ = with_context(target, split_tgt, sdom, splits_src[sspec.name])
+    catalogues = [(sspec.name, sdom), (tspec.name, target)]
+    seed_everything(cfg.seed)
+    model = build_model(cfg, catalogues, tc, splits_src)
+    key = f"{tspec.name}+{sspec.name}"
+    model.add_composite(key, tspec.name, sspec.name)
+    load_matching(model, Path(str(cfg.init_from)) if cfg.get("init_from") else out / "source")
+    phase = _phase(cfg, model, {key: part}, {key: full}, tc, out / "with_context")
+    metrics = evaluate_model(cfg, model, key, full)
+    return {"model": model, "key": key, "split": full, "metrics": metrics, "phase": phase, "shared_users": int(len(shared))}
+
+
+def _cold_start(cfg, arms: dict, n_target: int) -> dict:
+    """Test metrics on examples whose target-domain history has <= overlap.cold_start_max items."""
+    import numpy as np
+
+    from crossrec_cli.data.context import short_history_mask
+    from crossrec_cli.data.split import Split
+
+    k = int(cfg.overlap.cold_start_max)
+    out = {"max_target_items": k}
+    for arm, (model, key, split) in arms.items():
+        mask = short_history_mask(split.test, n_target, k)
+        out["examples"] = int(mask.sum())
+        if not mask.any():
+            continue
+        sub = Split(split.train_users, split.train_seqs, split.valid.subset(np.zeros(len(split.valid), bool)),
+                    split.test.subset(mask), split.kind)
+        out[arm] = evaluate_model(cfg, model, key, sub)["test"]
+    return out
+
+
 def _both(res: dict[str, dict], name: str) -> dict:
     return {"valid": {name: res["valid"]}, "test": {name: res["test"]}}
 
@@ -104,6 +147,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     adapted = evaluate_model(cfg, model, tname, split_full, target)
     after = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d) for s, d in sources}
     trainable, total = param_counts(model)
+    ctx = _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt, tc, out)
     # (d) control: same initial model and target data, no source step
     seed_everything(cfg.seed)
     control_model = build_model(cfg, catalogues, tc, splits_src)
@@ -112,11 +156,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     lift = {k: (adapted["test"][k] - v) / v if v > 0 else None
             for k, v in control["test"].items() if "@" in k}
+    cold = None
+    if ctx is not None:
+        cold = _cold_start(cfg, {"adapted": (model, tname, split_full), "control": (control_model, tname, split_full),
+                                 "with_context": (ctx["model"], ctx["key"], ctx["split"])}, target.n_items)
     transfer = {
         "zero_shot": _both(zero, tname) if zero else {"skipped": "a transductive model (item ids) cannot score unseen target items"},
         "adapted": _both(adapted, tname),
         "control": _both(control, tname),
     }
+    if ctx is not None:
+        transfer["with_context"] = _both(ctx["metrics"], tname) | {"shared_users": ctx["shared_users"]}
+        transfer["cold_start"] = cold
+        phases["with_context"] = ctx["phase"]
     dataset = {s.name: d.fingerprint() | {"split": splits_src[s.name].kind} for s, d in sources}
     dataset[tname] = target.fingerprint() | {"split": split_tgt.kind}
     record = metrics_record(

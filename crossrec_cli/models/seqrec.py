@@ -76,6 +76,7 @@ class SeqRec(nn.Module):
         self.texts: dict[str, list[str]] = {}
         self._base: dict[str, torch.Tensor] = {}  # frozen (or last refreshed) LM vectors per domain
         self.cache_vectors = True  # frozen-backbone vectors come from / go to the disk cache
+        self.composites: dict[str, tuple[str, str]] = {}  # key -> (target, source) with shared users
 
     # -- catalogues --------------------------------------------------------------------------
     def add_catalogue(self, key: str, texts: list[str]) -> None:
@@ -87,12 +88,31 @@ class SeqRec(nn.Module):
             nn.init.normal_(emb.weight, std=0.02)
             self.id_emb[key] = emb
 
+    def add_composite(self, key: str, target: str, source: str) -> None:
+        """A merged catalogue: target items (0..N_t-1) then source items, each with a learned
+        domain embedding, for histories that mix both domains (shared users)."""
+        self.composites[key] = (target, source)
+        if not hasattr(self, "domain_emb"):
+            self.domain_emb = nn.Embedding(2, self.cfg.dim)
+            nn.init.normal_(self.domain_emb.weight, std=0.02)
+            self.domain_emb.to(self.user.pos.weight.device)
+
+    def n_targets(self, key: str) -> int:
+        """Items that can be recommended under ``key`` (a composite's target catalogue)."""
+        return len(self.texts[self.composites[key][0] if key in self.composites else key])
+
     def can_score(self, key: str) -> bool:
+        if key in self.composites:
+            return all(self.can_score(k) for k in self.composites[key])
         return self.backbone is not None and not self.cfg.item_ids or key in self.id_emb
 
     @torch.no_grad()
     def refresh(self, key: str, cache: bool = True) -> None:
         """(Re-)encode a domain's catalogue with the backbone: (N, hidden), detached."""
+        if key in self.composites:
+            for k in self.composites[key]:
+                self.refresh(k, cache)
+            return
         if self.backbone is None:
             return
         dev = self.proj.weight.device
@@ -113,6 +133,14 @@ class SeqRec(nn.Module):
     def item_matrix(self, key: str, fresh: torch.Tensor | None = None) -> torch.Tensor:
         """(N, dim) item vectors of a domain. ``fresh`` (item indices) are re-encoded with
         gradients through a training backbone; the rest come from the last refresh."""
+        if key in self.composites:
+            t, src = self.composites[key]
+            nt = len(self.texts[t])
+            ft = fs = None
+            if fresh is not None:
+                ft, fs = fresh[fresh < nt], fresh[fresh >= nt] - nt
+            dom = self.domain_emb.weight
+            return torch.cat([self.item_matrix(t, ft) + dom[0], self.item_matrix(src, fs) + dom[1]])
         parts = []
         if self.backbone is not None:
             base = self.base(key)
@@ -180,4 +208,5 @@ def seqrec_scorer(model: SeqRec, key: str, batch_size: int = 256, refresh: bool 
         users = torch.cat(out) if out else torch.zeros(0, items.shape[1])
         return model.scoring_vectors(users, items)[0].cpu()
 
-    return user_vectors, model.scoring_vectors(items[:1], items)[1].cpu()
+    targets = items[: model.n_targets(key)]
+    return user_vectors, model.scoring_vectors(targets[:1], targets)[1].cpu()

@@ -104,8 +104,8 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     """Softmax cross-entropy of each target given the history before it (-sum log P(z|x))."""
     dev = model.user.pos.weight.device
     inp, tgt = inp.to(dev), tgt.to(dev)
-    n_items = len(model.texts[key])
-    mask = tgt >= 0
+    n_items = model.n_targets(key)
+    mask = (tgt >= 0) & (tgt < n_items)  # merged histories: source items are context only
     targets = tgt[mask]
     negatives = None
     if tc.loss == "sampled":
@@ -117,7 +117,7 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     items = model.item_matrix(key, fresh)
     users = model.user_states(items, inp)[mask]
     if tc.loss == "full":
-        return F.cross_entropy(model.logits(users, items), targets)
+        return F.cross_entropy(model.logits(users, items[:n_items]), targets)
     cand = torch.unique(torch.cat([targets, negatives]))
     return F.cross_entropy(model.logits(users, items[cand]), torch.searchsorted(cand, targets))
 
