@@ -126,3 +126,20 @@ def test_pretrain_then_finetune_from_it(tmp_path):
     ft = tmp_path / "ft"
     run_cli("finetune", *SMOKE, f"init_from={pre}", run_dir=ft)
     assert read_metrics(ft)["test"]["movies"]["examples"] > 0
+
+
+def test_multi_domain_with_per_domain_adapters(tmp_path):
+    run_cli("finetune", *SMOKE, "domain=[movies,music]", "adapter=lora", "per_domain_adapters=true", run_dir=tmp_path)
+    m = read_metrics(tmp_path)
+    assert set(m["test"]) == set(m["dataset"]) == {"movies", "music"}
+    from safetensors.torch import load_file
+
+    saved = {d: load_file(str(tmp_path / "checkpoint" / "adapter" / d / "adapter_model.safetensors")) for d in ("movies", "music")}
+    assert saved["movies"].keys() == saved["music"].keys()
+    # each domain's adapter trained on its own batches: their weights differ
+    assert any(not (saved["movies"][k] == saved["music"][k]).all() for k in saved["movies"] if "lora_B" in k)
+
+
+def test_per_domain_adapters_need_a_named_adapter_method(tmp_path):
+    proc = run_cli("finetune", *SMOKE, "domain=[movies,music]", "per_domain_adapters=true", run_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: per_domain_adapters:")

@@ -56,8 +56,14 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
     if pretrained is not None and (pretrained / "config.json").is_file():  # a `crossrec pretrain` run
         _checkpoint_file(pretrained.parent)
         bcfg.update(path=str(pretrained), local=None, config=None)
+    per_domain = None
+    if cfg.get("per_domain_adapters"):
+        if cfg.adapter.name in ("frozen", "full"):
+            raise CrossrecError("per_domain_adapters", f"adapter={cfg.adapter.name} has no named adapters",
+                                "use adapter=lora, ia3, prefix or adapter")
+        per_domain = [name for name, _ in catalogues]
     model = build_recommender(OmegaConf.to_container(cfg.model, resolve=True), bcfg,
-                              OmegaConf.to_container(cfg.adapter, resolve=True), int(cfg.seed), steps)
+                              OmegaConf.to_container(cfg.adapter, resolve=True), int(cfg.seed), steps, per_domain)
     for name, domain in catalogues:
         model.add_catalogue(name, domain.item_text)
     dev = device(cfg)

@@ -77,6 +77,7 @@ class SeqRec(nn.Module):
         self._base: dict[str, torch.Tensor] = {}  # frozen (or last refreshed) LM vectors per domain
         self.cache_vectors = True  # frozen-backbone vectors come from / go to the disk cache
         self.composites: dict[str, tuple[str, str]] = {}  # key -> (target, source) with shared users
+        self.switch_adapter = None  # callable(domain): route the backbone through that domain's adapter
 
     # -- catalogues --------------------------------------------------------------------------
     def add_catalogue(self, key: str, texts: list[str]) -> None:
@@ -115,6 +116,7 @@ class SeqRec(nn.Module):
             return
         if self.backbone is None:
             return
+        self._route(key)
         dev = self.proj.weight.device
         if self.backbone_trains:
             from crossrec_cli.models.encode import encode_texts
@@ -124,6 +126,10 @@ class SeqRec(nn.Module):
             vecs = cached_text_vectors(self.backbone, self.texts[key], self.cfg.max_length, self.cfg.pooling,
                                        self.cfg.encode_batch, cache=cache and self.cache_vectors)
         self._base[key] = vecs.to(dev)
+
+    def _route(self, key: str) -> None:
+        if self.switch_adapter is not None:
+            self.switch_adapter(key)
 
     def base(self, key: str) -> torch.Tensor:
         if key not in self._base:
@@ -145,6 +151,7 @@ class SeqRec(nn.Module):
         if self.backbone is not None:
             base = self.base(key)
             if fresh is not None and self.backbone_trains and len(fresh):
+                self._route(key)
                 texts = [self.texts[key][i] for i in fresh.tolist()]
                 new = forward_pool(self.backbone, texts, self.cfg.max_length, self.cfg.pooling).to(base.dtype)
                 base = base.index_copy(0, fresh.to(base.device), new)
