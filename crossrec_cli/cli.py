@@ -33,23 +33,44 @@ def _register_resolvers() -> None:
 
 
 def _precheck(config_name: str, overrides: list[str]) -> None:
-    """Compose the config once so a bad override is one line, not Hydra's multi-line report."""
+    """Compose the config once so a bad override is one line, not Hydra's multi-line report:
+    ``error: config key <override key>: ...``, or ``error: <file>:<line>:<col>: ...`` for a
+    config file that is not valid YAML."""
     from hydra import compose, initialize_config_dir
 
     from crossrec_cli.commands._common import CONF_DIR
+    from crossrec_cli.errors import CrossrecError
 
     plain = [o for o in overrides if not o.startswith("hydra.") or o.startswith("hydra.searchpath")]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=config_name):
             compose(config_name=config_name, overrides=plain)
-    except Exception as exc:  # Hydra's composition and override-parsing errors
-        text = str(exc).strip().splitlines() or [type(exc).__name__]
+    except Exception as exc:  # Hydra's composition and override-parsing errors, YAML errors
+        text = str(exc).strip() or type(exc).__name__
         cause = str(exc.__cause__).strip().splitlines()[:1] if exc.__cause__ else []
-        m = re.search(r"'([^']+)'", text[0])
-        where = m.group(1) if m else "overrides"
-        problem = "; ".join([text[0]] + cause)
-        hint = next((t for t in text[1:] if t.strip()), "check `crossrec %s --cfg job`" % config_name)
-        print(f"error: config key {where}: {problem}; {hint.strip()}".replace("\n", " "), file=sys.stderr)
+        yaml_at = re.search(r'in "([^"]+)", line (\d+)(?:, column (\d+))?', "\n".join([text, *cause]))
+        if yaml_at:  # a config file (e.g. conf/domain/<name>.yaml) that YAML cannot read
+            problem = "; ".join(t.strip() for t in text.splitlines() if t.strip() and 'in "' not in t)
+            col = int(yaml_at.group(3)) if yaml_at.group(3) else None
+            err = CrossrecError(yaml_at.group(1), f"not valid YAML: {problem}", "fix the file's syntax",
+                                int(yaml_at.group(2)), col)
+            print(err.one_line(), file=sys.stderr)
+            sys.exit(2)
+        # the override at fault: the first quoted word that is an override's key or names its
+        # config group ('domain/nope' -> domain), else one inside an override's value ('[1')
+        keys = {o.split("=", 1)[0].lstrip("+~").split("@")[0]: o.partition("=")[2] for o in plain}
+        quoted = re.findall(r"'([^']+)'", re.sub(r"^In '[^']+': ", "", text))
+        where = next((q.split("/")[0] for q in quoted if q.split("/")[0] in keys), None)
+        where = where or next((k for q in quoted for k, v in keys.items() if q in v), None)
+        where = where or (quoted[0].split("/")[0] if quoted else "overrides")
+        lines = [t.strip() for t in text.splitlines() if t.strip()]
+        opts = re.search(r"Available options in '[^']+':\n(.*?)(?:\nConfig search path|$)", text, re.S)
+        options = opts.group(1).split() if opts else []  # one tab-indented name a line
+        problem = "; ".join([re.sub(r"^In '[^']+': ", "", lines[0]), *cause])
+        hint = f"available: {', '.join(options)}" if options else next(
+            (t for t in lines[1:] if not t.startswith(("Config search path", "provider="))),
+            f"check `crossrec {config_name} --cfg job`")
+        print(f"error: config key {where}: {problem}; {hint}".replace("\n", " "), file=sys.stderr)
         sys.exit(2)
 
 

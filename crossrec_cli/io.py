@@ -55,3 +55,18 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+def read_safetensors(path: str | Path) -> dict:
+    """Tensors of a safetensors file (never a pickle); a damaged or foreign file is a
+    CrossrecError naming it, not a traceback."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from crossrec_cli.errors import CrossrecError
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CrossrecError(str(path), f"not a readable safetensors file: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}",
+                            "re-run the command that wrote it") from None

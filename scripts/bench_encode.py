@@ -179,7 +179,7 @@ def main() -> None:
             if out.returncode != 0:
                 sys.exit(f"error: {path} run failed:\n{out.stderr}")
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        a, b = torch.load(f"{tmp}/crossrec.pt"), torch.load(f"{tmp}/bare.pt")
+        a, b = torch.load(f"{tmp}/crossrec.pt", weights_only=True), torch.load(f"{tmp}/bare.pt", weights_only=True)
     cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
 
     print(f"all-MiniLM-L6-v2 at {args.model_dir}")

@@ -103,7 +103,9 @@ def case(args: list[str], needles: list[str], **kw):
         case(["nosuch"], ["'nosuch'", "unknown command"]),
         case(["data"], ["crossrec data", "data stats"]),
         case(["evaluate", "nosuchkey=1"], ["nosuchkey"]),
-        case(["evaluate", "domain=nope"], ["domain/nope"]),
+        case(
+            ["evaluate", "domain=nope"], ["config key domain:", "domain/nope", "available: movies"]
+        ),
         case(
             ["evaluate", "domain.path=/nonexistent/crossrec-data"],
             ["/nonexistent/crossrec-data", "does not exist"],
@@ -114,12 +116,7 @@ def case(args: list[str], needles: list[str], **kw):
         ),
         case(
             ["evaluate", "eval.topk=x"],
-            ["eval.topk"],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: eval.topk is not validated; exit 1 with a traceback "
-                "ending in metrics.py:10 recall_at_k: numpy UFuncNoLoopError ('less', Int64, Str)",
-            ),
+            ["eval.topk", "expected a non-empty list of positive integers"],
         ),
     ],
 )
@@ -199,14 +196,13 @@ CORPUS = [
     ("bad_float", "bad_float/bad.inter:6:3: field 'rating' has '3.x'; expected a number"),
     ("ragged_row", "ragged_row/bad.inter:8: row has 3 fields; expected 4"),
     ("empty_file", "empty_file/bad.inter:1: file is empty"),
-    # the message says "file is empty" although only the first line is blank; the place is right
-    ("blank_first_line", "blank_first_line/bad.inter:1: "),
+    ("blank_first_line", "blank_first_line/bad.inter:1: first line is blank; expected the header"),
     ("header_only", "header_only/bad.inter:1: file has a header but no rows"),
     ("bom", "bom/bad.item:1: file starts with a UTF-8 byte-order mark"),
     ("non_utf8", "non_utf8/bad.item:15:20: byte 0xe9 is not valid utf-8"),
     ("unknown_item", "unknown_item/bad.inter:10: unknown item id '99999'"),
     ("duplicate_item", "duplicate_item/bad.item:22: duplicate item id '3'"),
-    ("empty_item_id", "empty_item_id/bad.inter:2: unknown item id '2'"),
+    ("empty_item_id", "empty_item_id/bad.item:3:1: empty item id"),
     ("missing_item_file", "missing_item_file/bad.item: file does not exist"),
     ("missing_user_column", "missing_user_column/bad.inter:1: missing column 'user_id'"),
     ("missing_text_column", "missing_text_column/bad.item:1: text field 'plot' is not a column"),
@@ -226,55 +222,22 @@ CORPUS = [
         "filters_remove_all",
         "domain.filters_remove_all.filters: no interactions left after filtering",
     ),
-    ("invalid_yaml", 'invalid_yaml.yaml", line 5'),
+    ("invalid_yaml", "invalid_yaml.yaml:5:16: not valid YAML: while scanning a quoted scalar"),
     ("lastfm_bad_weight", "lastfm_bad_weight/user_artists.dat:5:3: field 'weight' has '12k'"),
     ("lastfm_ragged_artist", "lastfm_ragged_artist/artists.dat:7: row has 3 fields"),
     ("lastfm_order_time", "domain.lastfm_order_time.order: Last.fm hetrec2011 has no timestamps"),
-    pytest.param(
-        "empty_user_id",
-        "empty_user_id/bad.inter:7",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG: an empty user id cell is accepted as user '' "
-            "(exit 0); assemble.py never checks for empty ids",
-        ),
-    ),
-    pytest.param(
+    ("empty_user_id", "empty_user_id/bad.inter:7:1: empty user id"),
+    (
         "text_fields_not_list",
-        "text_fields",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="BUG domain.py:72: list('movie_title') splits a string "
-            "text_fields into characters -> misleading \"text field 'm' is not a column\"",
-        ),
+        "text_fields_not_list.yaml.text_fields: expected a list of strings, got 'movie_title'; "
+        "write a list",
     ),
-    pytest.param(
-        "filters_not_mapping",
-        "filters",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="CRASH domain.py:66 in from_dict `for key in fraw:` "
-            "TypeError: 'int' object is not iterable (exit 1, traceback)",
-        ),
-    ),
-    pytest.param(
+    ("filters_not_mapping", "filters_not_mapping.yaml.filters: expected a mapping, got 5"),
+    (
         "max_users_not_int",
-        "max_users",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="CRASH assemble.py:127 in apply_filters "
-            "`domain.inter_user < f.max_users` numpy UFuncNoLoopError (exit 1, traceback)",
-        ),
+        "max_users_not_int.yaml.filters.max_users: expected an integer or null, got 'ten'",
     ),
-    pytest.param(
-        "order_seed_not_int",
-        "order_seed",
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="CRASH split.py:76 in order_interactions "
-            "np.random.default_rng(seed) TypeError: SeedSequence expects int ... not abc",
-        ),
-    ),
+    ("order_seed_not_int", "order_seed_not_int.yaml.order_seed: expected an integer, got 'abc'"),
 ]
 CORPUS_NAMES = ["control"] + [c.values[0] if hasattr(c, "values") else c[0] for c in CORPUS]
 

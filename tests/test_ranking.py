@@ -96,13 +96,6 @@ def test_chunked_equals_unchunked_and_brute_force(user_chunk, item_chunk):
         assert whole.tolist() == reference_ranks(users, items, targets, ex)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ranking.py:39: the target's score is computed as (u * items[t]).sum(-1) while "
-    "the other items' scores come from u @ items.T; the two round differently (~1e-14), so an "
-    "item with exactly the same vector as the target (duplicate item texts) is counted as "
-    "better or not at random instead of by item order",
-)
 def test_duplicate_item_vectors_tie_by_item_order():
     # items 2k and 2k+1 have identical vectors (e.g. two catalogue entries with the same text).
     # Whatever the user, the odd twin must rank exactly one place below the even one.

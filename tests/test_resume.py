@@ -100,3 +100,23 @@ def test_resume_with_changed_config_lists_each_key(reference, tmp_path):
     assert keys == ["seed", "trainer.batch_size", "trainer.epochs"], lines
     assert all(line.startswith("error: config key ") for line in lines)
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "complete"  # untouched
+
+
+def test_transfer_resumes_phase_by_phase(tmp_path):
+    args = ("transfer", "experiment=smoke", "trainer.epochs=2", "trainer.checkpoint_every=1")
+    ref = tmp_path / "ref"
+    run_cli(*args, run_dir=ref)
+    out = tmp_path / "killed"
+    env = {**os.environ, "CROSSREC_CACHE": str(REPO / ".cache" / "test")}
+    proc = subprocess.Popen([CLI, *args, f"hydra.run.dir={out}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / "adapted" / "checkpoints" / "step-2").is_dir():  # inside the second arm
+        assert proc.poll() is None and time.time() - t0 < 300
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "source" / "phase.json").is_file() and not (out / "adapted" / "phase.json").exists()
+    run_cli(*args, f"resume={out}")
+    got, want = _strip(read_metrics(out)), _strip(read_metrics(ref))
+    assert got["transfer"] == want["transfer"] and got["lift"] == want["lift"] and got["test"] == want["test"]

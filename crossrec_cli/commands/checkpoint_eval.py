@@ -14,11 +14,12 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from safetensors.torch import load_file
+from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.commands._common import domain_spec, load_domains, write_metrics
 from crossrec_cli.commands.recsys import _checkpoint_file, build_model, evaluate_model, model_mode, param_counts
 from crossrec_cli.data import load_domain, make_split
+from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.training.loop import load_trainable_state
@@ -48,14 +49,17 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         ov = OmegaConf.to_container(saved.data.overrides) or None
         domains = [(s, load_domain(s)) for s in (domain_spec(n, ov) for n in trained_on)]
     # the saved model's architecture, this command's evaluation protocol
-    mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None})
+    # trust_remote_code is this command's choice, never the (possibly edited) run folder's
+    mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None,
+                                   "backbone": {"trust_remote_code": bool(cfg.backbone.get("trust_remote_code", False))}})
     model = build_model(mcfg, [(s.name, d) for s, d in domains])
-    state = load_file(str(_checkpoint_file(run / "checkpoint")))
+    state = read_safetensors(_checkpoint_file(run / "checkpoint"))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
     dataset, valid, test = {}, {}, {}
     for spec, domain in domains:
         split = make_split(domain, spec.order, spec.order_seed)
+        check_evaluable(split, spec.name)
         res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains)
         dataset[spec.name] = domain.fingerprint() | {"split": split.kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]

@@ -8,11 +8,13 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from crossrec_cli.commands._common import CONF_DIR, load_domains, run_recipe, seed_everything, write_metrics
+from crossrec_cli.config_check import check_common
 from crossrec_cli.data import make_split
+from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split
 from crossrec_cli.evaluation.ranking import read_candidates
@@ -45,6 +47,7 @@ def baseline_scorer(cfg: DictConfig, domain, split, backbone_cache: dict):
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
+    check_common(OmegaConf.to_container(cfg, resolve=True))
     seed_everything(cfg.seed)
     if cfg.get("run"):
         from crossrec_cli.commands.checkpoint_eval import evaluate_run
@@ -56,6 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dataset, valid, test, cache = {}, {}, {}, {}
     for spec, domain in domains:
         split = make_split(domain, spec.order, spec.order_seed)
+        check_evaluable(split, spec.name)
         user_vecs, item_vecs = baseline_scorer(cfg, domain, split, cache)
         cands = None
         if cfg.eval.candidates:

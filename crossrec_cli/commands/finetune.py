@@ -19,6 +19,7 @@ from crossrec_cli.commands.recsys import (
     build_model, check_same_data, evaluate_model, load_init, model_mode, resume_dir, save_final, train_config,
 )
 from crossrec_cli.data import make_split
+from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.training.loggers import MetricLogger
 from crossrec_cli.training.loop import fit
@@ -36,8 +37,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir()
     domains = load_domains(cfg)
     splits = {spec.name: make_split(d, spec.order, spec.order_seed) for spec, d in domains}
+    for name, split in splits.items():
+        check_evaluable(split, name)
     tc = train_config(cfg, splits)
-    model = build_model(cfg, [(s.name, d) for s, d in domains], tc)
+    model = build_model(cfg, [(s.name, d) for s, d in domains], tc, splits)
     load_init(cfg, model)
     logger = MetricLogger(cfg.logger.name, out, OmegaConf.to_container(cfg, resolve=True),
                           **{k: v for k, v in cfg.logger.items() if k != "name"})
@@ -49,7 +52,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
     try:
         prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
-                   show_progress=bool(cfg.progress), step_hook=_adalora_hook())
+                   show_progress=bool(cfg.progress))
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics({"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
@@ -78,12 +81,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _history(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "valid"} for h in history]
-
-
-def _adalora_hook():
-    from crossrec_cli.adapters import adapter_step_hook
-
-    return adapter_step_hook
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="finetune")

@@ -47,7 +47,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from crossrec_cli.adapters import apply_adapter, param_counts
 
     hp = {k: v for k, v in cfg.adapter.items() if k != "name"}
-    backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=None, **hp)
+    steps = sum(-(-(len(t) if p.objective == "contrastive" else len(n)) // p.batch_size) for t, n in data.values())
+    steps = min(steps, p.max_steps or steps) * p.epochs
+    backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=max(1, steps), **hp)
     trainable, total = param_counts(backbone.model)
     history = pretrain_item_tower(backbone, data, p.objective, p.epochs, p.batch_size, p.lr, p.temperature,
                                   b.max_length, b.pooling, cfg.seed, p.max_steps)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from safetensors.torch import load_file
+from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.commands._common import run_dir
 from crossrec_cli.data import Domain, DomainSpec, Split
@@ -50,7 +50,7 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
                             "use `crossrec evaluate model=...` for baselines, or model=seqrec")
     if cfg.backbone.kind == "none" and not cfg.model.item_ids:
         raise CrossrecError("model.item_ids", "backbone=none needs item ids", "set model.item_ids=true (ID-only SASRec)")
-    steps = total_steps(cfg, splits, tc) if (tc and splits) else None
+    steps = total_steps(cfg, splits, tc) if (tc and splits) else 1  # only AdaLoRA's schedule reads it
     bcfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     pretrained = Path(str(cfg.init_from)).expanduser() / "checkpoint" / "backbone" if cfg.get("init_from") else None
     if pretrained is not None and (pretrained / "config.json").is_file():  # a `crossrec pretrain` run
@@ -61,6 +61,9 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
         if cfg.adapter.name in ("frozen", "full"):
             raise CrossrecError("per_domain_adapters", f"adapter={cfg.adapter.name} has no named adapters",
                                 "use adapter=lora, ia3, prefix or adapter")
+        if cfg.adapter.name == "adalora":
+            raise CrossrecError("per_domain_adapters", "peft trains one AdaLoRA adapter at a time",
+                                "use adapter=lora, ia3, prefix or adapter for per-domain adapters")
         per_domain = [name for name, _ in catalogues]
     model = build_recommender(OmegaConf.to_container(cfg.model, resolve=True), bcfg,
                               OmegaConf.to_container(cfg.adapter, resolve=True), int(cfg.seed), steps, per_domain)
@@ -133,7 +136,7 @@ def load_init(cfg: DictConfig, model: SeqRec) -> None:
     folder = Path(str(cfg.init_from)).expanduser() / "checkpoint"
     if (folder / "backbone" / "config.json").is_file():
         return  # a pretrain run: its backbone was loaded by build_model
-    state = load_file(str(_checkpoint_file(folder)))
+    state = read_safetensors(_checkpoint_file(folder))
     own = model.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not take:
@@ -144,7 +147,7 @@ def load_init(cfg: DictConfig, model: SeqRec) -> None:
 
 def load_matching(model: SeqRec, run: Path) -> int:
     """Copy the tensors of ``run/checkpoint`` whose names and shapes match ``model``."""
-    state = load_file(str(_checkpoint_file(Path(run) / "checkpoint")))
+    state = read_safetensors(_checkpoint_file(Path(run) / "checkpoint"))
     own = model.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(take, strict=False)
@@ -154,7 +157,7 @@ def load_matching(model: SeqRec, run: Path) -> int:
 def load_best(model: SeqRec, out: Path) -> None:
     folder = out / "checkpoint"
     if (folder / "model.safetensors").exists():
-        load_trainable_state(model, load_file(str(_checkpoint_file(folder))), str(folder))
+        load_trainable_state(model, read_safetensors(_checkpoint_file(folder)), str(folder))
 
 
 def param_counts(model: SeqRec) -> tuple[int, int]:

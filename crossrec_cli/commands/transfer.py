@@ -22,6 +22,7 @@ from crossrec_cli.commands.recsys import (
     build_model, evaluate_model, load_best, load_init, load_matching, model_mode, param_counts, train_config,
 )
 from crossrec_cli.data import make_split
+from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.data.split import subsample_training_users
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
@@ -56,13 +57,28 @@ def _adversary(cfg: DictConfig, model, keys: list[str]):
 
 
 def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
+    """Train one arm in its own folder. With ``resume``, a finished arm is reloaded and an
+    interrupted one continues from its newest verified checkpoint."""
+    import json
+
+    from crossrec_cli.io import atomic_write_json
+    from crossrec_cli.training import checkpoint as ckpt
+
+    done = out / "phase.json"
+    if cfg.get("resume") and done.is_file():
+        load_best(model, out)
+        return json.loads(done.read_text())
+
     def valid(m):
         return {k: evaluate_model(cfg, m, k, s)["valid"] for k, s in valid_splits.items()}
 
-    prog = fit(model, splits, tc, valid, out, show_progress=bool(cfg.progress), extra_loss=extra)
+    resume = bool(cfg.get("resume")) and ckpt.latest_verified(out / "checkpoints") is not None
+    prog = fit(model, splits, tc, valid, out, show_progress=bool(cfg.progress), extra_loss=extra, resume=resume)
     load_best(model, out)
-    return {"best_epoch": prog.best_epoch, "epochs_run": len(prog.history),
+    info = {"best_epoch": prog.best_epoch, "epochs_run": len(prog.history),
             "seconds_per_epoch": sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history))}
+    atomic_write_json(done, info)
+    return info
 
 
 def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt, tc, out):
@@ -126,6 +142,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise CrossrecError("target", f"{tname!r} is also a source", "choose a different target domain")
     splits_src = {s.name: make_split(d, s.order, s.order_seed) for s, d in sources}
     split_full = make_split(target, tspec.order, tspec.order_seed)
+    for name, split in [*splits_src.items(), (tname, split_full)]:
+        check_evaluable(split, name)
     split_tgt = subsample_training_users(split_full, float(cfg.target_fraction), int(cfg.seed))
     catalogues = [(s.name, d) for s, d in sources] + [(tname, target)]
     tc = train_config(cfg, splits_src)

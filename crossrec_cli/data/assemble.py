@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from crossrec_cli.data.domain import Domain, DomainSpec, render_text
+from crossrec_cli.data.split import Split
 from crossrec_cli.errors import CrossrecError
 
 
@@ -52,8 +53,19 @@ def item_texts(spec: DomainSpec, items: RawItems) -> list[str]:
     return texts
 
 
+def no_empty_ids(path: Path, ids: list[str], lines: list[int], what: str) -> None:
+    """An empty id cell is an error at its file:line:col (col when the reader kept it)."""
+    for value, line in zip(ids, lines):
+        if not value:
+            raise CrossrecError(str(path), f"empty {what}", f"every row needs a {what}", line=line,
+                                col=getattr(ids, "col", None))
+
+
 def assemble(spec: DomainSpec, items: RawItems, inter: RawInteractions) -> Domain:
     """Validate ids, build the item text and apply the domain's filters."""
+    no_empty_ids(items.path, items.ids, items.lines, "item id")
+    no_empty_ids(inter.path, inter.users, inter.lines, "user id")
+    no_empty_ids(inter.path, inter.items, inter.lines, "item id")
     index: dict[str, int] = {}
     for iid, line in zip(items.ids, items.lines):
         if iid in index:
@@ -132,3 +144,17 @@ def apply_filters(domain: Domain, spec: DomainSpec) -> Domain:
             f"domain.{spec.name}.filters", "no interactions left after filtering", "loosen the filters or check the data"
         )
     return domain
+
+
+def check_evaluable(split: Split, domain: str) -> None:
+    """Stop before writing empty metrics: a domain whose split has no test example.
+
+    Leave-one-out takes a user's last two interactions as valid and test, so only users with at
+    least 3 interactions (after the filters) are evaluated.
+    """
+    if len(split.test):
+        return
+    if split.kind == "leave-one-out":
+        raise CrossrecError(f"domain.{domain}", "no user has the 3 interactions leave-one-out needs",
+                            "loosen the filters (min_rating, user_core, max_users) or use more data")
+    raise CrossrecError(f"domain.{domain}", "the given test split has no example", "fill the test split file")

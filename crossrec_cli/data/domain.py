@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 
@@ -51,24 +52,20 @@ class DomainSpec:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "domain") -> DomainSpec:
-        known = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in known:
-                raise CrossrecError(
-                    f"{where}.{key}", "unknown domain key", f"expected one of {sorted(known)}"
-                )
-        for key in ("name", "format", "path"):
-            if raw.get(key) in (None, "", "???"):
-                raise CrossrecError(f"{where}.{key}", "missing required value", "set it in the domain file")
-        data = dict(raw)
-        fraw = data.pop("filters", None) or {}
-        fknown = {f.name for f in fields(FilterSpec)}
-        for key in fraw:
-            if key not in fknown:
-                raise CrossrecError(
-                    f"{where}.filters.{key}", "unknown filter key", f"expected one of {sorted(fknown)}"
-                )
-        spec = cls(**data, filters=FilterSpec(**fraw))
+        data = _typed_fields(cls, raw, where, "unknown domain key", required=("name", "format", "path"))
+        fraw = data.pop("filters", None)
+        if fraw is None:
+            fraw = {}
+        elif not isinstance(fraw, dict):
+            raise CrossrecError(f"{where}.filters", f"expected a mapping, got {fraw!r}",
+                                "write e.g. filters: {min_rating: 4, user_core: 5}")
+        filters = FilterSpec(**_typed_fields(FilterSpec, fraw, f"{where}.filters", "unknown filter key"))
+        for key in ("user_core", "item_core", "max_users"):
+            value = getattr(filters, key)
+            if value is not None and value < (1 if key == "max_users" else 0):
+                raise CrossrecError(f"{where}.filters.{key}", f"expected a count, got {value!r}",
+                                    "use a non-negative integer (max_users: at least 1)")
+        spec = cls(**data, filters=filters)
         spec.text_fields = list(spec.text_fields or [])
         if spec.format not in FORMATS:
             raise CrossrecError(f"{where}.format", f"unknown format {spec.format!r}", f"expected one of {list(FORMATS)}")
@@ -93,6 +90,57 @@ class DomainSpec:
                 str(p), "domain folder does not exist", f"check 'path' in the domain file of {self.name!r}"
             )
         return p
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in get_args(tp) if a is not type(None)]
+    if get_origin(tp) is list:
+        return "a list of strings"  # the only list field (text_fields)
+    if len(args) == 1:  # X | None
+        return f"{_type_name(args[0])} or null"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(tp, str(tp))
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a YAML value has the field type ``tp`` (str, int, float, bool, list[str], X | None)."""
+    args = get_args(tp)
+    if type(None) in args:
+        return value is None or _fits(value, next(a for a in args if a is not type(None)))
+    if get_origin(tp) is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, tp)
+
+
+def _typed_fields(
+    cls: type, raw: dict[str, Any], where: str, unknown: str, required: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """``raw`` checked against the dataclass ``cls``: an unknown key, a missing ``required`` value or
+    a value of the wrong type is a CrossrecError naming ``<where>.<key>``. Nested dataclasses and
+    null lists are left to the caller; numbers for float fields become floats."""
+    hints = get_type_hints(cls)
+    for key in raw:
+        if key not in hints:
+            raise CrossrecError(f"{where}.{key}", unknown, f"expected one of {sorted(hints)}")
+    for key in required:
+        if raw.get(key) in (None, "", "???"):
+            raise CrossrecError(f"{where}.{key}", "missing required value", "set it in the domain file")
+    for key, value in raw.items():
+        tp = hints[key]
+        if is_dataclass(tp) or (get_origin(tp) is list and value is None):
+            continue
+        if not _fits(value, tp):
+            if get_origin(tp) is list:  # a string would be read as its characters
+                hint = f"write a list: {key}: [{value}]" if isinstance(value, str) else "quote each item"
+            elif tp is str or str in get_args(tp):
+                hint = "quote the value to make it a string"
+            else:
+                hint = "fix the value in the domain file"
+            raise CrossrecError(f"{where}.{key}", f"expected {_type_name(tp)}, got {value!r}", hint)
+    return {k: float(v) if hints[k] in (float, float | None) and v is not None else v for k, v in raw.items()}
 
 
 @dataclass
@@ -125,7 +173,7 @@ class Domain:
 
     @property
     def n_interactions(self) -> int:
-        return int(len(self.inter_user))
+        return len(self.inter_user)
 
     def sha256(self) -> str:
         """Content hash of what the model sees: item ids and texts, interactions in order."""

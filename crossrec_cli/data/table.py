@@ -14,6 +14,15 @@ from crossrec_cli.errors import CrossrecError
 ATOMIC_TYPES = ("token", "token_seq", "float", "float_seq")
 
 
+class Column(list[str]):
+    """A column's cells (strings); ``col`` is its 1-based position in the file, so that a check
+    made later (an empty id in ``assemble``) can still name the column."""
+
+    def __init__(self, cells: list[str] | None = None, col: int | None = None) -> None:
+        super().__init__(cells or [])
+        self.col = col
+
+
 @dataclass
 class Table:
     """Columns of raw strings; ``lines[i]`` is the 1-based file line of row ``i``."""
@@ -78,8 +87,10 @@ def read_delimited(path: Path, sep: str = "\t", typed: bool = False, encoding: s
     """Read a header + rows file. ``typed``: headers are RecBole ``name:type``."""
     text = read_text(path, encoding)
     rows = text.splitlines()
-    if not rows or not rows[0].strip():
+    if not text.strip():
         raise CrossrecError(str(path), "file is empty", "expected a header line and rows", line=1)
+    if not rows[0].strip():
+        raise CrossrecError(str(path), "first line is blank", "expected the header on line 1", line=1)
     header = rows[0].split(sep)
     if len(header) == 1 and sep == "\t" and ("," in rows[0] or ";" in rows[0]):
         raise CrossrecError(
@@ -108,7 +119,7 @@ def read_delimited(path: Path, sep: str = "\t", typed: bool = False, encoding: s
             raise CrossrecError(str(path), f"duplicate header field {name!r}", "column names must be unique", line=1, col=ci)
         names.append(name)
         types.append(typ)
-    columns: dict[str, list[str]] = {n: [] for n in names}
+    columns: dict[str, list[str]] = {n: Column(col=ci) for ci, n in enumerate(names, start=1)}
     lines: list[int] = []
     width = len(names)
     for lineno, row in enumerate(rows[1:], start=2):

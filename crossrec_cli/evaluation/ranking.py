@@ -14,6 +14,29 @@ import torch
 from crossrec_cli.data.table import read_text
 from crossrec_cli.errors import CrossrecError
 
+# Relative size of a near-tie: a float64 dot product of length d rounds by about d * 1e-16 of
+# |u| |v|. Only near-ties are compared vector by vector, so a generous bound costs nothing.
+NEAR_TIE = 1e-9
+
+
+def _better(s: torch.Tensor, ts: torch.Tensor, cols: torch.Tensor, t: torch.Tensor, items: torch.Tensor,
+            tol: torch.Tensor) -> torch.Tensor:
+    """(R, C) bool: column item ``cols[j]`` ranks above row r's target ``t[r]``.
+
+    s: (R, C) scores; ts: (R, 1) the targets' scores; tol: (R, 1) near-tie size. Higher score
+    first, ties by item order. An item with exactly the target's vector (duplicate texts: ml-100k
+    has 36) ties by item order too, whatever rounding did: MKL rounds the same dot product
+    differently in different columns of one product (1-row products, edge tiles).
+    """
+    better = (s > ts) | ((s == ts) & (cols < t.unsqueeze(1)))
+    better &= cols != t.unsqueeze(1)  # the target never outranks itself
+    r, j = ((s != ts) & ((s - ts).abs() <= tol)).nonzero(as_tuple=True)
+    if len(r):
+        twin = (items[cols[j]] == items[t[r]]).all(-1)
+        r, j = r[twin], j[twin]
+        better[r, j] = cols[j] < t[r]
+    return better
+
 
 def full_ranks(
     user_vecs: torch.Tensor,
@@ -32,23 +55,27 @@ def full_ranks(
     n, n_items = user_vecs.shape[0], item_vecs.shape[0]
     items = item_vecs.detach().to(torch.float64)
     tgt = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    item_norm = items.norm(dim=1).max() if n_items else torch.tensor(0.0, dtype=torch.float64)
     ranks = np.zeros(n, dtype=np.int64)
     for a in range(0, n, user_chunk):
         u = user_vecs[a : a + user_chunk].detach().to(torch.float64)
         t_idx = tgt[a : a + user_chunk]
-        t_score = (u * items[t_idx]).sum(-1, keepdim=True)
+        tol = NEAR_TIE * u.norm(dim=1, keepdim=True) * item_norm
+        t_score = None
+        if n_items > item_chunk:  # several chunks: the target's score from its own vectors
+            t_score = (u * items[t_idx]).sum(-1, keepdim=True)
         count = torch.zeros(len(u), dtype=torch.long)
         for b in range(0, n_items, item_chunk):
             s = u @ items[b : b + item_chunk].T
-            ids = torch.arange(b, b + s.shape[1]).unsqueeze(0)
+            if t_score is None:  # one chunk: read the target's score from the same product
+                t_score = s.gather(1, t_idx.unsqueeze(1)).clone()
             if exclude is not None:
-                for r, seen in enumerate(exclude[a : a + user_chunk]):
-                    seen = torch.as_tensor(seen, dtype=torch.long)
+                for r, seen_r in enumerate(exclude[a : a + user_chunk]):
+                    seen = torch.as_tensor(seen_r, dtype=torch.long)
                     seen = seen[(seen >= b) & (seen < b + s.shape[1]) & (seen != t_idx[r])]
                     s[r, seen - b] = -torch.inf
-            better = (s > t_score) | ((s == t_score) & (ids < t_idx.unsqueeze(1)))
-            better &= ids != t_idx.unsqueeze(1)  # the target never outranks itself
-            count += better.sum(1)
+            cols = torch.arange(b, b + s.shape[1])
+            count += _better(s, t_score, cols, t_idx, items, tol).sum(1)
         ranks[a : a + len(u)] = count.numpy()
     return ranks
 
@@ -56,16 +83,20 @@ def full_ranks(
 def candidate_ranks(
     user_vecs: torch.Tensor, item_vecs: torch.Tensor, targets: np.ndarray, candidates: list[np.ndarray]
 ) -> np.ndarray:
-    """0-based rank of ``targets[i]`` among ``candidates[i]`` (which contains it)."""
+    """0-based rank of ``targets[i]`` among ``candidates[i]`` (the target is added if missing).
+
+    user_vecs: (n, d); item_vecs: (N, d); targets: (n,). The target's score is read from the
+    same product as its candidates' scores.
+    """
     ranks = np.zeros(len(targets), dtype=np.int64)
     items = item_vecs.detach().to(torch.float64)
     users = user_vecs.detach().to(torch.float64)
     for i, (t, cand) in enumerate(zip(targets, candidates)):
-        cand = torch.as_tensor(np.unique(cand), dtype=torch.long)
-        s = items[cand] @ users[i]
-        ts = torch.dot(items[int(t)], users[i])
-        better = ((s > ts) | ((s == ts) & (cand < int(t)))) & (cand != int(t))
-        ranks[i] = int(better.sum())
+        cols = torch.as_tensor(np.unique(np.append(cand, int(t))), dtype=torch.long)
+        s = users[i : i + 1] @ items[cols].T  # (1, C)
+        ts = s[:, cols == int(t)]
+        tol = NEAR_TIE * users[i].norm() * items[cols].norm(dim=1).max()
+        ranks[i] = int(_better(s, ts, cols, torch.tensor([int(t)]), items, tol.reshape(1, 1)).sum())
     return ranks
 
 

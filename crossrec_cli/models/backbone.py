@@ -104,7 +104,8 @@ def build_backbone(
         ident = "config:" + json.dumps({"model_type": model_type, **cfg, "seed": seed}, sort_keys=True)
         return Backbone(model, tokenizer, hf_cfg.hidden_size, ident, kind, "config")
     source = resolve_source(path, local)
-    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
+    # safetensors only: a folder holding just pytorch_model.bin (a pickle) is refused
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": not gguf_file}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
     if kind != "decoder" and _is_bert_like(source, trust_remote_code):
@@ -113,7 +114,7 @@ def build_backbone(
         tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}),
                                                   trust_remote_code=trust_remote_code)
         model = auto.from_pretrained(source, **kwargs)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:  # ValueError: custom code refused without trust_remote_code
         raise CrossrecError(
             f"backbone {name}", f"cannot load {source!r}: {str(exc).splitlines()[0]}",
             "run `make install` to provision it, or set backbone.path to a local folder",

@@ -14,8 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from crossrec_cli.io import read_safetensors
+
+from crossrec_cli.adapters import adapter_loss, adapter_step_hook
 from crossrec_cli.data.split import Split
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.models.seqrec import SeqRec
@@ -175,13 +178,17 @@ def fit(
                 loss = batch_loss(model, key, inp, tgt, tc)
                 if extra_loss is not None:
                     loss = loss + extra_loss(model, key)
+                if model.backbone_trains:
+                    loss = loss + adapter_loss(model.backbone_model)  # AdaLoRA's orthogonality penalty
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if tc.grad_clip:
                     torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], tc.grad_clip)
                 opt.step()
+                if model.backbone_trains:
+                    adapter_step_hook(model.backbone_model, prog.step)  # AdaLoRA rank budget
                 if step_hook is not None:
-                    step_hook(model.backbone_model, prog.step)
+                    step_hook(model, prog.step)
                 prog.batch += 1
                 prog.step += 1
                 prog.epoch_loss += float(loss.detach())
@@ -253,10 +260,10 @@ def restore(model: SeqRec, opt: torch.optim.Optimizer, root: Path) -> Progress:
     if folder is None:
         raise CrossrecError(str(root), "no verified checkpoint to resume from", "start a new run without resume=")
     st = json.loads((folder / "state.json").read_text())
-    load_trainable_state(model, load_file(str(folder / "model.safetensors")), str(folder / "model.safetensors"))
-    opt.load_state_dict(unflatten(st["optimizer"], load_file(str(folder / "optimizer.safetensors"))))
-    set_rng_state(unflatten(st["rng"], load_file(str(folder / "rng.safetensors"))))
-    for k, v in load_file(str(folder / "extra.safetensors")).items():
+    load_trainable_state(model, read_safetensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
+    opt.load_state_dict(unflatten(st["optimizer"], read_safetensors(folder / "optimizer.safetensors")))
+    set_rng_state(unflatten(st["rng"], read_safetensors(folder / "rng.safetensors")))
+    for k, v in read_safetensors(folder / "extra.safetensors").items():
         if k.startswith("base."):
             model._base[k[5:]] = v
     log.info("resumed from %s (step %d)", folder, st["progress"]["step"])

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crossrec_cli.adapters import adapter_loss, adapter_step_hook
 from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.encode import forward_pool
 
@@ -46,6 +47,7 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
     opt = torch.optim.AdamW(params, lr=lr)
     backbone.model.train()
     history = []
+    global_step = 0
     for epoch in range(epochs):
         rng = np.random.default_rng([seed, epoch])
         batches = []
@@ -71,10 +73,12 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
                 b = forward_pool(backbone, [texts[i] for i in idx[:, 1]], max_length, pooling)
             if len(a) < 2:
                 continue
-            loss = info_nce(a, b, tau)
+            loss = info_nce(a, b, tau) + adapter_loss(backbone.model)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            adapter_step_hook(backbone.model, global_step)
+            global_step += 1
             total += float(loss.detach())
             if on_step is not None:
                 on_step(float(loss.detach()), step)

@@ -1,0 +1,303 @@
+"""task=preference / task=classification for finetune, transfer and evaluate.
+
+The finetune / transfer / evaluate recipes hand over at their top when ``cfg.task.name`` is not
+"recommendation". Recipe: load domains -> build examples -> (per seed) build the backbone, train,
+score -> metrics.json (mean and ``<metric>_std`` over seeds) and a table.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from crossrec_cli.commands._common import (
+    domain_spec,
+    load_domains,
+    names,
+    run_dir,
+    seed_everything,
+    write_metrics,
+)
+from crossrec_cli.data import load_domain
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.evaluation.report import metrics_record
+from crossrec_cli.io import atomic_write_json, atomic_write_text
+from crossrec_cli.models.backbone import build_backbone
+from crossrec_cli.tasks.classification import label_data, run_classification, split_indices
+from crossrec_cli.tasks.examples import PreferenceData, preference_data, sample
+from crossrec_cli.tasks.metrics import mean_std
+from crossrec_cli.tasks.preference import ScorerSpec, run_preference, run_transfer
+from crossrec_cli.tasks.train import TrainSettings
+
+log = logging.getLogger("crossrec")
+COMMANDS = ("finetune", "transfer", "evaluate")
+
+
+def run_task(cfg: DictConfig, command: str) -> dict[str, Any]:
+    """Run ``cfg.task`` for ``command``; writes metrics.json and returns its record."""
+    if command not in COMMANDS:
+        raise CrossrecError("task", f"task={cfg.task.name} has no {command!r} command",
+                            f"use one of {COMMANDS}")
+    if cfg.task.name == "preference":
+        record = preference_transfer(cfg) if command == "transfer" else preference(cfg, command)
+    elif cfg.task.name == "classification":
+        if command != "finetune":
+            raise CrossrecError("task", f"task=classification runs with finetune, not {command}",
+                                "a classifier head has to be trained: crossrec finetune task=classification")
+        record = classification(cfg)
+    else:
+        raise CrossrecError("task.name", f"unknown task {cfg.task.name!r}",
+                            "expected recommendation, preference or classification")
+    path = write_metrics(record)
+    Console().print(task_table(record))
+    Console().print(f"metrics: {path}")
+    return record
+
+
+# ---- settings read from the config -------------------------------------------------------
+
+def device_of(cfg: DictConfig) -> str:
+    want = str(cfg.get("device", "auto"))
+    if want == "cuda" and not torch.cuda.is_available():
+        raise CrossrecError("device", "cuda requested but no GPU is visible", "use device=cpu or auto")
+    return "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def train_settings(cfg: DictConfig, seed: int) -> TrainSettings:
+    """task.train.<key>, falling back to the trainer's value where the task leaves it null."""
+    t = cfg.task.train
+    trainer = cfg.get("trainer") or {}
+    fallback = {"lr": "backbone_lr", "head_lr": "lr"}
+    values = {}
+    for key in ("epochs", "batch_size", "lr", "head_lr", "weight_decay", "grad_clip", "min_steps"):
+        v = t.get(key)
+        if v is None:
+            v = trainer.get(fallback.get(key, key))
+        if v is not None:
+            values[key] = v
+    return TrainSettings(seed=seed, **values)
+
+
+def plain_dict(node: Any) -> dict:
+    """A config mapping as a plain dict ({} for None)."""
+    return dict(OmegaConf.to_container(node, resolve=True)) if node is not None else {}  # type: ignore[arg-type]
+
+
+def adapter_of(cfg: DictConfig, decoder_yes_no: bool) -> tuple[str, dict]:
+    """(method, settings); Yes/No scoring with adapter=frozen trains ``task.decoder_adapter``
+    (there is no head, so a frozen decoder would train nothing)."""
+    raw = plain_dict(cfg.get("adapter")) or {"name": "frozen"}
+    if decoder_yes_no and raw.get("name") == "frozen" and cfg.task.get("decoder_adapter"):
+        log.info("task=preference: yes_no scoring trains task.decoder_adapter instead of adapter=frozen")
+        raw = plain_dict(cfg.task.decoder_adapter)
+    name = raw.pop("name")
+    return str(name), raw
+
+
+def scorer_spec(cfg: DictConfig, kind: str, device: str) -> ScorerSpec:
+    t = cfg.task
+    yes_no = kind == "decoder" and t.scorer in ("auto", "yes_no")
+    method, hparams = adapter_of(cfg, yes_no)
+    return ScorerSpec(
+        scorer=t.scorer, adapter=method, adapter_hparams=hparams, pooling=cfg.backbone.pooling,
+        max_length=t.max_length, history_template=t.history_template, instruction=t.prompt.instruction,
+        input_template=t.prompt.input, prompt_style=t.prompt.style, answers=tuple(t.answers),
+        dropout=t.dropout, eval_batch_size=t.eval_batch_size, device=device,
+    )
+
+
+def backbone_for(cfg: DictConfig, seed: int):
+    b = cfg.backbone
+    if b.kind == "none":
+        raise CrossrecError("backbone", f"task={cfg.task.name} needs a language model",
+                            "choose backbone=minilm, smollm2 or tiny")
+    config = plain_dict(b.config) if b.get("config") is not None else None
+    return build_backbone(b.name, b.get("path"), b.get("local"), config, b.kind, seed, b.trust_remote_code,
+                          b.get("gguf_file"))
+
+
+def seeds_of(cfg: DictConfig) -> list[int]:
+    seeds = cfg.task.get("seeds")
+    return [int(s) for s in seeds] if seeds else [int(cfg.seed)]
+
+
+# ---- preference ----------------------------------------------------------------------------
+
+def examples_of(cfg: DictConfig, spec, domain) -> PreferenceData:
+    t = cfg.task
+    return preference_data(domain, like_threshold=t.like_threshold, max_history=t.max_history,
+                           min_history=t.min_history, order=spec.order, order_seed=spec.order_seed)
+
+
+def eval_sets(cfg: DictConfig, data: PreferenceData) -> dict[str, list]:
+    n = cfg.task.eval_samples
+    return {split: sample(exs, min(n, len(exs)) if n else None, cfg.task.eval_seed)
+            for split, exs in (("valid", data.valid), ("test", data.test))}
+
+
+def _fingerprint(domain, data: PreferenceData) -> dict:
+    return domain.fingerprint() | {"examples": {"train": len(data.train), "valid": len(data.valid),
+                                                "test": len(data.test)}, "source": data.source}
+
+
+def preference(cfg: DictConfig, command: str) -> dict[str, Any]:
+    """finetune: train on each domain's (sampled) examples, score every domain's valid/test;
+    evaluate: zero-shot scores."""
+    device, zero_shot = device_of(cfg), command == "evaluate" or bool(cfg.task.zero_shot)
+    domains = [(spec, d, examples_of(cfg, spec, d)) for spec, d in load_domains(cfg)]
+    per_seed, info = [], {}
+    for seed in seeds_of(cfg):
+        seed_everything(seed)
+        base = backbone_for(cfg, seed)
+        spec = scorer_spec(cfg, base.kind, device)
+        n = cfg.task.train_samples
+        train = [] if zero_shot else [ex for _, _, data in domains for ex in sample(data.train, n, seed)]
+        evals = {f"{split}/{s.name}": exs for s, _, data in domains
+                 for split, exs in eval_sets(cfg, data).items()}
+        res = run_preference(base, spec, train, evals, train_settings(cfg, seed), zero_shot)
+        log.info("seed %d: %s", seed, res["metrics"])
+        per_seed.append({"seed": seed, **res})
+        info = {k: res[k] for k in ("trainable", "total", "scorer")}
+        info["adapter"] = "none" if zero_shot else spec.adapter
+    valid, test = _aggregate(per_seed, [s.name for s, _, _ in domains])
+    protocol = "given" if all(d.source == "instruction" for _, _, d in domains) else "preference-leave-one-out"
+    return metrics_record(
+        command, f"preference-{info['scorer']}", "zero-shot" if zero_shot else "inductive", protocol,
+        int(cfg.seed), {s.name: _fingerprint(d, data) for s, d, data in domains}, valid, test,
+        task="preference", backbone=cfg.backbone.name, adapter=info["adapter"],
+        trainable_params=info["trainable"], total_params=info["total"],
+        train_samples=cfg.task.train_samples, seeds=seeds_of(cfg), per_seed=_strip(per_seed),
+    )
+
+
+def _aggregate(per_seed: list[dict], names: list[str]) -> tuple[dict, dict]:
+    out: dict[str, dict] = {"valid": {}, "test": {}}
+    for split, by_domain in out.items():
+        for name in names:
+            runs = [r["metrics"][f"{split}/{name}"] for r in per_seed if f"{split}/{name}" in r["metrics"]]
+            if runs:
+                by_domain[name] = mean_std(runs)
+    return out["valid"], out["test"]
+
+
+def _drop(d: dict, *keys: str) -> dict:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def _strip(per_seed: list[dict]) -> list[dict]:
+    return [_drop(r, "trainable", "total", "scorer") for r in per_seed]
+
+
+def preference_transfer(cfg: DictConfig) -> dict[str, Any]:
+    """source -> target with zero-shot, source-only, transfer and control arms (see run_transfer)."""
+    device = device_of(cfg)
+    ov = plain_dict(cfg.data.overrides) or None
+    sources = names(cfg.source)
+    if len(sources) != 1:
+        raise CrossrecError("source", f"task=preference transfers from one domain, got {sources}", "pass source=NAME")
+    ss, ts = domain_spec(sources[0], ov), domain_spec(str(cfg.target), ov)
+    if ss.name == ts.name:
+        raise CrossrecError("target", f"source and target are both {ss.name!r}", "transfer needs two domains")
+    sd, td = load_domain(ss), load_domain(ts)
+    sdata, tdata = examples_of(cfg, ss, sd), examples_of(cfg, ts, td)
+    per_seed, arms_runs = [], []
+    for seed in seeds_of(cfg):
+        seed_everything(seed)
+        base = backbone_for(cfg, seed)
+        spec = scorer_spec(cfg, base.kind, device)
+        src_train = sample(sdata.train, _cap(cfg.task.source_samples, len(sdata.train)), seed)
+        n = cfg.task.train_samples  # 0: no target training, the source model is scored as it is
+        tgt_train = [] if n == 0 else sample(tdata.train, n, seed)
+        arms = run_transfer(base, spec, src_train, tgt_train, eval_sets(cfg, sdata), eval_sets(cfg, tdata),
+                            train_settings(cfg, seed))
+        arms_runs.append(arms)
+        per_seed.append({"seed": seed, "arms": {a: _drop(r, "trainable", "total") for a, r in arms.items()}})
+    splits = ("valid", "test")
+    arm_metrics = {a: {sp: mean_std([r[a]["metrics"][sp] for r in arms_runs]) for sp in splits} for a in arms_runs[0]}
+    final = "transfer" if "transfer" in arm_metrics else "source"
+    src = {sp: mean_std([r["source"]["source_metrics"][sp] for r in arms_runs]) for sp in splits}
+    record = metrics_record(
+        "transfer", f"preference-{arms_runs[0]['source']['scorer']}", "inductive", "preference-leave-one-out",
+        int(cfg.seed), {ss.name: _fingerprint(sd, sdata), ts.name: _fingerprint(td, tdata)},
+        {ss.name: src["valid"], ts.name: arm_metrics[final]["valid"]},
+        {ss.name: src["test"], ts.name: arm_metrics[final]["test"]},
+        task="preference", source=ss.name, target=ts.name, backbone=cfg.backbone.name, adapter=spec.adapter,
+        trainable_params=arms_runs[0]["source"]["trainable"], total_params=arms_runs[0]["source"]["total"],
+        source_samples=len(src_train), train_samples=cfg.task.train_samples, seeds=seeds_of(cfg),
+        arms={a: m["test"] for a, m in arm_metrics.items()}, per_seed=per_seed,
+    )
+    if "control" in arm_metrics:
+        record["gain_auc"] = arm_metrics["transfer"]["test"]["auc"] - arm_metrics["control"]["test"]["auc"]
+    return record
+
+
+def _cap(n: int | None, have: int) -> int | None:
+    return None if n is None or n >= have else int(n)
+
+
+# ---- classification ------------------------------------------------------------------------
+
+def classification(cfg: DictConfig) -> dict[str, Any]:
+    t, device = cfg.task, device_of(cfg)
+    method, hparams = adapter_of(cfg, False)
+    dataset: dict[str, dict] = {}
+    valid: dict[str, dict] = {}
+    test: dict[str, dict] = {}
+    per_seed: list[dict] = []
+    for spec, domain in load_domains(cfg):
+        data = label_data(domain, spec, t.multi_label)
+        parts = split_indices(len(data.texts), tuple(t.split), t.split_seed)
+        runs = []
+        for seed in seeds_of(cfg):
+            seed_everything(seed)
+            p = dict(parts)
+            if t.train_samples:
+                p["train"] = np.asarray(sample(list(parts["train"]), t.train_samples, seed), dtype=np.int64)
+            res = run_classification(backbone_for(cfg, seed), data, p, method, hparams, train_settings(cfg, seed),
+                                     cfg.backbone.pooling, t.max_length, t.threshold, device)
+            for split, (rep, text) in res.pop("reports").items():
+                stem = run_dir() / f"classification_report.{spec.name}.{split}.seed{seed}"
+                atomic_write_text(f"{stem}.txt", text)
+                atomic_write_json(f"{stem}.json", rep)
+            runs.append(res)
+            per_seed.append({"seed": seed, "domain": spec.name, **res})
+        dataset[spec.name] = domain.fingerprint() | {"labels": data.names, "multi_label": data.multi_label,
+                                                     "label_field": spec.label_field}
+        for split, out in (("valid", valid), ("test", test)):
+            if all(split in r["metrics"] for r in runs):
+                out[spec.name] = mean_std([r["metrics"][split] for r in runs])
+    return metrics_record(
+        "finetune", "classification-head", "inductive", "random-item-split", int(cfg.seed), dataset, valid, test,
+        task="classification", backbone=cfg.backbone.name, adapter=method, seeds=seeds_of(cfg),
+        trainable_params=per_seed[-1]["trainable"], total_params=per_seed[-1]["total"],
+        per_seed=[_drop(r, "trainable", "total") for r in per_seed],
+    )
+
+
+# ---- output --------------------------------------------------------------------------------
+
+def task_table(record: dict[str, Any]) -> Table:
+    """Rows (split, domain); the task's metrics as columns, "mean ± std" over seeds."""
+    preference = record.get("task") == "preference"
+    keys = ["auc", "logloss", "accuracy"] if preference else ["micro_f1", "macro_f1", "accuracy"]
+    table = Table(title=f"{record['command']} · task={record.get('task')} · {record.get('backbone')} · "
+                        f"{record.get('adapter')}")
+    for col in ("split", "domain", *keys, "n"):
+        table.add_column(col, justify="left" if col in ("split", "domain") else "right", no_wrap=True)
+
+    def cells(m: dict) -> list[str]:
+        return [(f"{m[k]:.4f}" + (f" ± {m[k + '_std']:.4f}" if f"{k}_std" in m else "")) if k in m else ""
+                for k in keys] + [str(m.get("n", ""))]
+
+    for part in ("valid", "test"):
+        for dom, m in record.get(part, {}).items():
+            table.add_row(part, dom, *cells(m))
+    for arm, m in record.get("arms", {}).items():
+        table.add_row(f"test ({arm})", record.get("target", ""), *cells(m))
+    return table

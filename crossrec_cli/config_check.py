@@ -1,0 +1,80 @@
+"""Value checks for the config sections every command shares (``seed``, ``eval``, ``trainer``,
+``model``), so that ``eval.topk=x`` or ``trainer.epochs=-1`` stops with one line naming the key
+instead of a traceback deep inside a metric or the training loop.
+
+Plain dicts in, CrossrecError out: no Hydra here. A key that is absent is not checked (an
+``evaluate`` of a baseline has no ``trainer``; experiment files may add only part of ``model``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from crossrec_cli.errors import CrossrecError
+
+
+def _int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _positive(value: Any) -> bool:
+    """A finite number > 0."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+def _topk(value: Any) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(_int(k, 1) for k in value)
+
+
+# key -> (test, what is expected, an example value for the hint)
+CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "seed": (lambda v: _int(v, 0) and v < 2**32, "an integer in [0, 2**32)", "0"),  # numpy's seed range
+    "eval.topk": (_topk, "a non-empty list of positive integers", "[10,50]"),
+    "eval.exclude_seen": (lambda v: isinstance(v, bool), "true or false", "false"),
+    "eval.candidates": (lambda v: v is None or isinstance(v, str), "null or a file path", "null"),
+    "eval.user_chunk": (lambda v: _int(v, 1), "a positive integer", "512"),
+    "eval.item_chunk": (lambda v: _int(v, 1), "a positive integer", "65536"),
+    "eval.batch_size": (lambda v: _int(v, 1), "a positive integer", "256"),
+    "eval.cache_vectors": (lambda v: isinstance(v, bool), "true or false", "true"),
+    "trainer.epochs": (lambda v: _int(v, 1), "an integer >= 1", "20"),
+    "trainer.batch_size": (lambda v: _int(v, 1), "an integer >= 1", "64"),
+    "trainer.lr": (_positive, "a number > 0", "1e-3"),
+    "trainer.patience": (lambda v: _int(v, 1), "an integer >= 1", "3"),
+    "trainer.loss": (lambda v: v in ("full", "sampled"), "full or sampled", "full"),
+    "trainer.keep_last": (lambda v: _int(v, 1), "an integer >= 1", "2"),
+    "model.dim": (lambda v: _int(v, 1), "a positive integer", "64"),
+    "model.max_history": (lambda v: _int(v, 1), "a positive integer", "50"),
+    "model.history": (lambda v: _int(v, 1), "a positive integer", "50"),  # text_zeroshot
+    "model.layers": (lambda v: _int(v, 1), "a positive integer", "2"),
+    "model.heads": (lambda v: _int(v, 1), "a positive integer", "2"),
+    "model.readout": (lambda v: v in ("last", "mean"), "last or mean", "last"),
+    "model.score": (lambda v: v in ("cosine", "dot"), "cosine or dot", "cosine"),
+    "model.temperature": (_positive, "a number > 0", "0.07"),
+}
+
+
+def _lookup(cfg: dict[str, Any], key: str) -> tuple[bool, Any]:
+    node: Any = cfg
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def check_common(cfg: dict[str, Any]) -> None:
+    """Check ``seed``, ``eval`` and, when present, ``trainer`` and ``model`` of a resolved config
+    (``OmegaConf.to_container(cfg, resolve=True)``); the first bad value is a CrossrecError."""
+    for key in ("eval", "trainer", "model"):
+        if key in cfg and not isinstance(cfg[key], dict):
+            raise CrossrecError(key, f"expected a config section, got {cfg[key]!r}", "set its keys, e.g. eval.topk=[10]")
+    for key, (ok, expected, example) in CHECKS.items():
+        present, value = _lookup(cfg, key)
+        if present and not ok(value):
+            raise CrossrecError(key, f"expected {expected}, got {value!r}", f"e.g. {key}={example}")
+    dim, heads = _lookup(cfg, "model.dim")[1], _lookup(cfg, "model.heads")[1]
+    if dim is not None and heads is not None and dim % heads:
+        raise CrossrecError("model.dim", f"{dim} is not divisible by model.heads={heads}",
+                            "attention splits dim across heads: choose dim as a multiple of heads")
