@@ -78,3 +78,25 @@ def check_common(cfg: dict[str, Any]) -> None:
     if dim is not None and heads is not None and dim % heads:
         raise CrossrecError("model.dim", f"{dim} is not divisible by model.heads={heads}",
                             "attention splits dim across heads: choose dim as a multiple of heads")
+
+
+TARGET_PREFIXES = ("crossrec_cli.", "torch.optim.")
+
+
+def check_targets(cfg: Any, allow: list[str] | tuple[str, ...] = (), where: str = "") -> None:
+    """Every ``_target_`` in a user or checkpoint config must name something inside crossrec,
+    torch.optim or the explicit allowlist (``allowed_targets``), checked before anything could be
+    instantiated. crossrec itself builds its objects from typed builders, not from ``_target_``."""
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key == "_target_":
+                name = str(value)
+                if not (name.startswith(TARGET_PREFIXES) or name in allow):
+                    raise CrossrecError(path, f"_target_ {name!r} is outside crossrec_cli / torch.optim",
+                                        "add it to allowed_targets=[...] if you trust it")
+            else:
+                check_targets(value, allow, path)
+    elif isinstance(cfg, list):
+        for i, value in enumerate(cfg):
+            check_targets(value, allow, f"{where}[{i}]")

@@ -14,7 +14,7 @@ from conftest import CLI, REPO, read_metrics, run_cli
 from safetensors.torch import load_file
 
 ARGS = ("finetune", "experiment=smoke", "trainer.epochs=2", "trainer.checkpoint_every=1", "trainer.keep_last=3")
-TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds")
+TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds", "seconds")
 
 
 def _strip(m):
@@ -120,3 +120,34 @@ def test_transfer_resumes_phase_by_phase(tmp_path):
     run_cli(*args, f"resume={out}")
     got, want = _strip(read_metrics(out)), _strip(read_metrics(ref))
     assert got["transfer"] == want["transfer"] and got["lift"] == want["lift"] and got["test"] == want["test"]
+
+
+def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(reference, tmp_path):
+    """SIGKILL while step-4 is half written: step-4 never becomes visible, step-3 resumes."""
+    env = {"CROSSREC_TEST_CRASH_DURING": "step-4:optimizer.safetensors"}
+    proc = run_cli(*ARGS, run_dir=tmp_path, env=env, check=False)
+    assert proc.returncode == -signal.SIGKILL
+    ckpts = tmp_path / "checkpoints"
+    assert not (ckpts / "step-4").exists() and (ckpts / "step-3").is_dir()
+    assert any(p.name.startswith(".tmp-step-4") for p in ckpts.iterdir())  # the half-written folder
+    run_cli(*ARGS, f"resume={tmp_path}")
+    assert _strip(read_metrics(tmp_path)) == _strip(read_metrics(reference))
+    assert _same_weights(tmp_path, reference)
+
+
+def test_pretrain_killed_and_resumed_matches_uninterrupted(tmp_path):
+    args = ("pretrain", "experiment=smoke", "pretrain.epochs=2", "pretrain.checkpoint_every=1")
+    ref = tmp_path / "ref"
+    run_cli(*args, run_dir=ref)
+    out = tmp_path / "killed"
+    env = {**os.environ, "CROSSREC_CACHE": str(REPO / ".cache" / "test")}
+    proc = subprocess.Popen([CLI, *args, f"hydra.run.dir={out}"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_step(proc, out, 5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run_cli(*args, f"resume={out}")
+    a = load_file(str(out / "checkpoint" / "backbone" / "model.safetensors"))
+    b = load_file(str(ref / "checkpoint" / "backbone" / "model.safetensors"))
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+    assert _strip(read_metrics(out))["history"] == _strip(read_metrics(ref))["history"]

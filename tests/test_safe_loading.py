@@ -300,3 +300,12 @@ def test_shipped_configs_keep_remote_code_off():
     on = [str(p.relative_to(REPO)) for p in (REPO / "conf").rglob("*.yaml")
           if re.search(r"^\s*trust_remote_code:\s*(true|True|yes|on)\b", p.read_text(), re.MULTILINE)]
     assert on == []
+
+
+def test_target_outside_crossrec_is_refused_before_anything_runs(tmp_path):
+    from conftest import run_cli
+
+    proc = run_cli("evaluate", "experiment=smoke", "+evil._target_=os.system", run_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: evil._target_:"), proc.stderr
+    ok = run_cli("evaluate", "experiment=smoke", "+opt._target_=torch.optim.AdamW", run_dir=tmp_path / "ok")
+    assert ok.returncode == 0

@@ -17,7 +17,7 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from crossrec_cli.config_check import check_common
+from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import atomic_write_json, atomic_write_text
@@ -162,7 +162,9 @@ def check_resume_config(cfg: DictConfig) -> None:
 def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
     """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
     try:
-        check_common(OmegaConf.to_container(cfg, resolve=True))
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        check_common(plain)
+        check_targets(plain, list(cfg.get("allowed_targets") or []))
         if cfg.get("resume"):
             check_resume_config(cfg)
         write_config(cfg)

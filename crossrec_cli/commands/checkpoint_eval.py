@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from crossrec_cli.io import read_safetensors
 
+from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import domain_spec, load_domains, write_metrics
 from crossrec_cli.commands.recsys import _checkpoint_file, build_model, evaluate_model, model_mode, param_counts
 from crossrec_cli.data import load_domain, make_split
@@ -39,6 +40,7 @@ def run_config(run: Path) -> DictConfig:
 def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     run = Path(str(cfg.run)).expanduser()
     saved = run_config(run)
+    check_targets(OmegaConf.to_container(saved), list(cfg.get("allowed_targets") or []), where=str(run / "config.yaml"))
     meta_path = run / "checkpoint" / "crossrec.json"
     if not meta_path.is_file():
         raise CrossrecError(str(meta_path), "run has no finished checkpoint", "evaluate a run that completed training")

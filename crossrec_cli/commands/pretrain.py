@@ -20,6 +20,7 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.models.backbone import build_backbone
 from crossrec_cli.training import checkpoint as ckpt
+from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.pretrain import neighbor_pairs, pretrain_item_tower
 
 MERGEABLE = ("full", "lora", "adalora", "ia3")
@@ -51,8 +52,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     steps = min(steps, p.max_steps or steps) * p.epochs
     backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=max(1, steps), **hp)
     trainable, total = param_counts(backbone.model)
-    history = pretrain_item_tower(backbone, data, p.objective, p.epochs, p.batch_size, p.lr, p.temperature,
-                                  b.max_length, b.pooling, cfg.seed, p.max_steps)
+    try:
+        history = pretrain_item_tower(backbone, data, p.objective, p.epochs, p.batch_size, p.lr, p.temperature,
+                                      b.max_length, b.pooling, cfg.seed, p.max_steps, checkpoints=out / "checkpoints",
+                                      resume=bool(cfg.get("resume")), checkpoint_every=int(p.checkpoint_every))
+    except SystemExit as stop:
+        if stop.code == EXIT_PREEMPTED:
+            write_metrics({"command": "pretrain", "status": "interrupted", "seed": cfg.seed,
+                           "resume": f"crossrec pretrain resume={out}"})
+        raise
     model = backbone.model.merge_and_unload() if hasattr(backbone.model, "merge_and_unload") else backbone.model
     ckpt.write_checkpoint(out / "checkpoint", {
         "backbone": lambda path: (model.save_pretrained(path, safe_serialization=True),

@@ -27,6 +27,7 @@ from crossrec_cli.data.split import subsample_training_users
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.training.loop import fit
+from crossrec_cli.training.preempt import EXIT_PREEMPTED
 
 
 def _adversary(cfg: DictConfig, model, keys: list[str]):
@@ -73,7 +74,13 @@ def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
         return {k: evaluate_model(cfg, m, k, s)["valid"] for k, s in valid_splits.items()}
 
     resume = bool(cfg.get("resume")) and ckpt.latest_verified(out / "checkpoints") is not None
-    prog = fit(model, splits, tc, valid, out, show_progress=bool(cfg.progress), extra_loss=extra, resume=resume)
+    try:
+        prog = fit(model, splits, tc, valid, out, show_progress=bool(cfg.progress), extra_loss=extra, resume=resume)
+    except SystemExit as stop:
+        if stop.code == EXIT_PREEMPTED:
+            write_metrics({"command": "transfer", "status": "interrupted", "seed": cfg.seed, "phase": out.name,
+                           "resume": f"crossrec transfer resume={out.parent}"})
+        raise
     load_best(model, out)
     info = {"best_epoch": prog.best_epoch, "epochs_run": len(prog.history),
             "seconds_per_epoch": sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history))}

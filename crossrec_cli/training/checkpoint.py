@@ -38,10 +38,13 @@ def write_checkpoint(folder: Path, writers: dict[str, Callable[[str], None]], me
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        crash = os.environ.get("CROSSREC_TEST_CRASH_DURING")  # "<folder>:<file>": tests kill us mid-write
         for name, write in writers.items():
             target = tmp / name
             target.parent.mkdir(parents=True, exist_ok=True)
             write(str(target))
+            if crash and crash == f"{folder.name}:{name}":
+                os.kill(os.getpid(), 9)
         files = sorted(p for p in tmp.rglob("*") if p.is_file())
         for p in files:
             with open(p, "rb+") as fh:

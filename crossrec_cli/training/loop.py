@@ -256,6 +256,10 @@ def save(model: SeqRec, opt: torch.optim.Optimizer, prog: Progress, root: Path, 
 
 
 def restore(model: SeqRec, opt: torch.optim.Optimizer, root: Path) -> Progress:
+    for tmp in Path(root).glob(".tmp-step-*"):  # half-written by a killed run: never visible, now removed
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
     folder = ckpt.latest_verified(root)
     if folder is None:
         raise CrossrecError(str(root), "no verified checkpoint to resume from", "start a new run without resume=")
