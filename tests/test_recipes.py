@@ -143,3 +143,14 @@ def test_multi_domain_with_per_domain_adapters(tmp_path):
 def test_per_domain_adapters_need_a_named_adapter_method(tmp_path):
     proc = run_cli("finetune", *SMOKE, "domain=[movies,music]", "per_domain_adapters=true", run_dir=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: per_domain_adapters:")
+
+
+@pytest.mark.parametrize("logger,artifact", [("tensorboard", "tensorboard"), ("wandb", "wandb")])
+def test_loggers_write_their_files(logger, artifact, tmp_path):
+    run_cli("finetune", *SMOKE, f"logger={logger}", run_dir=tmp_path, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true"})
+    files = [p for p in (tmp_path / artifact).rglob("*") if p.is_file()]
+    assert files, f"{logger} wrote nothing under {artifact}/"
+    if logger == "tensorboard":
+        assert any(p.name.startswith("events.out.tfevents") for p in files)
+    else:
+        assert any(p.suffix == ".wandb" for p in files)
