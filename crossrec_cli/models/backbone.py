@@ -110,6 +110,10 @@ def build_backbone(
         kwargs["gguf_file"] = gguf_file
     if kind != "decoder" and _is_bert_like(source, trust_remote_code):
         kwargs["add_pooling_layer"] = False  # unused pooler breaks DDP and wastes memory
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the unused BERT pooler is dropped on purpose: no load report
+    hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}),
                                                   trust_remote_code=trust_remote_code)
