@@ -105,6 +105,7 @@ def test_transfer_writes_all_arms(tmp_path):
         assert set(m["transfer"][arm]) == {"valid", "test"}
         assert "ndcg@10" in m["transfer"][arm]["test"]["music"]
     assert set(m["test"]) == {"music", "movies"}  # target after adaptation + source (forgetting)
+    assert m["forgetting"]["movies"]["ndcg@10"] == pytest.approx(m["test"]["movies"]["ndcg@10"] - m["transfer"]["source_before"]["test"]["movies"]["ndcg@10"])
     c, a = m["transfer"]["control"]["test"]["music"]["ndcg@10"], m["transfer"]["adapted"]["test"]["music"]["ndcg@10"]
     assert m["lift"]["ndcg@10"] == (pytest.approx((a - c) / c) if c > 0 else None)
     assert (tmp_path / "transfer.png").read_bytes()[:4] == b"\x89PNG"

@@ -165,6 +165,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         load_init(cfg, model)
     else:
         phases["source"] = _phase(cfg, model, splits_src, splits_src, tc, out / "source", extra)
+    before = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d)["test"] for s, d in sources}
     # (b) zero-shot
     zero = evaluate_model(cfg, model, tname, split_full, target) if model.can_score(tname) else None
     # (c) adapt
@@ -190,6 +191,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "adapted": _both(adapted, tname),
         "control": _both(control, tname),
     }
+    transfer["source_before"] = {"test": before}
+    forgetting = {n: {k: after[n]["test"][k] - v for k, v in before[n].items() if "@" in k} for n in before}
     if ctx is not None:
         transfer["with_context"] = _both(ctx["metrics"], tname) | {"shared_users": ctx["shared_users"]}
         transfer["cold_start"] = cold
@@ -202,7 +205,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         {tname: adapted["test"], **{k: v["test"] for k, v in after.items()}},
         source=names(cfg.source), target=tname, target_fraction=float(cfg.target_fraction),
         adversarial=cfg.adversarial.name, backbone=cfg.backbone.name, adapter=cfg.adapter.name,
-        transfer=transfer, lift=lift, phases=phases, trainable_params=trainable, total_params=total,
+        transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete",
     )
     path = write_metrics(record)
