@@ -167,7 +167,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         phases["source"] = _phase(cfg, model, splits_src, splits_src, tc, out / "source", extra)
     before = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d)["test"] for s, d in sources}
     # (b) zero-shot
-    zero = evaluate_model(cfg, model, tname, split_full, target) if model.can_score(tname) else None
+    # a transductive model has (untrained) id vectors for target items: no zero-shot for it
+    zero = None if model.cfg.item_ids else evaluate_model(cfg, model, tname, split_full, target)
     # (c) adapt
     phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", extra)
     adapted = evaluate_model(cfg, model, tname, split_full, target)
