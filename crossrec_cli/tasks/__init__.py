@@ -1,0 +1,1 @@
+"""Text tasks beside recommendation: preference prediction (TALLRec style) and item classification."""

@@ -1,0 +1,159 @@
+"""Scorers for the text tasks. Every one maps a list of inputs to logits (B, n_labels):
+
+- ``SequenceClassifier``: encoder, ``first [SEP] second`` -> pooled vector -> linear head; ONE
+  label vector per sequence (not per token).
+- ``YesNoScorer``: decoder, prompt -> next-token logits of the answer tokens, (B, 2) = [no, yes].
+- ``SimilarityScorer``: zero-shot encoder baseline, cos(candidate, liked) - cos(candidate, disliked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from crossrec_cli.models.backbone import Backbone
+from crossrec_cli.models.encode import pool
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def fit_length(model: nn.Module, want: int) -> int:
+    """``want`` capped at the model's position table (a longer input would fail, not truncate)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return min(want, int(limit)) if limit else want
+
+
+def backbone_trains(model: nn.Module) -> bool:
+    return any(p.requires_grad for p in model.parameters())
+
+
+class SequenceClassifier(nn.Module):
+    """inputs: list of (first, second | None) texts -> logits (B, n_labels)."""
+
+    def __init__(self, backbone: Backbone, n_labels: int, pooling: str = "mean", max_length: int = 256,
+                 dropout: float = 0.1):
+        super().__init__()
+        self.backbone = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.kind = backbone.kind
+        self.pooling, self.max_length = pooling, fit_length(backbone.model, max_length)
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(backbone.hidden_size, n_labels)
+        self._frozen_cache: dict[tuple, torch.Tensor] = {}
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def train(self, mode: bool = True) -> SequenceClassifier:
+        super().train(mode)
+        if not backbone_trains(self.backbone):
+            self.backbone.eval()  # frozen features: no dropout noise, and they can be cached
+        return self
+
+    def pooled(self, inputs: Sequence[tuple[str, str | None]]) -> torch.Tensor:
+        """(B, hidden) pooled backbone states of the (pair) texts."""
+        first = [a for a, _ in inputs]
+        second = [b for _, b in inputs]
+        pair = all(b is not None for b in second)
+        batch = self.tokenizer(first, second if pair else None, padding=True, truncation=True,
+                               max_length=self.max_length, return_tensors="pt")
+        batch = {k: v.to(_device(self.head)) for k, v in batch.items()}
+        out = self.backbone(**batch, output_hidden_states=self.kind == "decoder")
+        hidden = out.hidden_states[-1] if self.kind == "decoder" else out.last_hidden_state
+        mask = batch["attention_mask"]
+        if hidden.shape[1] != mask.shape[1]:  # prompt-learning adapters prepend virtual tokens
+            mask = torch.cat([mask.new_ones(mask.shape[0], hidden.shape[1] - mask.shape[1]), mask], 1)
+        return pool(hidden, mask, self.pooling)
+
+    def forward(self, inputs: Sequence[tuple[str, str | None]]) -> torch.Tensor:
+        if backbone_trains(self.backbone):
+            vecs = self.pooled(inputs)
+        else:  # frozen backbone: encode each distinct input once, train only the head
+            todo = [x for x in dict.fromkeys(inputs) if x not in self._frozen_cache]
+            if todo:
+                with torch.no_grad():
+                    for a in range(0, len(todo), 64):
+                        chunk = todo[a:a + 64]
+                        self._frozen_cache.update(zip(chunk, self.pooled(chunk).float()))
+            vecs = torch.stack([self._frozen_cache[x] for x in inputs])
+        return self.head(self.dropout(vecs.to(self.head.weight.dtype)))
+
+
+class YesNoScorer(nn.Module):
+    """prompts (B strings ending where the answer starts) -> logits (B, 2) = [no, yes].
+
+    Left padding with explicit position ids, so the last position is every prompt's answer slot
+    and only that position's vocabulary logits are computed (``logits_to_keep=1``).
+    """
+
+    def __init__(self, backbone: Backbone, yes_id: int, no_id: int, max_length: int = 512):
+        super().__init__()
+        self.backbone = backbone.model
+        self.tokenizer = backbone.tokenizer
+        self.ids = torch.tensor([no_id, yes_id])
+        self.max_length = fit_length(backbone.model, max_length)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    def forward(self, prompts: Sequence[str]) -> torch.Tensor:
+        tok = self.tokenizer
+        side, tside = tok.padding_side, tok.truncation_side
+        tok.padding_side, tok.truncation_side = "left", "left"  # keep the question at the end
+        try:
+            batch = tok(list(prompts), padding=True, truncation=True, max_length=self.max_length,
+                        add_special_tokens=False, return_tensors="pt")
+        finally:
+            tok.padding_side, tok.truncation_side = side, tside
+        dev = _device(self.backbone)
+        ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)
+        out = self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=1)
+        return out.logits[:, -1, self.ids.to(dev)].float()
+
+
+class SimilarityScorer(nn.Module):
+    """inputs: (liked texts, disliked texts, candidate) -> logits (B, 2) = [0, scale * s] with
+    s = cos(c, mean liked) - cos(c, mean disliked); no training (the zero-shot baseline)."""
+
+    def __init__(self, backbone: Backbone, pooling: str = "mean", max_length: int = 64, scale: float = 5.0):
+        super().__init__()
+        self.backbone, self.tokenizer = backbone.model, backbone.tokenizer
+        self.kind, self.pooling, self.scale = backbone.kind, pooling, scale
+        self.max_length = fit_length(backbone.model, max_length)
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return []
+
+    @torch.no_grad()
+    def embed(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt")
+        batch = {k: v.to(_device(self.backbone)) for k, v in batch.items()}
+        out = self.backbone(**batch, output_hidden_states=self.kind == "decoder")
+        hidden = out.hidden_states[-1] if self.kind == "decoder" else out.last_hidden_state
+        return F.normalize(pool(hidden, batch["attention_mask"], self.pooling).float(), dim=-1)
+
+    def _mean(self, groups: list[list[str]]) -> list[torch.Tensor | None]:
+        """Per group: the normalised mean of its texts' vectors (None for an empty group)."""
+        flat = [t for g in groups for t in g]
+        vecs = self.embed(flat) if flat else torch.zeros(0)
+        out: list[torch.Tensor | None] = []
+        k = 0
+        for g in groups:
+            out.append(F.normalize(vecs[k:k + len(g)].mean(0), dim=-1) if g else None)
+            k += len(g)
+        return out
+
+    def forward(self, inputs: Sequence[tuple[list[str], list[str], str]]) -> torch.Tensor:
+        cand = self.embed([c for _, _, c in inputs])
+        liked, disliked = self._mean([list(x[0]) for x in inputs]), self._mean([list(x[1]) for x in inputs])
+        s = torch.zeros(len(inputs))
+        for i, (lv, dv) in enumerate(zip(liked, disliked)):
+            s[i] = (cand[i] @ lv if lv is not None else 0.0) - (cand[i] @ dv if dv is not None else 0.0)
+        return torch.stack([torch.zeros_like(s), self.scale * s], 1)

@@ -1,0 +1,179 @@
+"""Preference prediction (TALLRec style): build a scorer on a backbone, train it on examples,
+score P(like), and the source -> target transfer protocol with its control.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from crossrec_cli.adapters import adapter_loss, adapter_step_hook, apply_adapter, param_counts
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.models.backbone import Backbone
+from crossrec_cli.tasks.examples import (
+    INPUT_TEMPLATE,
+    INSTRUCTION,
+    PrefExample,
+    encoder_pair,
+    render_input,
+)
+from crossrec_cli.tasks.metrics import binary_metrics
+from crossrec_cli.tasks.models import SequenceClassifier, SimilarityScorer, YesNoScorer
+from crossrec_cli.tasks.prompts import answer_token_ids, build_prompt
+from crossrec_cli.tasks.train import TrainSettings, fit, plan_steps, predict
+
+
+@dataclass
+class ScorerSpec:
+    """How examples become logits. ``scorer``: auto (head for encoders, yes_no for decoders),
+    head, yes_no; zero-shot scoring uses ``similarity`` for encoders and untrained yes_no for decoders."""
+
+    scorer: str = "auto"
+    adapter: str = "frozen"
+    adapter_hparams: dict = field(default_factory=dict)
+    pooling: str = "mean"
+    max_length: int = 256
+    history_template: str = "Liked: {liked}. Disliked: {disliked}."
+    instruction: str = INSTRUCTION
+    input_template: str = INPUT_TEMPLATE
+    prompt_style: str = "chat"
+    answers: tuple[str, str] = ("Yes", "No")
+    dropout: float = 0.1
+    eval_batch_size: int = 16
+    device: str = "cpu"
+
+    def resolved(self, kind: str, zero_shot: bool) -> str:
+        """The scorer this backbone kind gets: head | yes_no | similarity."""
+        if zero_shot:
+            return "yes_no" if kind == "decoder" else "similarity"
+        want = self.scorer if self.scorer != "auto" else ("yes_no" if kind == "decoder" else "head")
+        if want not in ("head", "yes_no"):
+            raise CrossrecError("task.scorer", f"unknown scorer {want!r}", "expected auto, head or yes_no")
+        if want == "yes_no" and kind != "decoder":
+            raise CrossrecError("task.scorer", "yes_no scoring needs a decoder backbone",
+                                "use scorer=head or backbone=smollm2")
+        return want
+
+
+@dataclass
+class Scorer:
+    model: nn.Module
+    kind: str  # head | yes_no | similarity
+    spec: ScorerSpec
+    adapted: nn.Module  # the (adapted) backbone module, for step hooks and parameter counts
+
+    def inputs(self, examples: list[PrefExample]) -> list[Any]:
+        """What this scorer reads: text pairs, prompts, or (liked, disliked, candidate) lists."""
+        s = self.spec
+        if self.kind == "head":
+            return [encoder_pair(ex, s.history_template) for ex in examples]
+        if self.kind == "similarity":
+            for ex in examples:
+                if not ex.candidate:
+                    raise CrossrecError(ex.key, "zero-shot similarity needs the candidate and history items",
+                                        "use TALLRec wording (User Preference: ... User Unpreference: ...) "
+                                        "or a decoder")
+            return [(ex.liked, ex.disliked, ex.candidate) for ex in examples]
+        tok = self.model.tokenizer
+        return [build_prompt(tok, ex.instruction or s.instruction, render_input(ex, s.input_template), s.prompt_style)
+                for ex in examples]
+
+    def prob_like(self, examples: list[PrefExample]) -> np.ndarray:
+        """(n,) P(like) for examples."""
+        if not examples:
+            return np.zeros(0)
+        return predict(self.model, self.inputs(examples), self.spec.eval_batch_size)[:, 1]
+
+
+def build_scorer(base: Backbone, spec: ScorerSpec, seed: int, zero_shot: bool = False,
+                 total_steps: int | None = None) -> Scorer:
+    """A fresh scorer on a copy of ``base`` (``base`` itself never trains, so the control arm of a
+    transfer starts from exactly the same weights). The head is initialised from ``seed``."""
+    kind = spec.resolved(base.kind, zero_shot)
+    bb = dataclasses.replace(base, model=copy.deepcopy(base.model))
+    torch.manual_seed(seed)
+    if kind == "similarity":
+        bb.model.requires_grad_(False)
+        model: nn.Module = SimilarityScorer(bb, spec.pooling, min(spec.max_length, 64))
+    elif kind == "yes_no":
+        yes, no = answer_token_ids(bb.tokenizer, list(spec.answers))
+        if not zero_shot:
+            bb.model = apply_adapter(bb.model, spec.adapter, total_steps=total_steps, **spec.adapter_hparams)
+        else:
+            bb.model.requires_grad_(False)
+        model = YesNoScorer(bb, yes, no, spec.max_length)
+    else:
+        bb.model = apply_adapter(bb.model, spec.adapter, total_steps=total_steps, **spec.adapter_hparams)
+        model = SequenceClassifier(bb, 2, spec.pooling, spec.max_length, spec.dropout)
+    model.to(torch.device(spec.device))
+    return Scorer(model, kind, spec, bb.model)
+
+
+def train_scorer(scorer: Scorer, examples: list[PrefExample], settings: TrainSettings) -> list[float]:
+    """Fit on examples (label 1 = like); returns per-epoch losses."""
+    if scorer.kind == "similarity" or not examples:
+        return []
+    if not any(p.requires_grad for p in scorer.model.parameters()):
+        raise CrossrecError("adapter", f"nothing trains with adapter {scorer.spec.adapter!r} and scorer {scorer.kind}",
+                            "choose adapter=lora (or full), or task.zero_shot=true")
+    labels = np.array([ex.label for ex in examples], dtype=np.int64)
+    return fit(scorer.model, scorer.inputs(examples), labels, settings,
+               step_hook=lambda step: adapter_step_hook(scorer.adapted, step),
+               extra_loss=lambda: adapter_loss(scorer.adapted))
+
+
+def evaluate(scorer: Scorer, evals: dict[str, list[PrefExample]]) -> dict[str, dict[str, float]]:
+    """{name: auc / logloss / accuracy ...} for each list of examples."""
+    return {name: binary_metrics(np.array([ex.label for ex in exs]), scorer.prob_like(exs))
+            for name, exs in evals.items() if exs}
+
+
+def run_preference(base: Backbone, spec: ScorerSpec, train: list[PrefExample],
+                   evals: dict[str, list[PrefExample]], settings: TrainSettings,
+                   zero_shot: bool = False) -> dict[str, Any]:
+    """Train (unless zero-shot) one scorer and evaluate it: {"metrics": {name: ...}, "losses",
+    "trainable", "total", "scorer", "train_examples", "seconds"}."""
+    start = time.perf_counter()
+    _, total_steps = plan_steps(len(train), settings)
+    scorer = build_scorer(base, spec, settings.seed, zero_shot, total_steps)
+    losses = [] if zero_shot else train_scorer(scorer, train, settings)
+    trainable, total = param_counts(scorer.model)
+    return {"metrics": evaluate(scorer, evals), "losses": losses, "trainable": trainable, "total": total,
+            "scorer": scorer.kind, "train_examples": 0 if zero_shot else len(train),
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def run_transfer(base: Backbone, spec: ScorerSpec, source_train: list[PrefExample],
+                 target_train: list[PrefExample], source_evals: dict[str, list[PrefExample]],
+                 target_evals: dict[str, list[PrefExample]], settings: TrainSettings) -> dict[str, dict]:
+    """Arms, each {"metrics": {split: ...}, ...}:
+
+    - ``zero_shot``: no training, on the target;
+    - ``source``: trained on the source, evaluated on the source and (zero-shot transfer) the target;
+    - ``transfer``: the source model further trained on ``target_train`` (skipped when empty);
+    - ``control``: the same target training from the same initial backbone without the source step.
+    """
+    arms: dict[str, dict] = {"zero_shot": run_preference(base, spec, [], target_evals, settings, zero_shot=True)}
+    start = time.perf_counter()
+    _, steps = plan_steps(len(source_train) + len(target_train), settings)
+    scorer = build_scorer(base, spec, settings.seed, total_steps=steps)
+    losses = train_scorer(scorer, source_train, settings)
+    src_metrics = evaluate(scorer, source_evals)
+    arms["source"] = {"metrics": evaluate(scorer, target_evals), "source_metrics": src_metrics, "losses": losses,
+                      "train_examples": len(source_train), "seconds": round(time.perf_counter() - start, 2)}
+    if target_train:
+        start = time.perf_counter()
+        losses = train_scorer(scorer, target_train, settings)
+        arms["transfer"] = {"metrics": evaluate(scorer, target_evals), "losses": losses,
+                            "train_examples": len(target_train), "seconds": round(time.perf_counter() - start, 2)}
+        arms["control"] = run_preference(base, spec, target_train, target_evals, settings)
+    trainable, total = param_counts(scorer.model)
+    arms["source"].update(trainable=trainable, total=total, scorer=scorer.kind)
+    return arms

@@ -1,0 +1,116 @@
+"""One linear training loop for the text tasks, and batched prediction.
+
+A scorer maps a list of inputs to logits (B, C). Single-label targets (n,) int use cross-entropy
+over C classes (preference: C = 2, class 1 = like); multi-label targets (n, C) 0/1 use a
+sigmoid per label.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+log = logging.getLogger("crossrec")
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 3
+    batch_size: int = 8
+    lr: float = 1e-4  # backbone / adapter parameters
+    head_lr: float = 1e-3  # the classifier head
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    min_steps: int = 0  # few-shot: repeat epochs until at least this many optimizer steps
+    seed: int = 0
+
+
+def plan_steps(n: int, s: TrainSettings) -> tuple[int, int]:
+    """(epochs, total optimizer steps) for ``n`` examples; AdaLoRA needs the total up front."""
+    per_epoch = max(1, math.ceil(n / s.batch_size))
+    epochs = max(s.epochs, math.ceil(s.min_steps / per_epoch)) if n else 0
+    return epochs, epochs * per_epoch
+
+
+def task_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits (B, C); targets (B,) class indices or (B, C) multi-label 0/1."""
+    if targets.ndim == 2:
+        return F.binary_cross_entropy_with_logits(logits, targets.float())
+    return F.cross_entropy(logits, targets.long())
+
+
+def optimizer_for(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer | None:
+    """AdamW with two groups: the head at ``head_lr``, every other trainable parameter at ``lr``."""
+    head = [p for p in getattr(model, "head_parameters", list)() if p.requires_grad]
+    head_ids = {id(p) for p in head}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    groups = [g for g in ({"params": head, "lr": s.head_lr}, {"params": rest, "lr": s.lr}) if g["params"]]
+    return torch.optim.AdamW(groups, weight_decay=s.weight_decay) if groups else None
+
+
+def fit(model: nn.Module, inputs: Sequence[Any], targets: np.ndarray, s: TrainSettings,
+        step_hook: Callable[[int], None] | None = None,
+        extra_loss: Callable[[], torch.Tensor] | None = None) -> list[float]:
+    """Train ``model`` on (inputs, targets); returns the mean loss of every epoch.
+
+    ``step_hook(step)`` runs after ``optimizer.step()`` and before ``zero_grad()`` (AdaLoRA);
+    ``extra_loss()`` is added to every batch loss (AdaLoRA's orthogonality penalty).
+    """
+    opt = optimizer_for(model, s)
+    if opt is None or not len(inputs):
+        return []
+    epochs, _ = plan_steps(len(inputs), s)
+    y = torch.as_tensor(np.asarray(targets))
+    gen = torch.Generator().manual_seed(s.seed)
+    model.train()
+    history, step = [], 0
+    for epoch in range(epochs):
+        order = torch.randperm(len(inputs), generator=gen).tolist()
+        total = 0.0
+        for a in range(0, len(order), s.batch_size):
+            idx = order[a:a + s.batch_size]
+            logits = model([inputs[i] for i in idx])
+            loss = task_loss(logits, y[idx].to(logits.device))
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            loss.backward()
+            if s.grad_clip:
+                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], s.grad_clip)
+            opt.step()
+            step += 1
+            if step_hook is not None:
+                step_hook(step)
+            opt.zero_grad(set_to_none=True)
+            total += float(loss.detach()) * len(idx)
+        history.append(total / len(order))
+        log.debug("epoch %d/%d loss %.4f", epoch + 1, epochs, history[-1])
+    log.info("trained on %d examples: %d epochs, %d steps, loss %.4f -> %.4f",
+             len(inputs), epochs, step, history[0], history[-1])
+    model.eval()
+    return history
+
+
+@torch.no_grad()
+def predict(model: nn.Module, inputs: Sequence[Any], batch_size: int = 16, multi_label: bool = False) -> np.ndarray:
+    """Probabilities: (n, C) softmax over classes, or (n, C) sigmoids when ``multi_label``.
+    Inputs are scored in order of length so batches pad little; the output keeps input order."""
+    model.eval()
+    order = sorted(range(len(inputs)), key=lambda i: len(str(inputs[i])))
+    out: list[torch.Tensor] = []
+    for a in range(0, len(order), batch_size):
+        logits = model([inputs[i] for i in order[a:a + batch_size]]).float().cpu()
+        out.append(torch.sigmoid(logits) if multi_label else torch.softmax(logits, -1))
+    if not out:
+        return np.zeros((0, 0))
+    probs = torch.cat(out).numpy()
+    result = np.empty_like(probs)
+    result[np.asarray(order)] = probs
+    return result
