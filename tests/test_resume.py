@@ -25,9 +25,9 @@ def _strip(m):
     return m
 
 
-def _start(run_dir):
+def _start(run_dir, args=ARGS):
     env = {**os.environ, "CROSSREC_CACHE": str(REPO / ".cache" / "test")}
-    return subprocess.Popen([CLI, *ARGS, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
+    return subprocess.Popen([CLI, *args, f"hydra.run.dir={run_dir}"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -107,9 +107,7 @@ def test_transfer_resumes_phase_by_phase(tmp_path):
     ref = tmp_path / "ref"
     run_cli(*args, run_dir=ref)
     out = tmp_path / "killed"
-    env = {**os.environ, "CROSSREC_CACHE": str(REPO / ".cache" / "test")}
-    proc = subprocess.Popen([CLI, *args, f"hydra.run.dir={out}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _start(out, args)
     t0 = time.time()
     while not (out / "adapted" / "checkpoints" / "step-2").is_dir():  # inside the second arm
         assert proc.poll() is None and time.time() - t0 < 300
@@ -140,9 +138,7 @@ def test_pretrain_killed_and_resumed_matches_uninterrupted(tmp_path):
     ref = tmp_path / "ref"
     run_cli(*args, run_dir=ref)
     out = tmp_path / "killed"
-    env = {**os.environ, "CROSSREC_CACHE": str(REPO / ".cache" / "test")}
-    proc = subprocess.Popen([CLI, *args, f"hydra.run.dir={out}"], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = _start(out, args)
     _wait_for_step(proc, out, 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
