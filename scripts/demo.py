@@ -28,7 +28,7 @@ RUNS = [
 
 
 def main() -> None:
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 160)  # full table in logs and CI
     rows = []
     for i, (label, args) in enumerate(RUNS):
         out = REPO / "outputs" / "demo" / f"{STAMP}_{i}"
