@@ -104,6 +104,14 @@ def build_backbone(
         ident = "config:" + json.dumps({"model_type": model_type, **cfg, "seed": seed}, sort_keys=True)
         return Backbone(model, tokenizer, hf_cfg.hidden_size, ident, kind, "config")
     source = resolve_source(path, local)
+    cfg_file = Path(source) / "config.json"
+    try:
+        custom_code = cfg_file.is_file() and "auto_map" in json.loads(cfg_file.read_text())
+    except ValueError:
+        raise CrossrecError(str(cfg_file), "not valid JSON", "restore the model folder's config.json") from None
+    if custom_code and not trust_remote_code:
+        raise CrossrecError("backbone.trust_remote_code", f"{source} ships its own Python code (auto_map in config.json)",
+                            "set backbone.trust_remote_code=true only for code you trust")
     # safetensors only: a folder holding just pytorch_model.bin (a pickle) is refused
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": not gguf_file}
     if gguf_file:
