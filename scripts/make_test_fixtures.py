@@ -16,6 +16,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from crossrec_cli.data.movielens import ML100K_GENRES
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "crossrec_cli" / "data" / "bundled" / "ml-100k"
 OUT = ROOT / "tests" / "fixtures" / "data"
@@ -23,27 +25,7 @@ USERS = range(1, 31)
 ITEMS = {*range(1, 101), 543, 1005}
 STEM = "ml-100k-slice"
 MAX_HISTORY = 20  # UniSRec keeps 50; 20 keeps the sequential files small
-GENRES = (
-    "unknown",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children's",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
+GENRES = ML100K_GENRES  # the genre flag order of ml-100k's u.item
 CATEGORY = "Movies_and_TV"
 
 
