@@ -8,11 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from crossrec_cli.commands._common import CONF_DIR, load_domains, run_recipe, seed_everything, write_metrics
-from crossrec_cli.config_check import check_common
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
@@ -47,7 +46,6 @@ def baseline_scorer(cfg: DictConfig, domain, split, backbone_cache: dict):
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    check_common(OmegaConf.to_container(cfg, resolve=True))
     if cfg.task.name != "recommendation":
         from crossrec_cli.commands.tasks import run_task
 

@@ -7,7 +7,6 @@ NDCG@10, best weights kept) -> reload best -> valid/test per domain -> metrics.j
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -87,5 +86,3 @@ def _history(history: list[dict]) -> list[dict]:
 def app(cfg: DictConfig) -> None:
     run_recipe(cfg, run)
 
-
-__all__ = ["app", "run", "Path"]

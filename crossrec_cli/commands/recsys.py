@@ -14,6 +14,7 @@ from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.commands._common import run_dir
 from crossrec_cli.data import Domain, DomainSpec, Split
+from crossrec_cli.adapters import param_counts
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split
 from crossrec_cli.evaluation.ranking import read_candidates
@@ -133,16 +134,12 @@ def load_init(cfg: DictConfig, model: SeqRec) -> None:
     id tables and heads are left as initialised)."""
     if not cfg.get("init_from"):
         return
-    folder = Path(str(cfg.init_from)).expanduser() / "checkpoint"
-    if (folder / "backbone" / "config.json").is_file():
+    run = Path(str(cfg.init_from)).expanduser()
+    if (run / "checkpoint" / "backbone" / "config.json").is_file():
         return  # a pretrain run: its backbone was loaded by build_model
-    state = read_safetensors(_checkpoint_file(folder))
-    own = model.state_dict()
-    take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if not take:
-        raise CrossrecError(str(folder), "no weights match this model", "init_from needs the same backbone and adapter")
-    model.load_state_dict(take, strict=False)
-    log.info("init_from %s: %d of %d tensors loaded", folder, len(take), len(state))
+    if not load_matching(model, run):
+        raise CrossrecError(str(run / "checkpoint"), "no weights match this model",
+                            "init_from needs the same backbone and adapter")
 
 
 def load_matching(model: SeqRec, run: Path) -> int:
@@ -151,6 +148,7 @@ def load_matching(model: SeqRec, run: Path) -> int:
     own = model.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(take, strict=False)
+    log.info("loaded %d of %d tensors from %s", len(take), len(state), run)
     return len(take)
 
 
@@ -158,11 +156,6 @@ def load_best(model: SeqRec, out: Path) -> None:
     folder = out / "checkpoint"
     if (folder / "model.safetensors").exists():
         load_trainable_state(model, read_safetensors(_checkpoint_file(folder)), str(folder))
-
-
-def param_counts(model: SeqRec) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
 
 
 def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Split],

@@ -134,7 +134,6 @@ def fit(
     tc: TrainConfig,
     evaluate: Evaluate,
     run_dir: Path,
-    step_hook: Callable[[torch.nn.Module, int], None] | None = None,
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
     resume: bool = False,
     show_progress: bool = True,
@@ -187,8 +186,6 @@ def fit(
                 opt.step()
                 if model.backbone_trains:
                     adapter_step_hook(model.backbone_model, prog.step)  # AdaLoRA rank budget
-                if step_hook is not None:
-                    step_hook(model, prog.step)
                 prog.batch += 1
                 prog.step += 1
                 prog.epoch_loss += float(loss.detach())
