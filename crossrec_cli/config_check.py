@@ -50,7 +50,12 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.layers": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.heads": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.readout": (lambda v: v in ("last", "mean"), "last or mean", "last"),
-    "model.score": (lambda v: v in ("cosine", "dot"), "cosine or dot", "cosine"),
+    "model.score": (lambda v: v in ("auto", "cosine", "dot"), "auto, cosine or dot", "auto"),
+    "model.projection": (lambda v: v in ("linear", "mlp", "whiten", "moe"), "linear, mlp, whiten or moe", "linear"),
+    "model.text_norm": (lambda v: v in ("none", "center", "standardize"), "none, center or standardize", "none"),
+    "model.experts": (lambda v: _int(v, 1), "a positive integer", "8"),
+    "model.init_std": (_positive, "a number > 0", "0.02"),
+    "model.norm_first": (lambda v: isinstance(v, bool), "true or false", "false"),
     "model.temperature": (_positive, "a number > 0", "0.07"),
 }
 

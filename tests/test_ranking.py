@@ -233,3 +233,16 @@ def test_evaluate_split_listed_user_without_test_example_is_an_error():
         evaluate_split(
             constant_users, ITEMS, tiny_split(), [1], candidates=cands, candidates_source="c.tsv"
         )
+
+
+def test_early_stopping_ranks_the_validation_split_only():
+    """parts=("valid",): the model never scores a test example while training."""
+    seen: list[int] = []
+
+    def users(ev: EvalSet) -> torch.Tensor:
+        seen.append(int(ev.targets.sum()))
+        return torch.ones(len(ev), 1)
+
+    out = evaluate_split(users, ITEMS, tiny_split(), [1, 3], parts=("valid",))
+    assert set(out) == {"valid"} and seen == [0 + 3]  # valid targets 0 and 3 only
+    assert out["valid"] == evaluate_split(constant_users, ITEMS, tiny_split(), [1, 3])["valid"]

@@ -19,7 +19,7 @@ from crossrec_cli.evaluation.protocol import evaluate_split
 from crossrec_cli.evaluation.ranking import read_candidates
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.models.backbone import build_backbone
-from crossrec_cli.models.baselines import mean_history_vectors, popularity_vectors
+from crossrec_cli.models.baselines import check_recency, mean_history_vectors, popularity_vectors
 from crossrec_cli.models.encode import cached_text_vectors
 
 
@@ -31,6 +31,7 @@ def baseline_scorer(cfg: DictConfig, domain, split, backbone_cache: dict):
         _, items = popularity_vectors(counts, 1)
         return (lambda ev: popularity_vectors(counts, len(ev))[0]), items
     if name == "text_zeroshot":
+        recency = check_recency(cfg.model.get("recency", 1.0))
         b = cfg.backbone
         if "bb" not in backbone_cache:
             if b.kind == "none":
@@ -41,7 +42,7 @@ def baseline_scorer(cfg: DictConfig, domain, split, backbone_cache: dict):
                                     cache=cfg.eval.cache_vectors)
         import torch.nn.functional as F
 
-        return (lambda ev: mean_history_vectors(items, ev, cfg.model.history)), F.normalize(items, dim=-1)
+        return (lambda ev: mean_history_vectors(items, ev, cfg.model.history, recency)), F.normalize(items, dim=-1)
     raise CrossrecError("model", f"unknown model {name!r} for evaluate", "expected popularity, text_zeroshot, or run=<run dir>")
 
 
@@ -55,6 +56,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from crossrec_cli.commands.checkpoint_eval import evaluate_run
 
         return evaluate_run(cfg)
+    extra = {}
+    if cfg.model.name == "text_zeroshot":  # a bad model.recency stops before data or model load
+        extra["recency"] = check_recency(cfg.model.get("recency", 1.0))
     domains = load_domains(cfg)
     if cfg.eval.candidates and len(domains) != 1:
         raise CrossrecError("eval.candidates", "a candidate file needs exactly one domain", "pass one domain=")
@@ -75,6 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "evaluate", cfg.model.name, "zero-shot", "candidates" if cfg.eval.candidates else "full", cfg.seed,
         dataset, valid, test, exclude_seen=bool(cfg.eval.exclude_seen),
         backbone=cfg.backbone.name if cfg.model.name == "text_zeroshot" else None,
+        **extra,
     )
     path = write_metrics(record)
     Console().print(metrics_table(record))

@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                           **{k: v for k, v in cfg.logger.items() if k != "name"})
 
     def valid_only(m):
-        return {k: evaluate_model(cfg, m, k, s)["valid"] for k, s in splits.items()}
+        return {k: evaluate_model(cfg, m, k, s, parts=("valid",))["valid"] for k, s in splits.items()}
 
     dataset = {s.name: d.fingerprint() for s, d in domains}
     check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)

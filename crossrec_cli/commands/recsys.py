@@ -87,8 +87,9 @@ def model_mode(cfg: DictConfig) -> str:
 
 
 def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domain: Domain | None = None,
-                   refresh: bool | None = None) -> dict[str, dict[str, float]]:
-    """Valid and test metrics of ``model`` on one domain under the protocol in ``cfg.eval``."""
+                   refresh: bool | None = None, parts: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
+    """Valid and test metrics of ``model`` on one domain under the protocol in ``cfg.eval``
+    (``parts=("valid",)``: validation only, for early stopping)."""
     if not model.can_score(key):
         raise CrossrecError(f"domain={key}", "a transductive model (item ids) cannot score a domain it was not trained on",
                             "evaluate it on its training domains, or train with model.item_ids=false")
@@ -99,7 +100,7 @@ def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domai
         cands = read_candidates(cfg.eval.candidates, {u: i for i, u in enumerate(domain.user_ids)},
                                 {t: i for i, t in enumerate(domain.item_ids)})
     return evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
-                          str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk)
+                          str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk, parts)
 
 
 def check_same_data(out: Path, dataset: dict[str, dict], resuming: bool) -> None:

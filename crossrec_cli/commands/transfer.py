@@ -71,7 +71,7 @@ def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
         return json.loads(done.read_text())
 
     def valid(m):
-        return {k: evaluate_model(cfg, m, k, s)["valid"] for k, s in valid_splits.items()}
+        return {k: evaluate_model(cfg, m, k, s, parts=("valid",))["valid"] for k, s in valid_splits.items()}
 
     resume = bool(cfg.get("resume")) and ckpt.latest_verified(out / "checkpoints") is not None
     try:

@@ -40,14 +40,18 @@ def evaluate_split(
     candidates_source: str = "eval.candidates",
     user_chunk: int = 512,
     item_chunk: int = 65536,
+    parts: tuple[str, ...] = ("valid", "test"),
 ) -> dict[str, dict[str, float]]:
     """``{"valid": metrics, "test": metrics}``; each example's own history is the model input.
+    ``parts=("valid",)`` ranks the validation split only (early stopping never touches test).
 
     With ``candidates`` the test examples are ranked within their user's list (listed users
     only); validation always ranks the full catalogue (it drives early stopping).
     """
     out: dict[str, dict[str, float]] = {}
     for name, evalset in (("valid", split.valid), ("test", split.test)):
+        if name not in parts:
+            continue
         if name == "test" and candidates is not None:
             sub, cands = restrict_to_candidates(evalset, candidates, candidates_source)
             ranks = candidate_ranks(user_vectors(sub), item_vecs, sub.targets, cands)

@@ -14,6 +14,7 @@ from torch import nn
 
 from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.encode import cached_text_vectors, forward_pool
+from crossrec_cli.models.projection import build_projection
 
 
 @dataclass
@@ -22,14 +23,37 @@ class SeqRecConfig:
     max_history: int = 50
     layers: int = 2
     heads: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.5
     readout: str = "last"  # last (causal transformer) | mean (mean of history vectors)
-    score: str = "cosine"  # cosine | dot
+    score: str = "auto"  # auto (dot for id-only items, cosine with text) | cosine | dot
     temperature: float = 0.07
     item_ids: bool = False  # transductive: add a learned id embedding to the text vector
+    norm_first: bool = False  # False: post-LN blocks after an input LayerNorm, as SASRec
+    init_std: float = 0.02  # N(0, init_std) for every embedding and linear map of the towers
+    projection: str = "linear"  # text -> item vector: linear | whiten | moe (models/projection.py)
+    experts: int = 8  # projection=moe
+    projection_dropout: float = 0.0  # dropout on the LM vectors before whiten / moe
+    text_norm: str = "none"  # none | center | standardize: LM vectors by their domain's catalogue statistics
     pooling: str = "mean"
     max_length: int = 64
     encode_batch: int = 128
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Every embedding, linear map and attention projection ~ N(0, std), biases 0, LayerNorms
+    1/0 (BERT / SASRec). torch's defaults (N(0, 1) embeddings, Kaiming / Xavier maps) put the
+    position table ~50x above the item vectors at the user tower's input."""
+    for m in module.modules():
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=std)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            nn.init.normal_(m.in_proj_weight, std=std)
+            nn.init.zeros_(m.in_proj_bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
 
 
 class UserTower(nn.Module):
@@ -40,19 +64,23 @@ class UserTower(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.pos = nn.Embedding(cfg.max_history, cfg.dim)
+        # SASRec: LayerNorm(item + position) -> dropout -> post-LN blocks; pre-LN blocks end in
+        # a final LayerNorm instead
+        self.in_norm = nn.Identity() if cfg.norm_first else nn.LayerNorm(cfg.dim)
         layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, 4 * cfg.dim, cfg.dropout, batch_first=True, norm_first=True, activation="gelu"
+            cfg.dim, cfg.heads, 4 * cfg.dim, cfg.dropout, batch_first=True, norm_first=cfg.norm_first, activation="gelu"
         )
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(cfg.dim)
+        self.norm = nn.LayerNorm(cfg.dim) if cfg.norm_first else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
+        init_weights(self, cfg.init_std)
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         if self.cfg.readout == "mean":  # running mean over valid items, causal by construction
             m = valid.unsqueeze(-1).to(h.dtype)
             return (h * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
         n = h.shape[1]
-        x = self.drop(h + self.pos.weight[-n:].unsqueeze(0))
+        x = self.drop(self.in_norm(h + self.pos.weight[-n:].unsqueeze(0)))
         causal = torch.ones(n, n, dtype=torch.bool, device=h.device).triu(1)
         blocked = causal.unsqueeze(0) | ~valid.unsqueeze(1)  # (B, L, L): True = may not attend
         blocked &= ~torch.eye(n, dtype=torch.bool, device=h.device)  # padded rows see themselves: no NaN
@@ -70,7 +98,11 @@ class SeqRec(nn.Module):
         self.backbone = backbone
         self.backbone_model = backbone.model if backbone is not None else None  # registered params
         self.backbone_trains = backbone_trains and backbone is not None
-        self.proj = nn.Linear(backbone.hidden_size, cfg.dim) if backbone is not None else None
+        self.proj = None
+        if backbone is not None:
+            self.proj = build_projection(cfg.projection, backbone.hidden_size, cfg.dim, cfg.experts, cfg.projection_dropout)
+            init_weights(self.proj, cfg.init_std)
+        self.score = cfg.score if cfg.score != "auto" else ("dot" if backbone is None else "cosine")
         self.id_emb = nn.ModuleDict()
         self.user = UserTower(cfg)
         self.texts: dict[str, list[str]] = {}
@@ -86,8 +118,8 @@ class SeqRec(nn.Module):
         self._base.pop(key, None)
         if self.cfg.item_ids and key not in self.id_emb:
             emb = nn.Embedding(len(texts), self.cfg.dim)
-            nn.init.normal_(emb.weight, std=0.02)
-            self.id_emb[key] = emb
+            nn.init.normal_(emb.weight, std=self.cfg.init_std)
+            self.id_emb[key] = emb.to(self.user.pos.weight.device)
 
     def add_composite(self, key: str, target: str, source: str) -> None:
         """A merged catalogue: target items (0..N_t-1) then source items, each with a learned
@@ -95,7 +127,7 @@ class SeqRec(nn.Module):
         self.composites[key] = (target, source)
         if not hasattr(self, "domain_emb"):
             self.domain_emb = nn.Embedding(2, self.cfg.dim)
-            nn.init.normal_(self.domain_emb.weight, std=0.02)
+            nn.init.normal_(self.domain_emb.weight, std=self.cfg.init_std)
             self.domain_emb.to(self.user.pos.weight.device)
 
     def n_targets(self, key: str) -> int:
@@ -117,7 +149,7 @@ class SeqRec(nn.Module):
         if self.backbone is None:
             return
         self._route(key)
-        dev = self.proj.weight.device
+        dev = self.user.pos.weight.device
         if self.backbone_trains:
             from crossrec_cli.models.encode import encode_texts
 
@@ -155,10 +187,21 @@ class SeqRec(nn.Module):
                 texts = [self.texts[key][i] for i in fresh.tolist()]
                 new = forward_pool(self.backbone, texts, self.cfg.max_length, self.cfg.pooling).to(base.dtype)
                 base = base.index_copy(0, fresh.to(base.device), new)
-            parts.append(self.proj(base))
+            parts.append(self.proj(self._normalise(key, base)))
         if self.cfg.item_ids:
             parts.append(self.id_emb[key].weight)
         return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+
+    def _normalise(self, key: str, base: torch.Tensor) -> torch.Tensor:
+        """``model.text_norm``: centre (and scale) the LM vectors with their own domain's
+        catalogue statistics, (N, hidden) -> (N, hidden). LM spaces are anisotropic (every item
+        shares one large mean direction); removing it per domain also aligns domains for
+        zero-shot transfer. Statistics come from the last refresh (no gradient)."""
+        if self.cfg.text_norm == "none":
+            return base
+        ref = self.base(key)
+        base = base - ref.mean(0)
+        return base / (ref.std(0) + 1e-6) if self.cfg.text_norm == "standardize" else base
 
     # -- users and scores ----------------------------------------------------------------------
     def user_states(self, items: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
@@ -169,13 +212,13 @@ class SeqRec(nn.Module):
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (..., dim) x items (M, dim) -> (..., M)."""
-        if self.cfg.score == "cosine":
+        if self.score == "cosine":
             return F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / self.cfg.temperature
         return users @ items.T
 
     def scoring_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors whose dot product ranks like ``logits`` (for the chunked evaluator)."""
-        if self.cfg.score == "cosine":
+        if self.score == "cosine":
             return F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         return users, items
 

@@ -32,13 +32,13 @@ log = logging.getLogger("crossrec")
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
+    epochs: int = 200
     batch_size: int = 64
     lr: float = 1e-3
     backbone_lr: float = 5e-5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    patience: int = 3
+    patience: int = 10
     monitor: str = "ndcg@10"
     loss: str = "full"  # full softmax over the domain's items | sampled (in-batch + n_negatives)
     n_negatives: int = 256

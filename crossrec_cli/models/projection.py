@@ -1,0 +1,82 @@
+"""Text projections: LM vectors (N, hidden) -> item vectors (N, dim), chosen by
+``model.projection``.
+
+- ``linear``: one affine map.
+- ``mlp``: two layers with a GELU.
+- ``whiten``: UniSRec's parametric whitening, ``W (x - b)`` — a learned centring of the
+  anisotropic LM space before the map (Hou et al., KDD 2022, eq. 2).
+- ``moe``: UniSRec's mixture-of-experts adaptor: ``experts`` whitening maps mixed by a softmax
+  gate computed from the text vector itself, with gate noise while training (eq. 3-4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Whitening(nn.Module):
+    """(N, d_in) -> (N, d_out): ``lin(dropout(x) - b)``, UniSRec's PWLayer."""
+
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.bias = nn.Parameter(torch.zeros(d_in))
+        self.lin = nn.Linear(d_in, d_out, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(self.drop(x) - self.bias)
+
+
+class MoEAdaptor(nn.Module):
+    """(N, d_in) -> (N, d_out): softmax-gated sum of ``experts`` whitening maps."""
+
+    def __init__(self, d_in: int, d_out: int, experts: int = 8, dropout: float = 0.0):
+        super().__init__()
+        self.experts = nn.ModuleList(Whitening(d_in, d_out, dropout) for _ in range(experts))
+        # zero gates: every expert weighs the same at the start, as in UniSRec
+        self.gate = nn.Parameter(torch.zeros(d_in, experts))
+        self.noise = nn.Parameter(torch.zeros(d_in, experts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = x @ self.gate
+        if self.training:  # noisy gating keeps every expert in use while training
+            logits = logits + torch.randn_like(logits) * (F.softplus(x @ self.noise) + 1e-2)
+        gates = torch.softmax(logits, dim=-1)  # (N, E)
+        out = torch.stack([e(x) for e in self.experts], dim=-2)  # (N, E, d_out)
+        return (gates.unsqueeze(-1) * out).sum(-2)
+
+
+def linear(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+    return nn.Linear(d_in, d_out)
+
+
+def mlp(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+    """Two layers (d_in -> d_in -> d_out, GELU): enough capacity to give each item a vector of
+    its own from its text, as an id table would."""
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, d_in), nn.GELU(), nn.Linear(d_in, d_out))
+
+
+def whiten(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+    return Whitening(d_in, d_out, dropout)
+
+
+def moe(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+    return MoEAdaptor(d_in, d_out, experts, dropout)
+
+
+PROJECTIONS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
+    "linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe,
+}
+
+
+def build_projection(name: str, d_in: int, d_out: int, experts: int = 8, dropout: float = 0.0) -> nn.Module:
+    """The projection registered under ``name`` (``model.projection``)."""
+    if name not in PROJECTIONS:
+        from crossrec_cli.errors import CrossrecError
+
+        raise CrossrecError("model.projection", f"unknown projection {name!r}", f"expected one of {sorted(PROJECTIONS)}")
+    return PROJECTIONS[name](d_in, d_out, experts, dropout)
