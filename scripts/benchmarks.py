@@ -5,8 +5,8 @@
     python scripts/benchmarks.py table [--out docs/benchmarks.md]
 
 `run` trains / scores each (model, domain, seed) through the real CLI into
-outputs/benchmarks/<domain>/<model>/seed<k>/ (a run with a metrics.json is skipped, so the
-command can be repeated after an interruption), early-stopping on valid NDCG@10 under crossrec's
+outputs/benchmarks/<domain>/<model>/seed<k>/ (a finished run is skipped and an interrupted one
+resumed, so the command can be repeated after an interruption), early-stopping on valid NDCG@10 under crossrec's
 default protocol (seen items stay in the ranking, as in RecBole's sequential evaluation), then
 re-scores each trained run with seen items removed (`crossrec evaluate run=... eval.exclude_seen=true`,
 the setting of UniSRec / Recformer) into `<run>/seen_removed/`.
@@ -45,10 +45,13 @@ MODELS: dict[str, tuple[str, list[str]]] = {
 
 def run_one(model: str, domain: str, seed: int) -> Path:
     out = ROOT / domain / model / f"seed{seed}"
-    if not (out / "metrics.json").is_file():
+    done = (out / "metrics.json").is_file() and "test" in json.loads((out / "metrics.json").read_text())
+    if not done:
         args = MODELS[model][1]
-        cmd = [CLI, *args, f"domain={domain}", f"seed={seed}", "progress=false",
-               f"hydra.run.dir={out}"]
+        cmd = [CLI, *args, f"domain={domain}", f"seed={seed}", f"hydra.run.dir={out}"]
+        cmd += ["progress=false"] if args_train(model) else []
+        if (out / "metrics.json").is_file():  # interrupted: continue it exactly
+            cmd.append(f"resume={out}")
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)

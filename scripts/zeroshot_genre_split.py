@@ -57,7 +57,8 @@ def write_genre_domains(root: Path) -> Path:
 def cli(*args: str, out: Path) -> dict:
     if not (out / "metrics.json").is_file():
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        subprocess.run([CLI, *args, f"hydra.searchpath=[file://{OUT}]", "progress=false", f"hydra.run.dir={out}"],
+        quiet = ["progress=false"] if args[0] == "finetune" else []
+        subprocess.run([CLI, *args, f"hydra.searchpath=[file://{OUT}]", *quiet, f"hydra.run.dir={out}"],
                        check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())
 

@@ -49,9 +49,9 @@ def test_user_state_depends_only_on_earlier_items():
 
 
 def test_score_auto_is_dot_for_ids_and_cosine_for_text():
-    ids = SeqRec(SeqRecConfig(dim=8, heads=2, item_ids=True), None, backbone_trains=False)
-    assert ids.score == "dot" and _model().score == "cosine"
-    assert _model(score="dot").score == "dot"
+    ids = SeqRec(SeqRecConfig(dim=8, heads=2, item_ids=True, score="auto"), None, backbone_trains=False)
+    assert ids.score == "dot" and _model(score="auto").score == "cosine"
+    assert _model(score="dot").score == "dot" and _model(score="cosine").score == "cosine"
 
 
 def test_center_and_standardize_use_the_domain_catalogue():

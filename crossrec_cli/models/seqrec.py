@@ -25,12 +25,12 @@ class SeqRecConfig:
     heads: int = 2
     dropout: float = 0.5
     readout: str = "last"  # last (causal transformer) | mean (mean of history vectors)
-    score: str = "auto"  # auto (dot for id-only items, cosine with text) | cosine | dot
+    score: str = "dot"  # dot | cosine (with temperature) | auto (dot for id-only items, cosine with text)
     temperature: float = 0.07
     item_ids: bool = False  # transductive: add a learned id embedding to the text vector
     norm_first: bool = False  # False: post-LN blocks after an input LayerNorm, as SASRec
     init_std: float = 0.02  # N(0, init_std) for every embedding and linear map of the towers
-    projection: str = "linear"  # text -> item vector: linear | whiten | moe (models/projection.py)
+    projection: str = "mlp"  # text -> item vector: linear | mlp | whiten | moe (models/projection.py)
     experts: int = 8  # projection=moe
     projection_dropout: float = 0.0  # dropout on the LM vectors before whiten / moe
     text_norm: str = "none"  # none | center | standardize: LM vectors by their domain's catalogue statistics
