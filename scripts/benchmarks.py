@@ -71,6 +71,8 @@ def _metrics(path: Path, domain: str) -> dict | None:
     if not path.is_file():
         return None
     m = json.loads(path.read_text())
+    if "test" not in m:  # interrupted
+        return None
     return m["test"][domain] | {"seconds_per_epoch": m.get("seconds_per_epoch"), "best_epoch": m.get("best_epoch")}
 
 

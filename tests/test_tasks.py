@@ -31,7 +31,8 @@ from crossrec_cli.tasks.examples import (
 )
 from crossrec_cli.tasks.metrics import binary_metrics, mean_std
 from crossrec_cli.tasks.models import SequenceClassifier, YesNoScorer
-from crossrec_cli.tasks.preference import ScorerSpec, run_preference
+from crossrec_cli.tasks.preference import ScorerSpec, build_scorer, run_preference, train_scorer
+from crossrec_cli.tasks.similarity_head import SimilarityHead
 from crossrec_cli.tasks.prompts import answer_token_ids, build_prompt
 from crossrec_cli.tasks.train import TrainSettings
 
@@ -243,15 +244,109 @@ def genre_toy(domain, n: int, seed: int) -> list[PrefExample]:
     return out
 
 
-def test_trained_encoder_beats_zero_shot(movies):
+@pytest.mark.parametrize("head", ["similarity", "pair"])
+def test_trained_encoder_beats_zero_shot(movies, head):
     _, domain = movies
     train, test = genre_toy(domain, 160, 0), {"test": genre_toy(domain, 100, 1)}
     bb = build_backbone("tiny", config=TINY, seed=0)
-    spec = ScorerSpec(adapter="full", max_length=160)
+    spec = ScorerSpec(adapter="full", max_length=160, head=head)
     settings = TrainSettings(epochs=4, batch_size=16, lr=2e-3, head_lr=2e-3, seed=0)
     trained = run_preference(bb, spec, train, test, settings)["metrics"]["test"]["auc"]
     zero = run_preference(bb, spec, [], test, settings, zero_shot=True)["metrics"]["test"]["auc"]
     assert trained > max(0.9, zero + 0.05), (trained, zero)
+
+
+# ---- the similarity head starts as the zero-shot scorer --------------------------------------
+
+def test_untrained_similarity_head_is_the_zero_shot_scorer(movies, movie_examples):
+    exs = sample(movie_examples.test, 60, 0)
+    bb = build_backbone("tiny", config=TINY, seed=0)
+    spec = ScorerSpec(adapter="frozen")
+    head, zero = build_scorer(bb, spec, seed=0), build_scorer(bb, spec, seed=0, zero_shot=True)
+    assert isinstance(head.model, SimilarityHead) and zero.kind == "similarity"
+    inputs = head.inputs(exs)
+    with torch.no_grad():
+        torch.testing.assert_close(head.model(inputs), zero.model(inputs), atol=1e-5, rtol=1e-5)
+    labels = np.array([ex.label for ex in exs])
+    assert binary_metrics(labels, head.prob_like(exs))["auc"] == binary_metrics(labels, zero.prob_like(exs))["auc"]
+    # the same through run_preference: no training examples = the zero-shot AUC
+    evals = {"test": exs}
+    untrained = run_preference(bb, spec, [], evals, TrainSettings())["metrics"]["test"]["auc"]
+    assert untrained == run_preference(bb, spec, [], evals, TrainSettings(), zero_shot=True)["metrics"]["test"]["auc"]
+
+
+def test_calibration_keeps_the_zero_shot_ranking(movie_examples):
+    """a stays > 0 even on labels that contradict the score; with no history-balance weight
+    (an infinite prior on w) and no correction, calibration only rescales and shifts."""
+    exs = sample(movie_examples.train, 40, 0)
+    bb = build_backbone("tiny", config=TINY, seed=0)
+    head = build_scorer(bb, ScorerSpec(adapter="frozen", correction="none", l2=1e9, scale_l2=0.0), seed=0).model
+    inputs = [(tuple(ex.liked), tuple(ex.disliked), ex.candidate) for ex in exs]
+    head.eval()
+    with torch.no_grad():
+        s = head.features(inputs)[0]
+    reversed_labels = (s < s.median()).long().numpy()  # the zero-shot ranking, upside down
+    fitted = head.calibrate(inputs, reversed_labels)
+    with torch.no_grad():
+        after = head(inputs)[:, 1]
+    assert 0 < fitted["a"] < 5.0 and abs(fitted["w"]) < 1e-6
+    assert (after[s.argsort()].diff() >= 0).all()  # a * s + b with a > 0: the zero-shot order
+
+
+def test_calibration_learns_the_like_balance_and_prior_pulls_back(movie_examples):
+    """Labels that follow the user's like balance: calibration puts weight on it; a strong prior
+    keeps the head at the zero-shot scorer."""
+    exs = [ex for ex in movie_examples.train[:3000] if ex.liked != ex.disliked][:200]
+    labels = np.array([int(len(ex.liked) > len(ex.disliked)) for ex in exs])
+    bb = build_backbone("tiny", config=TINY, seed=0)
+    free = build_scorer(bb, ScorerSpec(adapter="frozen", l2=1.0), seed=0)
+    fitted = free.model.calibrate(free.inputs(exs), labels)
+    assert fitted["w"] > 1.0
+    assert binary_metrics(labels, free.prob_like(exs))["auc"] > 0.95
+    tied = build_scorer(bb, ScorerSpec(adapter="frozen", l2=1e9, scale_l2=1e9), seed=0)
+    fitted = tied.model.calibrate(tied.inputs(exs), labels)
+    assert abs(fitted["w"]) < 1e-6 and fitted["a"] == pytest.approx(5.0, rel=1e-4)
+
+
+def test_frozen_similarity_head_training_keeps_zero_shot(movies):
+    """Frozen encoder, head only (calibration + the correction on the candidate vector): on a toy
+    task it learns, and it never ends below the zero-shot scorer it started from."""
+    _, domain = movies
+    train, test = genre_toy(domain, 64, 0), {"test": genre_toy(domain, 100, 1)}
+    bb = build_backbone("tiny", config=TINY, seed=0)
+    spec = ScorerSpec(adapter="frozen", max_length=160)
+    settings = TrainSettings(epochs=3, min_steps=30, batch_size=16, head_lr=1e-2, seed=0)
+    res = run_preference(bb, spec, train, test, settings)
+    zero = run_preference(bb, spec, [], test, settings, zero_shot=True)["metrics"]["test"]["auc"]
+    assert res["scorer"] == "head" and 0 < res["trainable"] < 1000  # a, b, w and v: the encoder is frozen
+    assert res["metrics"]["test"]["auc"] >= zero, (res["metrics"], zero)
+    assert res["metrics"]["test"]["auc"] > 0.8, (res["metrics"], zero)
+
+
+def test_similarity_head_needs_candidate_text():
+    bb = build_backbone("tiny", config=TINY, seed=0)
+    scorer = build_scorer(bb, ScorerSpec(adapter="frozen"), seed=0)
+    ex = PrefExample([], [], "", 1, instruction="q", input="free text", key="train.json:3")
+    with pytest.raises(CrossrecError, match="train.json:3.*task.head.type=pair"):
+        train_scorer(scorer, [ex], TrainSettings())
+
+
+@pytest.mark.parametrize("field, value, key", [
+    ("scorer", "cosine", "task.scorer"),
+    ("head", "mlp", "task.head.type"),
+    ("correction", "mlp", "task.head.correction"),
+    ("calibrate", "yes", "task.head.calibrate"),
+    ("l2", -1.0, "task.head.l2"),
+    ("scale_l2", float("nan"), "task.head.scale_l2"),
+    ("item_max_length", 0, "task.item_max_length"),
+    ("head_train", {"lr": 0}, "task.head.train.lr"),
+    ("head_train", {"steps": 10}, "task.head.train.steps"),
+    ("head_train", {"epochs": 1.5}, "task.head.train.epochs"),
+])
+def test_scorer_spec_rejects_bad_values(field, value, key):
+    with pytest.raises(CrossrecError) as err:
+        ScorerSpec(**{field: value})
+    assert err.value.where == key and "\n" not in str(err.value)
 
 
 def test_trained_decoder_beats_zero_shot(movies):
@@ -309,6 +404,7 @@ def test_recipe_finetune_seeds(tmp_path):
     assert {"auc", "logloss", "accuracy", "auc_std"} <= set(test) and test["n"] == 30
     assert rec["seeds"] == [0, 1] and [r["train_examples"] for r in rec["per_seed"]] == [24, 24]
     assert rec["mode"] == "inductive" and rec["task"] == "preference" and rec["adapter"] == "full"
+    assert rec["model"] == "preference-head" and rec["head"] == "similarity"
     assert rec["dataset"]["movies"]["examples"]["test"] == 30
 
 
@@ -317,6 +413,16 @@ def test_recipe_instruction_domain_on_searchpath(tmp_path):
     assert rec["protocol"] == "given" and rec["test"]["ml100k_tallrec"]["n"] == 24
     assert rec["dataset"]["ml100k_tallrec"]["source"] == "instruction"
     assert rec["per_seed"][0]["train_examples"] == 16
+
+
+def test_recipe_pair_head_and_bad_head_type(tmp_path, capsys):
+    rec = run_app(tmp_path / "pair", "task.head.type=pair", "task.train_samples=16", "task.eval_samples=20")
+    assert rec["head"] == "pair" and rec["test"]["movies"]["n"] == 20
+    with pytest.raises(SystemExit) as ex:
+        run_app(tmp_path / "bad", "task.head.type=mlp")
+    assert ex.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "task.head.type" in err[0] and "'mlp'" in err[0], err
 
 
 def test_recipe_evaluate_is_zero_shot(tmp_path):

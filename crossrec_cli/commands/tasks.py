@@ -104,8 +104,17 @@ def scorer_spec(cfg: DictConfig, kind: str, device: str) -> ScorerSpec:
     t = cfg.task
     yes_no = kind == "decoder" and t.scorer in ("auto", "yes_no")
     method, hparams = adapter_of(cfg, yes_no)
+    head = plain_dict(t.get("head"))  # task files written before task.head take the defaults
+    keys = {"type": "head", "calibrate": "calibrate", "l2": "l2", "scale_l2": "scale_l2", "correction": "correction",
+            "train": "head_train"}
+    unknown = sorted(set(head) - set(keys))
+    if unknown:
+        raise CrossrecError(f"task.head.{unknown[0]}", "unknown key", "expected one of " + ", ".join(keys))
+    defaults = ScorerSpec()
     return ScorerSpec(
-        scorer=t.scorer, adapter=method, adapter_hparams=hparams, pooling=cfg.backbone.pooling,
+        scorer=t.scorer, **{keys[k]: head.get(k, getattr(defaults, keys[k])) for k in keys},
+        item_max_length=t.get("item_max_length", defaults.item_max_length),
+        adapter=method, adapter_hparams=hparams, pooling=cfg.backbone.pooling,
         max_length=t.max_length, history_template=t.history_template, instruction=t.prompt.instruction,
         input_template=t.prompt.input, prompt_style=t.prompt.style, answers=tuple(t.answers),
         dropout=t.dropout, eval_batch_size=t.eval_batch_size, device=device,
@@ -165,12 +174,13 @@ def preference(cfg: DictConfig, command: str) -> dict[str, Any]:
         per_seed.append({"seed": seed, **res})
         info = {k: res[k] for k in ("trainable", "total", "scorer")}
         info["adapter"] = "none" if zero_shot else spec.adapter
+        info["head"] = spec.head if res["scorer"] == "head" else None
     valid, test = _aggregate(per_seed, [s.name for s, _, _ in domains])
     protocol = "given" if all(d.source == "instruction" for _, _, d in domains) else "preference-leave-one-out"
     return metrics_record(
         command, f"preference-{info['scorer']}", "zero-shot" if zero_shot else "inductive", protocol,
         int(cfg.seed), {s.name: _fingerprint(d, data) for s, d, data in domains}, valid, test,
-        task="preference", backbone=cfg.backbone.name, adapter=info["adapter"],
+        task="preference", backbone=cfg.backbone.name, adapter=info["adapter"], head=info["head"],
         trainable_params=info["trainable"], total_params=info["total"],
         train_samples=cfg.task.train_samples, seeds=seeds_of(cfg), per_seed=_strip(per_seed),
     )

@@ -4,6 +4,7 @@
   label vector per sequence (not per token).
 - ``YesNoScorer``: decoder, prompt -> next-token logits of the answer tokens, (B, 2) = [no, yes].
 - ``SimilarityScorer``: zero-shot encoder baseline, cos(candidate, liked) - cos(candidate, disliked).
+- ``SimilarityHead`` (similarity_head.py): that score as a trainable head, (B, 2) = [0, logit].
 """
 
 from __future__ import annotations
@@ -117,6 +118,33 @@ class YesNoScorer(nn.Module):
         return out.logits[:, -1, self.ids.to(dev)].float()
 
 
+def embed_texts(model: nn.Module, tokenizer, kind: str, pooling: str, max_length: int,
+                texts: list[str]) -> torch.Tensor:
+    """(len(texts), hidden) unit-norm pooled vectors, with gradients when enabled and the model trains."""
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    batch = {k: v.to(_device(model)) for k, v in batch.items()}
+    out = model(**batch, output_hidden_states=kind == "decoder")
+    hidden = out.hidden_states[-1] if kind == "decoder" else out.last_hidden_state
+    return F.normalize(pool(hidden, batch["attention_mask"], pooling).float(), dim=-1)
+
+
+def group_means(vecs: torch.Tensor, groups: Sequence[Sequence[str]], row: dict[str, int]) -> torch.Tensor:
+    """(len(groups), hidden): per group the unit-norm mean of its texts' rows of ``vecs``; an empty
+    group gives a zero vector, so its cosine with anything is 0."""
+    out = vecs.new_zeros(len(groups), vecs.shape[1])
+    rows = [row[t] for g in groups for t in g]
+    if rows:
+        owner = torch.tensor([i for i, g in enumerate(groups) for _ in g], device=vecs.device)
+        out = out.index_add(0, owner, vecs[torch.tensor(rows, device=vecs.device)])
+    return F.normalize(out, dim=-1)
+
+
+def like_balance(liked: Sequence[str], disliked: Sequence[str]) -> float:
+    """(liked - disliked) / history length in [-1, 1]; 0 for an empty history."""
+    n = len(liked) + len(disliked)
+    return (len(liked) - len(disliked)) / n if n else 0.0
+
+
 class SimilarityScorer(nn.Module):
     """inputs: (liked texts, disliked texts, candidate) -> logits (B, 2) = [0, scale * s] with
     s = cos(c, mean liked) - cos(c, mean disliked); no training (the zero-shot baseline)."""
@@ -126,34 +154,27 @@ class SimilarityScorer(nn.Module):
         self.backbone, self.tokenizer = backbone.model, backbone.tokenizer
         self.kind, self.pooling, self.scale = backbone.kind, pooling, scale
         self.max_length = fit_length(backbone.model, max_length)
+        self._cache: dict[str, torch.Tensor] = {}  # text -> unit vector (the backbone never changes)
+        self.eval()  # never trains: no dropout noise in the vectors
 
     def head_parameters(self) -> list[nn.Parameter]:
         return []
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt")
-        batch = {k: v.to(_device(self.backbone)) for k, v in batch.items()}
-        out = self.backbone(**batch, output_hidden_states=self.kind == "decoder")
-        hidden = out.hidden_states[-1] if self.kind == "decoder" else out.last_hidden_state
-        return F.normalize(pool(hidden, batch["attention_mask"], self.pooling).float(), dim=-1)
+        """(len(texts), hidden) unit vectors; each distinct text is encoded once per scorer."""
+        todo = sorted((t for t in dict.fromkeys(texts) if t not in self._cache), key=len)
+        for a in range(0, len(todo), 64):
+            chunk = todo[a:a + 64]
+            vecs = embed_texts(self.backbone, self.tokenizer, self.kind, self.pooling, self.max_length, chunk)
+            self._cache.update(zip(chunk, vecs))
+        return torch.stack([self._cache[t] for t in texts])
 
-    def _mean(self, groups: list[list[str]]) -> list[torch.Tensor | None]:
-        """Per group: the normalised mean of its texts' vectors (None for an empty group)."""
-        flat = [t for g in groups for t in g]
-        vecs = self.embed(flat) if flat else torch.zeros(0)
-        out: list[torch.Tensor | None] = []
-        k = 0
-        for g in groups:
-            out.append(F.normalize(vecs[k:k + len(g)].mean(0), dim=-1) if g else None)
-            k += len(g)
-        return out
-
-    def forward(self, inputs: Sequence[tuple[list[str], list[str], str]]) -> torch.Tensor:
-        cand = self.embed([c for _, _, c in inputs])
-        liked, disliked = self._mean([list(x[0]) for x in inputs]), self._mean([list(x[1]) for x in inputs])
-        s = torch.zeros(len(inputs))
-        for i, (lv, dv) in enumerate(zip(liked, disliked)):
-            s[i] = (cand[i] @ lv if lv is not None else 0.0) - (cand[i] @ dv if dv is not None else 0.0)
+    def forward(self, inputs: Sequence[tuple[Sequence[str], Sequence[str], str]]) -> torch.Tensor:
+        texts = sorted(dict.fromkeys(t for x in inputs for t in (*x[0], *x[1], x[2])), key=len)
+        vecs = self.embed(texts)
+        row = {t: i for i, t in enumerate(texts)}
+        cand = vecs[torch.tensor([row[x[2]] for x in inputs], device=vecs.device)]
+        liked, disliked = group_means(vecs, [x[0] for x in inputs], row), group_means(vecs, [x[1] for x in inputs], row)
+        s = ((cand * liked).sum(-1) - (cand * disliked).sum(-1)).cpu()
         return torch.stack([torch.zeros_like(s), self.scale * s], 1)

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,15 +30,47 @@ from crossrec_cli.tasks.examples import (
 from crossrec_cli.tasks.metrics import binary_metrics
 from crossrec_cli.tasks.models import SequenceClassifier, SimilarityScorer, YesNoScorer
 from crossrec_cli.tasks.prompts import answer_token_ids, build_prompt
+from crossrec_cli.tasks.similarity_head import CORRECTIONS, SimilarityHead
 from crossrec_cli.tasks.train import TrainSettings, fit, plan_steps, predict
+
+log = logging.getLogger("crossrec")
+
+SCORERS = ("auto", "head", "yes_no")
+HEADS = ("similarity", "pair")
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# TrainSettings keys a head may override -> (test, what is expected)
+TRAIN_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    **{k: (lambda v, lo=lo: _number(v) and isinstance(v, int) and v >= lo, f"an integer >= {lo}")
+       for k, lo in (("epochs", 1), ("min_steps", 0), ("batch_size", 1))},
+    **{k: (lambda v: _number(v) and v > 0, "a number > 0") for k in ("lr", "head_lr")},
+    **{k: (lambda v: _number(v) and v >= 0, "a number >= 0") for k in ("weight_decay", "grad_clip")},
+}
 
 
 @dataclass
 class ScorerSpec:
     """How examples become logits. ``scorer``: auto (head for encoders, yes_no for decoders),
-    head, yes_no; zero-shot scoring uses ``similarity`` for encoders and untrained yes_no for decoders."""
+    head, yes_no; zero-shot scoring uses ``similarity`` for encoders and untrained yes_no for decoders.
+
+    ``head``: similarity (``SimilarityHead``: the zero-shot score plus a learned correction) or pair
+    (``SequenceClassifier`` on ``history [SEP] candidate``); ``calibrate`` / ``l2`` / ``scale_l2`` /
+    ``correction`` configure the similarity head, and ``head_train`` (TrainSettings fields) replaces
+    the training settings for it; ``item_max_length``: tokens per item text for it and for the
+    zero-shot scorer. Values are checked here, errors name the task config key."""
 
     scorer: str = "auto"
+    head: str = "similarity"
+    calibrate: bool = True
+    l2: float = 8.0
+    scale_l2: float = 2.0
+    correction: str = "linear"
+    head_train: dict = field(default_factory=dict)
+    item_max_length: int = 64
     adapter: str = "frozen"
     adapter_hparams: dict = field(default_factory=dict)
     pooling: str = "mean"
@@ -49,13 +84,38 @@ class ScorerSpec:
     eval_batch_size: int = 16
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        def check(ok: bool, key: str, value: Any, expected: str) -> None:
+            if not ok:
+                raise CrossrecError(f"task.{key}", f"invalid value {value!r}", f"expected {expected}")
+
+        check(self.scorer in SCORERS, "scorer", self.scorer, "auto, head or yes_no")
+        check(self.head in HEADS, "head.type", self.head, "similarity or pair")
+        check(isinstance(self.calibrate, bool), "head.calibrate", self.calibrate, "true or false")
+        for key in ("l2", "scale_l2"):
+            check(_number(getattr(self, key)) and getattr(self, key) >= 0, f"head.{key}", getattr(self, key),
+                  "a number >= 0")
+        check(self.correction in CORRECTIONS, "head.correction", self.correction, " or ".join(CORRECTIONS))
+        n = self.item_max_length
+        check(isinstance(n, int) and not isinstance(n, bool) and n >= 1, "item_max_length", n, "an integer >= 1")
+        self.head_train = dict(self.head_train or {})  # null: no overrides
+        for key, value in self.head_train.items():
+            if key not in TRAIN_KEYS:
+                raise CrossrecError(f"task.head.train.{key}", "unknown key", "expected one of " + ", ".join(TRAIN_KEYS))
+            test, expected = TRAIN_KEYS[key]
+            check(test(value), f"head.train.{key}", value, expected)
+
+    def settings_for(self, kind: str, settings: TrainSettings) -> TrainSettings:
+        """``settings`` with ``head_train`` applied when ``kind`` is the similarity head."""
+        if kind == "head" and self.head == "similarity" and self.head_train:
+            return dataclasses.replace(settings, **self.head_train)
+        return settings
+
     def resolved(self, kind: str, zero_shot: bool) -> str:
         """The scorer this backbone kind gets: head | yes_no | similarity."""
         if zero_shot:
             return "yes_no" if kind == "decoder" else "similarity"
         want = self.scorer if self.scorer != "auto" else ("yes_no" if kind == "decoder" else "head")
-        if want not in ("head", "yes_no"):
-            raise CrossrecError("task.scorer", f"unknown scorer {want!r}", "expected auto, head or yes_no")
         if want == "yes_no" and kind != "decoder":
             raise CrossrecError("task.scorer", "yes_no scoring needs a decoder backbone",
                                 "use scorer=head or backbone=smollm2")
@@ -72,15 +132,15 @@ class Scorer:
     def inputs(self, examples: list[PrefExample]) -> list[Any]:
         """What this scorer reads: text pairs, prompts, or (liked, disliked, candidate) lists."""
         s = self.spec
-        if self.kind == "head":
+        if self.kind == "head" and s.head == "pair":
             return [encoder_pair(ex, s.history_template) for ex in examples]
-        if self.kind == "similarity":
+        if self.kind in ("similarity", "head"):
             for ex in examples:
                 if not ex.candidate:
-                    raise CrossrecError(ex.key, "zero-shot similarity needs the candidate and history items",
-                                        "use TALLRec wording (User Preference: ... User Unpreference: ...) "
-                                        "or a decoder")
-            return [(ex.liked, ex.disliked, ex.candidate) for ex in examples]
+                    raise CrossrecError(ex.key, f"the {self.kind} scorer needs the candidate and history items",
+                                        "use TALLRec wording (User Preference: ... User Unpreference: ...), "
+                                        "task.head.type=pair or a decoder")
+            return [(tuple(ex.liked), tuple(ex.disliked), ex.candidate) for ex in examples]
         tok = self.model.tokenizer
         return [build_prompt(tok, ex.instruction or s.instruction, render_input(ex, s.input_template), s.prompt_style)
                 for ex in examples]
@@ -101,7 +161,7 @@ def build_scorer(base: Backbone, spec: ScorerSpec, seed: int, zero_shot: bool = 
     torch.manual_seed(seed)
     if kind == "similarity":
         bb.model.requires_grad_(False)
-        model: nn.Module = SimilarityScorer(bb, spec.pooling, min(spec.max_length, 64))
+        model: nn.Module = SimilarityScorer(bb, spec.pooling, min(spec.max_length, spec.item_max_length))
     elif kind == "yes_no":
         yes, no = answer_token_ids(bb.tokenizer, list(spec.answers))
         if not zero_shot:
@@ -111,7 +171,12 @@ def build_scorer(base: Backbone, spec: ScorerSpec, seed: int, zero_shot: bool = 
         model = YesNoScorer(bb, yes, no, spec.max_length)
     else:
         bb.model = apply_adapter(bb.model, spec.adapter, total_steps=total_steps, **spec.adapter_hparams)
-        model = SequenceClassifier(bb, 2, spec.pooling, spec.max_length, spec.dropout)
+        if spec.head == "similarity":
+            model = SimilarityHead(bb, spec.pooling, min(spec.max_length, spec.item_max_length),
+                                   correction=spec.correction, dropout=spec.dropout, l2=spec.l2,
+                                   scale_l2=spec.scale_l2)
+        else:
+            model = SequenceClassifier(bb, 2, spec.pooling, spec.max_length, spec.dropout)
     model.to(torch.device(spec.device))
     return Scorer(model, kind, spec, bb.model)
 
@@ -124,9 +189,20 @@ def train_scorer(scorer: Scorer, examples: list[PrefExample], settings: TrainSet
         raise CrossrecError("adapter", f"nothing trains with adapter {scorer.spec.adapter!r} and scorer {scorer.kind}",
                             "choose adapter=lora (or full), or task.zero_shot=true")
     labels = np.array([ex.label for ex in examples], dtype=np.int64)
-    return fit(scorer.model, scorer.inputs(examples), labels, settings,
-               step_hook=lambda step: adapter_step_hook(scorer.adapted, step),
-               extra_loss=lambda: adapter_loss(scorer.adapted))
+    inputs, head = scorer.inputs(examples), scorer.model
+    if isinstance(head, SimilarityHead):
+        if scorer.spec.calibrate:
+            fitted = head.calibrate(inputs, labels)
+            log.info("calibrated the similarity head on %d examples: %s", len(examples),
+                     {k: round(v, 4) for k, v in fitted.items()})
+
+        def extra() -> torch.Tensor:  # the same objective as the calibration: mean loss + prior / n
+            return adapter_loss(scorer.adapted) + head.prior() / len(examples)
+    else:
+        def extra() -> torch.Tensor:
+            return adapter_loss(scorer.adapted)
+    return fit(head, inputs, labels, settings, step_hook=lambda step: adapter_step_hook(scorer.adapted, step),
+               extra_loss=extra)
 
 
 def evaluate(scorer: Scorer, evals: dict[str, list[PrefExample]]) -> dict[str, dict[str, float]]:
@@ -141,6 +217,7 @@ def run_preference(base: Backbone, spec: ScorerSpec, train: list[PrefExample],
     """Train (unless zero-shot) one scorer and evaluate it: {"metrics": {name: ...}, "losses",
     "trainable", "total", "scorer", "train_examples", "seconds"}."""
     start = time.perf_counter()
+    settings = spec.settings_for(spec.resolved(base.kind, zero_shot), settings)
     _, total_steps = plan_steps(len(train), settings)
     scorer = build_scorer(base, spec, settings.seed, zero_shot, total_steps)
     losses = [] if zero_shot else train_scorer(scorer, train, settings)
@@ -162,6 +239,7 @@ def run_transfer(base: Backbone, spec: ScorerSpec, source_train: list[PrefExampl
     """
     arms: dict[str, dict] = {"zero_shot": run_preference(base, spec, [], target_evals, settings, zero_shot=True)}
     start = time.perf_counter()
+    settings = spec.settings_for(spec.resolved(base.kind, False), settings)
     _, steps = plan_steps(len(source_train) + len(target_train), settings)
     scorer = build_scorer(base, spec, settings.seed, total_steps=steps)
     losses = train_scorer(scorer, source_train, settings)
