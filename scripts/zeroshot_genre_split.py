@@ -81,7 +81,8 @@ def main() -> None:
         table.add_row(base, "–", "", "", f"{m['test']['other']['ndcg@10']:.4f}", f"{m['test']['other']['recall@10']:.4f}")
     for name in a.configs.split(","):
         for seed in a.seeds.split(","):
-            run = OUT / "runs" / f"{name}_{tag}_s{seed}{'_' + '_'.join(a.override) if a.override else ''}"
+            extra = "".join("_" + o.replace("=", "-") for o in a.override)  # '=' would break hydra.run.dir
+            run = OUT / "runs" / f"{name}_{tag}_s{seed}{extra}"
             m = cli("finetune", "domain=action", f"seed={seed}", *CONFIGS[name], *a.override, *ev, out=run)
             z = cli("evaluate", f"run={run}", "domain=other", *ev, out=run / "zeroshot_other")
             table.add_row(name + (" " + " ".join(a.override) if a.override else ""), seed,
