@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.install-stamp
 CONSTRAINTS := $(VENV)/constraints.txt
 
-.PHONY: install demo test test-all lint bench clean provision-smollm2
+.PHONY: install demo test test-all lint bench clean provision-smollm2 reference-recbole
 
 install: $(STAMP) models/all-MiniLM-L6-v2/.crossrec-verified
 
@@ -43,3 +43,20 @@ bench: install
 
 clean:
 	rm -rf $(VENV) outputs/*/ .pytest_cache
+
+# RecBole 1.2.1 in its own venv, for scripts/reference_recbole.py (SASRec side by side).
+# Same torch; RecBole 1.2.1 predates numpy 2, pandas 3, scipy 1.13 and setuptools 81.
+RECBOLE_VENV ?= .venv-recbole
+RECBOLE_STAMP := $(RECBOLE_VENV)/.install-stamp
+RECBOLE_CONSTRAINTS := $(RECBOLE_VENV)/constraints.txt
+
+reference-recbole: $(RECBOLE_STAMP)
+
+$(RECBOLE_STAMP): Makefile
+	test -x $(RECBOLE_VENV)/bin/python || $(PYTHON) -m venv $(RECBOLE_VENV)
+	$(RECBOLE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RECBOLE_VENV)/bin/python -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
+	$(RECBOLE_VENV)/bin/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(RECBOLE_CONSTRAINTS)
+	printf '%s\n' 'numpy<2' 'pandas<3' 'scipy<1.13' 'setuptools<81' >> $(RECBOLE_CONSTRAINTS)
+	$(RECBOLE_VENV)/bin/python -m pip install --quiet -c $(RECBOLE_CONSTRAINTS) recbole==1.2.1
+	touch $(RECBOLE_STAMP)

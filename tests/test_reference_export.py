@@ -1,0 +1,72 @@
+"""scripts/reference_recbole.py: the RecBole export reproduces crossrec's leave-one-out split."""
+
+from __future__ import annotations
+
+import importlib.util
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossrec_cli.data import Domain, make_split
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "reference_recbole.py"
+
+
+@pytest.fixture(scope="module")
+def ref():
+    spec = importlib.util.spec_from_file_location("reference_recbole", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_inter(path: Path) -> dict[str, list[str]]:
+    """The .inter file read with plain Python and ordered as RecBole orders it (user, timestamp)."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "user_id:token\titem_id:token\ttimestamp:float"
+    per_user: dict[str, list[tuple[float, str]]] = defaultdict(list)
+    for line in lines[1:]:
+        user, item, ts = line.split("\t")
+        per_user[user].append((float(ts), item))
+    return {u: [i for _, i in sorted(rows)] for u, rows in per_user.items()}
+
+
+def test_movies_export_matches_split(ref, tmp_path):
+    domain, split = ref.load_split("movies", ["+data.overrides.filters.max_users=40"])
+    inter = ref.export_atomic(split, domain.n_items, tmp_path / "movies", "movies")
+    seqs = read_inter(inter)
+    assert len(seqs) == 40 == len(split.test)
+    for u, t in zip(split.test.users.tolist(), split.test.targets.tolist()):
+        assert seqs[str(u)][-1] == str(t)
+    for u, t in zip(split.valid.users.tolist(), split.valid.targets.tolist()):
+        assert seqs[str(u)][-2] == str(t)
+    items = (tmp_path / "movies" / "movies.item").read_text().splitlines()
+    assert items[0] == "item_id:token" and len(items) - 1 == domain.n_items  # the whole catalogue
+    check = ref.compare(ref.crossrec_examples(split), ref.recbole_examples(inter), split)
+    for part in ("train", "valid", "test"):
+        assert check[part]["same"] == check[part]["crossrec"] == check[part]["recbole"]
+
+
+def tiny_domain(lengths: list[int]) -> Domain:
+    """User u has lengths[u] interactions with items u, u+1, ... (times descending in file order)."""
+    users = np.concatenate([np.full(n, u) for u, n in enumerate(lengths)])
+    items = np.concatenate([np.arange(n) + u for u, n in enumerate(lengths)])
+    times = np.concatenate([np.arange(n, 0, -1, dtype=float) for n in lengths])
+    n_items = int(items.max()) + 1
+    return Domain("tiny", [f"i{i}" for i in range(n_items)], [""] * n_items, {}, [f"u{u}" for u in range(len(lengths))],
+                  users, items, times, np.full(len(users), np.nan))
+
+
+def test_short_users_and_truncation(ref, tmp_path):
+    split = make_split(tiny_domain([1, 2, 3, 4, 7]))
+    inter = ref.export_atomic(split, 10, tmp_path / "tiny", "tiny")
+    seqs = read_inter(inter)
+    assert seqs["3"] == ["6", "5", "4", "3"]  # crossrec's time order, kept by the timestamps
+    check = ref.compare(ref.crossrec_examples(split, 2), ref.recbole_examples(inter, 2), split)
+    # users with 1-2 interactions only train in both; the 3-interaction user differs in valid/train only
+    assert check["users_with_3_interactions"] == ["2"]
+    assert check["test"] == {"crossrec": 3, "recbole": 3, "same": 3, "differ_users": []}
+    assert check["valid"] == {"crossrec": 3, "recbole": 2, "same": 2, "differ_users": ["2"]}
+    assert check["train"]["recbole"] == check["train"]["crossrec"] + 1 and check["train"]["differ_users"] == ["2"]
