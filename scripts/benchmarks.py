@@ -119,8 +119,55 @@ def table(out: Path) -> None:
         if fp:
             lines += ["", f"Data: {fp['users']:,} users, {fp['items']:,} items, {fp['interactions']:,} interactions, "
                           f"sha256 `{fp['sha256'][:16]}`.", ""]
+    lines += _genre_split() + _preference()
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+
+
+def _genre_split() -> list[str]:
+    """Zero-shot rows from scripts/zeroshot_genre_split.py (outputs/genre_split/runs)."""
+    runs = REPO / "outputs" / "genre_split" / "runs"
+    if not runs.is_dir():
+        return []
+    test = lambda p: json.loads(p.read_text())["test"]  # noqa: E731
+    lines = ["## Zero-shot transfer: ml-100k 'action' -> 'other' genres", "",
+             "`python scripts/zeroshot_genre_split.py`: trained on action / adventure / sci-fi / thriller / war / crime "
+             "movies, ranked on every other movie (no shared item); seen items kept.", "",
+             "| model | n | other test NDCG@10 (zero-shot) | other test R@10 | action test NDCG@10 (in-domain) |",
+             "|---|---|---|---|---|"]
+    for base in ("popularity", "text_zeroshot"):
+        if (runs / f"{base}_kept" / "metrics.json").is_file():
+            t = test(runs / f"{base}_kept" / "metrics.json")["other"]
+            lines.append(f"| {base} (untrained) | 1 | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | – |")
+    groups: dict[str, list[Path]] = {}
+    for run in sorted(runs.glob("*_kept_s*")):
+        if (run / "zeroshot_other" / "metrics.json").is_file():
+            name, _, rest = run.name.partition("_kept_s")
+            groups.setdefault(name + rest[1:].replace("_", " ", 1), []).append(run)
+    for label, rs in groups.items():
+        z = [test(r / "zeroshot_other" / "metrics.json")["other"] for r in rs]
+        own = [test(r / "metrics.json")["action"]["ndcg@10"] for r in rs]
+        lines.append(f"| trained: {label.strip().replace('-', '=')} | {len(rs)} | {_fmt([m['ndcg@10'] for m in z])} "
+                     f"| {_fmt([m['recall@10'] for m in z])} | {_fmt(own)} |")
+    return lines + [""]
+
+
+def _preference() -> list[str]:
+    """Test AUC rows from scripts/bench_preference.py --out outputs/bench_preference.json."""
+    path = REPO / "outputs" / "bench_preference.json"
+    if not path.is_file():
+        return []
+    rows = json.loads(path.read_text())["rows"]
+    sizes = sorted({r["train_n"] for r in rows if r["train_n"]})
+    lines = ["## Preference (bundled movies, test AUC)", "",
+             "`python scripts/bench_preference.py`: like/dislike prediction, mean ± std over seeds.", "",
+             "| model | " + " | ".join(f"n={n}" if n else "zero-shot" for n in [0, *sizes]) + " |",
+             "|---|" + "---|" * (len(sizes) + 1)]
+    zero = [r["auc"] for r in rows if r["train_n"] == 0]
+    for model in sorted({r["model"] for r in rows if r["train_n"]}):
+        cells = [_fmt([r["auc"] for r in rows if r["model"] == model and r["train_n"] == n]) for n in sizes]
+        lines.append(f"| {model} | {_fmt(zero[:1])} | " + " | ".join(cells) + " |")
+    return lines + [""]
 
 
 def _reference_row(ref: dict) -> str:
