@@ -3,8 +3,8 @@
 
 Runs three commands through the real CLI (popularity baseline, text zero-shot baseline, the
 trained recommender with a frozen MiniLM item tower), then ranks the same three again with
-already-seen items removed (`eval.exclude_seen=true`, the RecBole / UniSRec / Recformer
-convention; the trained model is not retrained, its run is re-evaluated with
+already-seen items removed (`eval.exclude_seen=true`, as papers on general recommenders report;
+RecBole keeps them for sequential models, like crossrec's default; the trained model is not retrained, its run is re-evaluated with
 `crossrec evaluate run=<run dir>`), and prints all test metrics side by side with a "seen items"
 column (kept = crossrec's default, removed). Run directories land in outputs/demo/.
 """
@@ -71,8 +71,8 @@ def main() -> None:
                       *(f"{t[k]:.4f}" for k in ("recall@10", "ndcg@10", "mrr@10", "recall@50", "ndcg@50")),
                       f"{secs:.0f}", str(out.relative_to(REPO)))
     console.print(table)
-    console.print("seen items: kept = crossrec's default (eval.exclude_seen=false); removed = eval.exclude_seen=true, "
-                  "as RecBole / UniSRec / Recformer rank (the test item itself is never removed)")
+    console.print("seen items: kept = crossrec's default (eval.exclude_seen=false), as RecBole ranks for sequential "
+                  "models; removed = eval.exclude_seen=true (the test item itself is never removed)")
     fp = rows[0][1]["dataset"]["movies"]
     console.print(f"dataset movies: {fp['users']} users, {fp['items']} items, {fp['interactions']} interactions, "
                   f"sha256 {fp['sha256'][:16]}...")
