@@ -73,7 +73,8 @@ def _metrics(path: Path, domain: str) -> dict | None:
     m = json.loads(path.read_text())
     if "test" not in m:  # interrupted
         return None
-    return m["test"][domain] | {"seconds_per_epoch": m.get("seconds_per_epoch"), "best_epoch": m.get("best_epoch")}
+    return m["test"][domain] | {"seconds_per_epoch": m.get("seconds_per_epoch"), "best_epoch": m.get("best_epoch"),
+                                "valid_ndcg@10": m["valid"][domain].get("ndcg@10")}
 
 
 def _fmt(values: list[float]) -> str:
@@ -91,14 +92,14 @@ def table(out: Path) -> None:
              "Leave-one-out by time, full ranking over every item of the domain, test split, mean ± std over seeds "
              "(n = seeds). Training early-stops on valid NDCG@10 under crossrec's default protocol (already-seen "
              "items stay in the ranking, as in RecBole's evaluation of sequential models); the column "
-             "\"seen removed\" re-scores the same weights with `eval.exclude_seen=true` (UniSRec / Recformer). "
+             "\"seen removed\" re-scores the same weights with `eval.exclude_seen=true`. "
              "Seconds per epoch are training only, "
              "one thread, on a shared 2-core CPU.", ""]
     for domain in sorted(p.name for p in ROOT.iterdir() if p.is_dir()) if ROOT.is_dir() else []:
         fp = None
         lines += [f"## {domain}", "",
-                  "| model | n | R@10 | NDCG@10 | NDCG@50 | NDCG@10 (seen removed) | best epoch | s/epoch |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| model | n | valid NDCG@10 | R@10 | NDCG@10 | NDCG@50 | NDCG@10 (seen removed) | best epoch | s/epoch |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         ref = REPO / "outputs" / "reference" / f"{domain}.json"
         if ref.is_file():
             lines.append(_reference_row(json.loads(ref.read_text())))
@@ -111,10 +112,10 @@ def table(out: Path) -> None:
             kept = [m["ndcg@10"] for m in (_metrics(r / "seen_removed" / "metrics.json", domain) for r in runs) if m]
             epochs = [m["best_epoch"] for m in ms if m.get("best_epoch")]
             secs = [m["seconds_per_epoch"] for m in ms if m.get("seconds_per_epoch")]
-            lines.append(f"| {label} | {len(ms)} | {_fmt([m['recall@10'] for m in ms])} | {_fmt([m['ndcg@10'] for m in ms])} "
+            lines.append(f"| {label} | {len(ms)} | {_fmt([m['valid_ndcg@10'] for m in ms])} | {_fmt([m['recall@10'] for m in ms])} | {_fmt([m['ndcg@10'] for m in ms])} "
                          f"| {_fmt([m['ndcg@50'] for m in ms])} | {_fmt(kept)} "
                          f"| {statistics.mean(epochs):.0f} | {statistics.mean(secs):.1f} |" if epochs else
-                         f"| {label} | {len(ms)} | {_fmt([m['recall@10'] for m in ms])} | {_fmt([m['ndcg@10'] for m in ms])} "
+                         f"| {label} | {len(ms)} | {_fmt([m['valid_ndcg@10'] for m in ms])} | {_fmt([m['recall@10'] for m in ms])} | {_fmt([m['ndcg@10'] for m in ms])} "
                          f"| {_fmt([m['ndcg@50'] for m in ms])} | {_fmt(kept)} | – | – |")
         if fp:
             lines += ["", f"Data: {fp['users']:,} users, {fp['items']:,} items, {fp['interactions']:,} interactions, "
@@ -176,9 +177,10 @@ def _reference_row(ref: dict) -> str:
     get = lambda k: [r["test"][k] for r in runs if k in r.get("test", {})]  # noqa: E731
     secs = [r["seconds_per_epoch"] for r in runs if r.get("seconds_per_epoch")]
     eps = [r["best_epoch"] for r in runs if r.get("best_epoch")]
-    return (f"| RecBole 1.2.1 SASRec (reference) | {len(runs)} | {_fmt(get('recall@10'))} | {_fmt(get('ndcg@10'))} "
+    vn = _fmt([r["valid"]["ndcg@10"] for r in runs if "ndcg@10" in r.get("valid", {})])
+    return (f"| RecBole 1.2.1 SASRec (reference) | {len(runs)} | {vn} | {_fmt(get('recall@10'))} | {_fmt(get('ndcg@10'))} "
             f"| {_fmt(get('ndcg@50'))} | – | {statistics.mean(eps):.0f} | {statistics.mean(secs):.1f} |"
-            if eps and secs else f"| RecBole 1.2.1 SASRec (reference) | {len(runs)} | {_fmt(get('recall@10'))} "
+            if eps and secs else f"| RecBole 1.2.1 SASRec (reference) | {len(runs)} | {vn} | {_fmt(get('recall@10'))} "
             f"| {_fmt(get('ndcg@10'))} | {_fmt(get('ndcg@50'))} | – | – | – |")
 
 
