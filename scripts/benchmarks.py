@@ -110,13 +110,7 @@ def table(out: Path) -> None:
                 continue
             fp = fp or json.loads((runs[0] / "metrics.json").read_text())["dataset"][domain]
             kept = [m["ndcg@10"] for m in (_metrics(r / "seen_removed" / "metrics.json", domain) for r in runs) if m]
-            epochs = [m["best_epoch"] for m in ms if m.get("best_epoch")]
-            secs = [m["seconds_per_epoch"] for m in ms if m.get("seconds_per_epoch")]
-            lines.append(f"| {label} | {len(ms)} | {_fmt([m['valid_ndcg@10'] for m in ms])} | {_fmt([m['recall@10'] for m in ms])} | {_fmt([m['ndcg@10'] for m in ms])} "
-                         f"| {_fmt([m['ndcg@50'] for m in ms])} | {_fmt(kept)} "
-                         f"| {statistics.mean(epochs):.0f} | {statistics.mean(secs):.1f} |" if epochs else
-                         f"| {label} | {len(ms)} | {_fmt([m['valid_ndcg@10'] for m in ms])} | {_fmt([m['recall@10'] for m in ms])} | {_fmt([m['ndcg@10'] for m in ms])} "
-                         f"| {_fmt([m['ndcg@50'] for m in ms])} | {_fmt(kept)} | – | – |")
+            lines.append(_row(label, [m["valid_ndcg@10"] for m in ms], ms, kept))
         if fp:
             lines += ["", f"Data: {fp['users']:,} users, {fp['items']:,} items, {fp['interactions']:,} interactions, "
                           f"sha256 `{fp['sha256'][:16]}`.", ""]
@@ -171,17 +165,23 @@ def _preference() -> list[str]:
     return lines + [""]
 
 
+def _row(label: str, valid_ndcg: list[float], tests: list[dict], seen_removed: list[float]) -> str:
+    """One Markdown row; ``tests`` are per-seed test metrics with best_epoch / seconds_per_epoch."""
+    col = lambda k: _fmt([t[k] for t in tests if k in t])  # noqa: E731
+    epochs = [t["best_epoch"] for t in tests if t.get("best_epoch")]
+    secs = [t["seconds_per_epoch"] for t in tests if t.get("seconds_per_epoch")]
+    timing = f"{statistics.mean(epochs):.0f} | {statistics.mean(secs):.1f}" if epochs and secs else "– | –"
+    return (f"| {label} | {len(tests)} | {_fmt(valid_ndcg)} | {col('recall@10')} | {col('ndcg@10')} "
+            f"| {col('ndcg@50')} | {_fmt(seen_removed)} | {timing} |")
+
+
 def _reference_row(ref: dict) -> str:
     """RecBole's SASRec row from scripts/reference_recbole.py's JSON (per-seed test metrics)."""
     runs = [r for r in ref.get("runs", []) if r.get("tool") == "recbole"]
-    get = lambda k: [r["test"][k] for r in runs if k in r.get("test", {})]  # noqa: E731
-    secs = [r["seconds_per_epoch"] for r in runs if r.get("seconds_per_epoch")]
-    eps = [r["best_epoch"] for r in runs if r.get("best_epoch")]
-    vn = _fmt([r["valid"]["ndcg@10"] for r in runs if "ndcg@10" in r.get("valid", {})])
-    return (f"| RecBole 1.2.1 SASRec (reference) | {len(runs)} | {vn} | {_fmt(get('recall@10'))} | {_fmt(get('ndcg@10'))} "
-            f"| {_fmt(get('ndcg@50'))} | – | {statistics.mean(eps):.0f} | {statistics.mean(secs):.1f} |"
-            if eps and secs else f"| RecBole 1.2.1 SASRec (reference) | {len(runs)} | {vn} | {_fmt(get('recall@10'))} "
-            f"| {_fmt(get('ndcg@10'))} | {_fmt(get('ndcg@50'))} | – | – | – |")
+    tests = [r.get("test", {}) | {"best_epoch": r.get("best_epoch"), "seconds_per_epoch": r.get("seconds_per_epoch")}
+             for r in runs]
+    valid = [r["valid"]["ndcg@10"] for r in runs if "ndcg@10" in r.get("valid", {})]
+    return _row("RecBole 1.2.1 SASRec (reference)", valid, tests, [])
 
 
 def main() -> None:
