@@ -43,10 +43,13 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "trainer.lr": (_positive, "a number > 0", "1e-3"),
     "trainer.patience": (lambda v: _int(v, 1), "an integer >= 1", "3"),
     "trainer.loss": (lambda v: v in ("full", "sampled"), "full or sampled", "full"),
+    "trainer.window_stride": (lambda v: v is None or _int(v, 1), "null or an integer >= 1", "null"),
     "trainer.keep_last": (lambda v: _int(v, 1), "an integer >= 1", "2"),
     "model.dim": (lambda v: _int(v, 1), "a positive integer", "64"),
     "model.max_history": (lambda v: _int(v, 1), "a positive integer", "50"),
     "model.history": (lambda v: _int(v, 1), "a positive integer", "50"),  # text_zeroshot
+    "model.ffn_dropout": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
+                          "null or a number in [0, 1)", "0.0"),
     "model.layers": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.heads": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.readout": (lambda v: v in ("last", "mean"), "last or mean", "last"),

@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,12 +192,13 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"))
+    ap.add_argument("--jobs", type=int, default=1, help="runs at once, one thread each (2 cores: 2)")
     a = ap.parse_args()
     if a.action == "run":
-        for domain in a.domains.split(","):
-            for seed in (int(s) for s in a.seeds.split(",")):
-                for model in a.models.split(","):
-                    run_one(model, domain, seed)
+        runs = [(model, domain, int(seed)) for domain in a.domains.split(",") for seed in a.seeds.split(",")
+                for model in a.models.split(",")]
+        with ThreadPoolExecutor(a.jobs) as pool:
+            list(pool.map(lambda r: run_one(*r), runs))
     table(Path(a.out))
 
 

@@ -50,16 +50,35 @@ def _split(seqs):
 def test_windows_predict_every_position_once_with_bounded_context():
     seq = list(range(10))
     ws = windows(_split([seq]), max_history=3)
-    targets = sorted(t for w in ws for t in w[1:])
+    targets = sorted(t for w, k in ws for t in w[len(w) - k:])
     assert targets == list(range(1, 10))
-    assert all(len(w) <= 4 for w in ws)
+    assert all(len(w) <= 4 and k == len(w) - 1 for w, k in ws)  # no overlap: every position a target
     inp, tgt = collate(ws, 3)
     assert inp.shape == tgt.shape == (len(ws), 3)
     # a target's input is the item right before it
-    for i, w in enumerate(ws):
+    for i, (w, _) in enumerate(ws):
         n = len(w) - 1
         assert inp[i, 3 - n:].tolist() == list(w[:-1]) and tgt[i, 3 - n:].tolist() == list(w[1:])
         assert (inp[i, : 3 - n] == -1).all()
+
+
+def test_overlapping_windows_give_each_target_more_context_and_predict_it_once():
+    seq = list(range(20))
+    ws = windows(_split([seq]), max_history=6, stride=2)
+    inp, tgt = collate(ws, 6)
+    seen = []
+    for i in range(len(ws)):
+        for pos in range(6):
+            t = int(tgt[i, pos])
+            if t < 0:
+                continue
+            seen.append(t)
+            context = [c for c in inp[i, : pos + 1].tolist() if c >= 0]
+            assert context == list(range(t - len(context), t))  # the items right before t, in order
+            assert len(context) >= min(t, 6 - 2 + 1)  # > max_history - stride once the sequence allows
+    assert sorted(seen) == list(range(1, 20))  # every target exactly once
+    # stride=max_history is the non-overlapping cut
+    assert [(w.tolist(), k) for w, k in windows(_split([seq]), 6, 6)] == [(w.tolist(), k) for w, k in windows(_split([seq]), 6)]
 
 
 def test_epoch_order_is_a_function_of_seed_and_epoch():

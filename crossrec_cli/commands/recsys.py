@@ -33,11 +33,14 @@ def train_config(cfg: DictConfig, splits: dict[str, Split]) -> TrainConfig:
         raise CrossrecError("trainer.loss", f"unknown loss {tc.loss!r}", "expected full or sampled")
     if tc.monitor.split("@")[0] not in ("recall", "ndcg", "mrr") or int(tc.monitor.split("@")[1]) not in cfg.eval.topk:
         raise CrossrecError("trainer.monitor", f"{tc.monitor!r} is not computed", f"use recall|ndcg|mrr@k with k in eval.topk {list(cfg.eval.topk)}")
+    if tc.window_stride is not None and tc.window_stride > cfg.model.max_history:
+        raise CrossrecError("trainer.window_stride", f"{tc.window_stride} skips targets",
+                            f"use at most model.max_history ({cfg.model.max_history}), or null")
     return tc
 
 
 def total_steps(cfg: DictConfig, splits: dict[str, Split], tc: TrainConfig) -> int:
-    per_epoch = sum(math.ceil(len(windows(s, cfg.model.max_history)) / tc.batch_size) for s in splits.values())
+    per_epoch = sum(math.ceil(len(windows(s, cfg.model.max_history, tc.window_stride)) / tc.batch_size) for s in splits.values())
     if tc.max_steps_per_epoch:
         per_epoch = min(per_epoch, tc.max_steps_per_epoch)
     return max(1, per_epoch * tc.epochs)

@@ -24,6 +24,7 @@ class SeqRecConfig:
     layers: int = 2
     heads: int = 2
     dropout: float = 0.5
+    ffn_dropout: float | None = None  # between the feed-forward's two maps (None: = dropout; RecBole: 0)
     readout: str = "last"  # last (causal transformer) | mean (mean of history vectors)
     score: str = "dot"  # dot | cosine (with temperature) | auto (dot for id-only items, cosine with text)
     temperature: float = 0.07
@@ -70,6 +71,8 @@ class UserTower(nn.Module):
         layer = nn.TransformerEncoderLayer(
             cfg.dim, cfg.heads, 4 * cfg.dim, cfg.dropout, batch_first=True, norm_first=cfg.norm_first, activation="gelu"
         )
+        if cfg.ffn_dropout is not None:  # torch drops the FFN's hidden units too; SASRec / RecBole do not
+            layer.dropout = nn.Dropout(cfg.ffn_dropout)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(cfg.dim) if cfg.norm_first else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)

@@ -7,28 +7,38 @@ import torch
 
 from crossrec_cli.data.split import Split
 
+Window = tuple[np.ndarray, int]  # (items, how many of its last positions are targets)
 
-def windows(split: Split, max_history: int) -> list[np.ndarray]:
+
+def windows(split: Split, max_history: int, stride: int | None = None) -> list[Window]:
     """Cut each training sequence into windows of at most ``max_history + 1`` items so that every
-    target position is predicted exactly once, with up to ``max_history`` items of context."""
+    target position is predicted exactly once, with up to ``max_history`` items of context.
+
+    ``stride`` (default ``max_history``: windows do not overlap) is how many targets each window
+    adds; a smaller stride makes windows overlap, so every target except a sequence's first
+    ``max_history - stride`` sees at least ``max_history - stride`` items of context, as at
+    evaluation time (stride 1 is RecBole's one-sample-per-prefix augmentation). The compute per
+    epoch grows by ``max_history / stride``; the number of targets does not.
+    """
+    step = stride or max_history
     out = []
     for seq in split.train_seqs:
         end = len(seq)
         while end > 1:
             start = max(0, end - max_history - 1)
-            out.append(seq[start:end])
-            end -= max_history
+            out.append((seq[start:end], min(step, end - start - 1)))
+            end -= step
     return out
 
 
-def collate(batch: list[np.ndarray], max_history: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded inputs (B, L) and targets (B, L), -1 = no target / padding."""
+def collate(batch: list[Window], max_history: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded inputs (B, L) and targets (B, L), -1 = no target / padding / context only."""
     inp = torch.full((len(batch), max_history), -1, dtype=torch.long)
     tgt = torch.full((len(batch), max_history), -1, dtype=torch.long)
-    for i, w in enumerate(batch):
+    for i, (w, k) in enumerate(batch):
         n = len(w) - 1
         inp[i, max_history - n:] = torch.as_tensor(w[:-1], dtype=torch.long)
-        tgt[i, max_history - n:] = torch.as_tensor(w[1:], dtype=torch.long)
+        tgt[i, max_history - k:] = torch.as_tensor(w[len(w) - k:], dtype=torch.long)
     return inp, tgt
 
 

@@ -45,6 +45,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     keep_last: int = 2
+    window_stride: int | None = None  # targets per training window (None: max_history, no overlap)
     seed: int = 0
 
 
@@ -91,7 +92,7 @@ def make_optimizer(model: SeqRec, tc: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
 
 
-def plan(wins: dict[str, list[np.ndarray]], tc: TrainConfig, epoch: int) -> list[tuple[str, np.ndarray]]:
+def plan(wins: dict[str, list], tc: TrainConfig, epoch: int) -> list[tuple[str, np.ndarray]]:
     """The epoch's batches: (domain, window indices), domains interleaved, a pure function of
     (seed, epoch)."""
     batches = []
@@ -150,7 +151,7 @@ def fit(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
     max_h = model.cfg.max_history
-    wins = {k: windows(s, max_h) for k, s in splits.items()}
+    wins = {k: windows(s, max_h, tc.window_stride) for k, s in splits.items()}
     if not any(wins.values()):
         raise CrossrecError("domain", "no training sequence has two or more items", "check the data and filters")
     opt = make_optimizer(model, tc)
