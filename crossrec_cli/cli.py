@@ -1,4 +1,8 @@
-"""``crossrec <command> [hydra overrides]``: dispatch to one Hydra app per command."""
+"""``crossrec <command> [hydra overrides]``: the command-line layer, the only place that knows
+Hydra. Each command is a plain recipe ``crossrec_cli.commands.<name>.run(cfg) -> dict``; this
+module composes its config (``@hydra.main`` here, ``compose`` for tests and scripts), fills
+``cfg.runtime`` (run directory, config directories, the domain selection as a list) and calls it.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import importlib
 import re
 import sys
 import uuid
+from pathlib import Path
+from typing import Any
 
 COMMANDS = {
     "pretrain": "domain-adaptive pretraining of the item tower on item texts",
@@ -74,6 +80,112 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
         sys.exit(2)
 
 
+def _selection(overrides: list[str]) -> list[str] | None:
+    """The names of a ``domain=NAME`` / ``domain=[A,B]`` override (Hydra merges a list selection
+    into one node, so the names are read from the override itself); None without one."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for ov in OverridesParser.create().parse_overrides(list(overrides)):
+        if ov.key_or_group == "domain" and ov.package is None and not ov.is_delete():
+            value = ov.value()
+            return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+    return None
+
+
+def set_runtime(cfg: Any, run_dir: str | Path, config_dirs: list[Path], overrides: list[str]) -> Any:
+    """Fill ``cfg.runtime`` for the recipes: ``run_dir``, ``config_dirs`` (domain file lookup,
+    search path first), ``domains`` (the selection as a list) and ``domain_given`` (whether the
+    command line chose it). With several domains ``cfg.domain`` becomes ``{name: that domain's
+    file}``, so the saved config.yaml shows each domain as it is, not Hydra's merge of them."""
+    from omegaconf import open_dict
+
+    from crossrec_cli.commands._common import read_domain_file
+
+    chosen = _selection(overrides)
+    given = chosen is not None
+    if chosen is None:
+        node = cfg.get("domain")
+        chosen = [str(node.name)] if node is not None and node.get("name") is not None else []
+    with open_dict(cfg):
+        cfg.runtime = {"run_dir": str(run_dir), "config_dirs": [str(d) for d in config_dirs],
+                       "domains": chosen, "domain_given": given}
+        if len(chosen) > 1:
+            cfg.domain = {n: read_domain_file(n, config_dirs)[0] for n in chosen}
+    return cfg
+
+
+def _source_dirs(config_sources: Any) -> list[Path]:
+    """Hydra's config sources (search path first, the package's conf after) as directories."""
+    import importlib.resources
+
+    dirs = []
+    for src in config_sources:
+        if src.provider == "hydra":  # Hydra's own configs hold no domain files
+            continue
+        if src.schema == "file":
+            dirs.append(Path(src.path))
+        elif src.schema == "pkg":
+            dirs.append(Path(str(importlib.resources.files(src.path.replace("/", ".")))))
+    return dirs
+
+
+def _searchpath_dirs(overrides: list[str]) -> list[Path]:
+    """``hydra.searchpath=[file://DIR,...]`` of ``overrides``, then the package's conf."""
+    from crossrec_cli.commands._common import CONF_DIR
+
+    dirs: list[Path] = []
+    for o in overrides:
+        if o.startswith("hydra.searchpath="):
+            for entry in o.split("=", 1)[1].strip("[]").split(","):
+                entry = entry.strip().strip("'\"")
+                if entry.startswith("file://"):
+                    dirs.append(Path(entry[len("file://"):]))
+    return [*dirs, Path(CONF_DIR)]
+
+
+def compose(command: str, overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = ".",
+            config_dir: str | Path | None = None) -> Any:
+    """The config ``crossrec <command> <overrides>`` would run with, ``runtime`` filled, for
+    calling a recipe in-process: ``finetune.run(compose("finetune", [...], tmp_path))``.
+    ``config_dir``: another primary config folder (a test's stand-in app)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from crossrec_cli.commands._common import CONF_DIR
+
+    _register_resolvers()
+    name = "data_stats" if command == "data" else command
+    overrides = list(overrides)
+    plain = [o for o in overrides if not o.startswith("hydra.") or o.startswith("hydra.searchpath")]
+    with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3", job_name=name):
+        cfg = hydra_compose(config_name=name, overrides=plain)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    return set_runtime(cfg, run_dir, _searchpath_dirs(overrides), overrides)
+
+
+def recipe(config_name: str):
+    """``crossrec_cli.commands.<config_name>.run``."""
+    return importlib.import_module(f"crossrec_cli.commands.{config_name}").run
+
+
+def _launch(config_name: str) -> None:
+    """Run one command as a Hydra app (multirun, sweeps and ``--cfg`` included)."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+
+    from crossrec_cli.commands._common import CONF_DIR, run_recipe
+
+    run = recipe(config_name)
+
+    @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
+    def app(cfg: Any) -> None:
+        hc = HydraConfig.get()
+        set_runtime(cfg, hc.runtime.output_dir, _source_dirs(hc.runtime.config_sources), list(hc.overrides.task))
+        run_recipe(cfg, run)
+
+    app()
+
+
 def _resume_overrides(argv: list[str]) -> list[str]:
     """``resume=<run dir>`` continues in that directory: it becomes ``hydra.run.dir``."""
     for a in argv:
@@ -103,9 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = _resume_overrides(argv)
     if not any(a.startswith("-") for a in argv):
         _precheck(config_name, argv)
-    module = importlib.import_module(f"crossrec_cli.commands.{config_name}")
     sys.argv = [f"crossrec-{cmd}", *argv]
-    module.app()
+    _launch(config_name)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 ``model``), so that ``eval.topk=x`` or ``trainer.epochs=-1`` stops with one line naming the key
 instead of a traceback deep inside a metric or the training loop.
 
-Plain dicts in, CrossrecError out: no Hydra here. A key that is absent is not checked (an
+Plain dicts in, CrossrecError out. A key that is absent is not checked (an
 ``evaluate`` of a baseline has no ``trainer``; experiment files may add only part of ``model``).
 """
 

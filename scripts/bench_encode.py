@@ -34,7 +34,7 @@ def item_texts(n: int) -> list[str]:
     from crossrec_cli.data import DomainSpec, load_domain
 
     spec = DomainSpec.from_dict(
-        yaml.safe_load((REPO / "conf" / "domain" / "movies.yaml").read_text()), where="movies"
+        yaml.safe_load((REPO / "crossrec_cli" / "conf" / "domain" / "movies.yaml").read_text()), where="movies"
     )
     texts = load_domain(spec).item_text
     return [texts[i % len(texts)] for i in range(n)]

@@ -3,8 +3,8 @@
 over seeds for each (model, training examples), next to the zero-shot scorer of its backbone.
 
 Every cell is what ``crossrec finetune task=preference backbone=B adapter=A task.train_samples=N
-task.seeds=[S] task.eval_samples=E`` computes: the config is conf/task/preference.yaml,
-conf/backbone/B.yaml and conf/adapter/A.yaml, run through the recipe's own helpers
+task.seeds=[S] task.eval_samples=E`` computes: the config is crossrec_cli/conf/task/preference.yaml,
+crossrec_cli/conf/backbone/B.yaml and conf/adapter/A.yaml, run through the recipe's own helpers
 (crossrec_cli.commands.tasks) without Hydra. Valid and test AUC are both kept (tune on valid).
 Finished cells are appended to a JSON-lines cache, keyed by the config they ran with, so an
 interrupted grid resumes where it stopped and a changed config reruns.
@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
 
-# model -> backbone, adapter, task overrides (dotlist) on top of conf/task/preference.yaml
+# model -> backbone, adapter, task overrides (dotlist) on top of crossrec_cli/conf/task/preference.yaml
 MODELS = {
     "minilm-head": {"backbone": "minilm", "adapter": "frozen", "task": []},
     "minilm-lora": {"backbone": "minilm", "adapter": "lora", "task": []},
@@ -42,7 +42,7 @@ MODELS = {
 def compose(name: str, n: int, n_eval: int):
     """The finetune config of one cell (task, backbone, adapter), as the CLI would compose it."""
     m = MODELS[name]
-    load = lambda group, file: yaml.safe_load((REPO / "conf" / group / f"{file}.yaml").read_text())  # noqa: E731
+    load = lambda group, file: yaml.safe_load((REPO / "crossrec_cli" / "conf" / group / f"{file}.yaml").read_text())  # noqa: E731
     adapter = load("adapter", m["adapter"] if n else "frozen")  # zero-shot: one run per backbone
     cfg = OmegaConf.create({"task": load("task", "preference"), "backbone": load("backbone", m["backbone"]),
                             "adapter": adapter, "seed": 0, "device": "cpu"})
@@ -71,7 +71,7 @@ def run_cell(name: str, n: int, seed: int, cfg, cache: dict) -> dict:
 
     key = ("data", cfg.task.max_history)
     if key not in cache:
-        spec = DomainSpec.from_dict(yaml.safe_load((REPO / "conf/domain/movies.yaml").read_text()))
+        spec = DomainSpec.from_dict(yaml.safe_load((REPO / "crossrec_cli/conf/domain/movies.yaml").read_text()))
         cache[key] = examples_of(cfg, spec, load_domain(spec))
     data = cache[key]
     seed_everything(seed)

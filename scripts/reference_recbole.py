@@ -49,7 +49,7 @@ from rich.console import Console
 from rich.table import Table
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+CONF = REPO / "crossrec_cli" / "conf"
 RECBOLE_PY = REPO / ".venv-recbole" / "bin" / "python"
 RUNNER = Path(__file__).resolve().parent / "_recbole_sasrec.py"
 CROSSREC = str(Path(sys.executable).parent / "crossrec")

@@ -27,7 +27,7 @@ from crossrec_cli.models.backbone import Backbone, build_backbone, models_dir
 from crossrec_cli.models.encode import forward_pool
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = OmegaConf.to_container(OmegaConf.load(REPO / "conf/backbone/tiny.yaml"))
+TINY = OmegaConf.to_container(OmegaConf.load(REPO / "crossrec_cli/conf/backbone/tiny.yaml"))
 ITEMS = REPO / "crossrec_cli/data/bundled/ml-100k/ml-100k.item"
 TITLES = [
     " ".join(line.split("\t")[1::2]) for line in ITEMS.read_text().splitlines()[1:9]
@@ -85,7 +85,7 @@ def train(bb: Backbone, steps: int = 2, sign: float = 1.0, lr: float = 5e-2) -> 
 
 
 def yaml_settings(method: str) -> dict:
-    cfg = OmegaConf.load(REPO / f"conf/adapter/{method}.yaml")
+    cfg = OmegaConf.load(REPO / f"crossrec_cli/conf/adapter/{method}.yaml")
     assert cfg.pop("name") == method
     return cfg
 

@@ -20,7 +20,7 @@ import yaml
 from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 
 REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf" / "domain"
+CONF = REPO / "crossrec_cli" / "conf" / "domain"
 ML = REPO / "crossrec_cli" / "data" / "bundled" / "ml-100k"
 CROSSREC = Path(sys.executable).parent / "crossrec"
 

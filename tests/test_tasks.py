@@ -9,7 +9,6 @@ train / valid / test examples and ``write_instruction_folder`` (see ``test_fixtu
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,7 @@ from crossrec_cli.tasks.train import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 FIX = REPO / "tests" / "fixtures"
-TINY = yaml.safe_load((REPO / "conf" / "backbone" / "tiny.yaml").read_text())["config"]
+TINY = yaml.safe_load((REPO / "crossrec_cli" / "conf" / "backbone" / "tiny.yaml").read_text())["config"]
 TINY_LLAMA = {"model_type": "llama", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
               "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 512}
 
@@ -55,7 +54,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def movies():
-    spec = DomainSpec.from_dict(yaml.safe_load((REPO / "conf" / "domain" / "movies.yaml").read_text()))
+    spec = DomainSpec.from_dict(yaml.safe_load((REPO / "crossrec_cli" / "conf" / "domain" / "movies.yaml").read_text()))
     return spec, load_domain(spec)
 
 
@@ -374,27 +373,15 @@ def test_binary_metrics_and_mean_std():
 # ---- the recipe through a tiny Hydra app ---------------------------------------------------
 
 def run_app(tmp_path: Path, *overrides: str, search: Path = FIX / "searchpath") -> dict:
-    """Run run_task through @hydra.main with conf/ and ``search`` (domain files) on the search path."""
-    import hydra
-    from omegaconf import DictConfig
-
-    from crossrec_cli.cli import _register_resolvers
+    """Run run_task in-process on a stand-in config (tests/fixtures/conf/task_app.yaml), with the
+    package's conf and ``search`` (domain files) on the search path."""
+    from crossrec_cli.cli import compose
     from crossrec_cli.commands._common import CONF_DIR, run_recipe
     from crossrec_cli.commands.tasks import run_task
 
-    _register_resolvers()
-
-    @hydra.main(version_base="1.3", config_path=str(FIX / "conf"), config_name="task_app")
-    def app(cfg: DictConfig) -> None:
-        run_recipe(cfg, lambda c: run_task(c, c.command))
-
-    argv = sys.argv
-    sys.argv = ["task_app", f"hydra.run.dir={tmp_path}",
-                f"hydra.searchpath=[file://{CONF_DIR},file://{search}]", *overrides]
-    try:
-        app()
-    finally:
-        sys.argv = argv
+    cfg = compose("task_app", [f"hydra.searchpath=[file://{CONF_DIR},file://{search}]", *overrides], tmp_path,
+                  config_dir=FIX / "conf")
+    run_recipe(cfg, lambda c: run_task(c, c.command))
     return json.loads((tmp_path / "metrics.json").read_text())
 
 

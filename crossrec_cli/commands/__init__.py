@@ -1,1 +1,2 @@
-"""One recipe per subcommand. Only this package and cli.py import Hydra."""
+"""One recipe per subcommand: a plain ``run(cfg) -> dict`` that cli.py (the only module that
+knows the command-line config composer) or a test calls with a composed config."""

@@ -1,4 +1,6 @@
-"""What every recipe shares: run directory, domain lookup on the Hydra search path, error exit."""
+"""What every recipe shares: run directory, domain lookup, error exit. The
+command-line layer (cli.py) fills ``cfg.runtime`` (run directory, config directories, the domain
+selection as a list) before it calls a recipe; a test fills it with ``cli.compose``."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crossrec_cli.config_check import check_common, check_targets
@@ -22,11 +23,12 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger("crossrec")
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # shipped inside the package
 
 
-def run_dir() -> Path:
-    return Path(HydraConfig.get().runtime.output_dir)
+def run_dir(cfg: DictConfig) -> Path:
+    """The run directory the command line chose."""
+    return Path(str(cfg.runtime.run_dir))
 
 
 def seed_everything(seed: int) -> None:
@@ -42,22 +44,15 @@ def names(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _search_dirs() -> list[Path]:
-    dirs = []
-    for src in HydraConfig.get().runtime.config_sources:
-        if src.schema == "file":
-            dirs.append(Path(src.path))
-        elif src.schema == "pkg":
-            import importlib.resources
-
-            dirs.append(Path(str(importlib.resources.files(src.path.replace("/", ".")))))
-    return dirs
+def config_dirs(cfg: DictConfig) -> list[Path]:
+    """Where ``domain/<name>.yaml`` files are looked up: the search path, the package's conf last."""
+    return [Path(str(d)) for d in cfg.runtime.config_dirs]
 
 
-def domain_spec(name: str, overrides: dict | None = None) -> DomainSpec:
-    """Find ``domain/<name>.yaml`` on the config search path (``hydra.searchpath`` included)."""
+def read_domain_file(name: str, dirs: list[Path]) -> tuple[dict, Path]:
+    """The first ``domain/<name>.yaml`` in ``dirs``, read as a mapping."""
     tried = []
-    for d in _search_dirs():
+    for d in dirs:
         path = d / "domain" / f"{name}.yaml"
         tried.append(str(path))
         if path.is_file():
@@ -69,63 +64,56 @@ def domain_spec(name: str, overrides: dict | None = None) -> DomainSpec:
                                     "fix the domain file", line=mark.line + 1 if mark else None) from None
             if not isinstance(raw, dict):
                 raise CrossrecError(str(path), "domain file is not a mapping", "expected name/format/path keys", line=1)
-            if overrides:
-                raw = OmegaConf.to_container(OmegaConf.merge(raw, overrides))
-            return DomainSpec.from_dict(raw, where=str(path))
+            return raw, path
     raise CrossrecError(
         f"domain={name}", "no such domain file", f"looked for domain/{name}.yaml in {', '.join(tried) or 'no config dirs'}"
     )
 
 
-def domain_names(cfg: DictConfig) -> list[str]:
-    """Names chosen with ``domain=NAME`` or ``domain=[A,B]`` (Hydra merges a list selection
-    into one node, so the names are read back from the override itself)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+def domain_spec(name: str, dirs: list[Path], overrides: dict | None = None) -> DomainSpec:
+    """``domain/<name>.yaml`` from ``dirs`` (the first that has it), ``overrides`` merged in."""
+    raw, path = read_domain_file(name, dirs)
+    if overrides:
+        raw = OmegaConf.to_container(OmegaConf.merge(raw, overrides))
+    return DomainSpec.from_dict(raw, where=str(path))
 
-    for ov in OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task)):
-        if ov.key_or_group == "domain" and ov.package is None and not ov.is_delete():
-            value = ov.value()
-            if isinstance(value, (list, tuple)):
-                return [str(v) for v in value]
-    return [str(cfg.domain.name)]
+
+def domain_names(cfg: DictConfig) -> list[str]:
+    """Names chosen with ``domain=NAME`` or ``domain=[A,B]`` (``cfg.runtime.domains``)."""
+    return [str(n) for n in cfg.runtime.domains]
 
 
 def load_domains(cfg: DictConfig, value: Any = None) -> list[tuple[DomainSpec, Domain]]:
     """Load the domains named by ``value`` (default: the ``domain`` selection), each with
-    ``data.overrides`` merged in. A single selection keeps command-line ``domain.*`` overrides."""
+    ``data.overrides`` merged in. The selection's own config node is used, so command-line
+    ``domain.*`` overrides hold (with several domains, ``domain.<name>.*``)."""
     ov = OmegaConf.to_container(cfg.data.overrides) or None
-    chosen = names(value) if value is not None else domain_names(cfg)
+    dirs = config_dirs(cfg)
+    if value is not None:
+        return [(spec, load_domain(spec)) for spec in (domain_spec(n, dirs, ov) for n in names(value))]
+    chosen = domain_names(cfg)
     out = []
     for n in chosen:
-        if value is None and len(chosen) == 1:
-            base = OmegaConf.create(OmegaConf.to_container(cfg.domain, resolve=True))
-            raw = OmegaConf.to_container(OmegaConf.merge(base, ov or {}))
-            spec = DomainSpec.from_dict(raw, where=str(_find_domain_file(n) or "domain"))
-        else:
-            spec = domain_spec(n, ov)
+        node = cfg.domain if len(chosen) == 1 else cfg.domain[n]
+        raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(node, resolve=True)), ov or {}))
+        where = next((str(d / "domain" / f"{n}.yaml") for d in dirs if (d / "domain" / f"{n}.yaml").is_file()), "domain")
+        spec = DomainSpec.from_dict(raw, where=where)
         out.append((spec, load_domain(spec)))
     return out
 
 
-def _find_domain_file(name: str) -> Path | None:
-    for d in _search_dirs():
-        if (d / "domain" / f"{name}.yaml").is_file():
-            return d / "domain" / f"{name}.yaml"
-    return None
-
-
 def write_config(cfg: DictConfig) -> None:
-    atomic_write_text(run_dir() / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir(cfg) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def write_metrics(record: dict[str, Any]) -> Path:
-    path = run_dir() / "metrics.json"
+def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
+    path = run_dir(cfg) / "metrics.json"
     atomic_write_json(path, record)
     return path
 
 
 # keys that may change between an interrupted run and its resumption (they do not change results)
-RESUME_FREE = ("resume", "progress", "debug", "device", "logger", "eval.cache_vectors", "eval.user_chunk",
+RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "logger", "eval.cache_vectors", "eval.user_chunk",
                "eval.item_chunk", "eval.batch_size")
 
 
@@ -140,7 +128,7 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def check_resume_config(cfg: DictConfig) -> None:
     """Resuming with a changed value that matters stops with one line per differing key."""
-    path = run_dir() / "config.yaml"
+    path = run_dir(cfg) / "config.yaml"
     if not path.is_file():
         raise CrossrecError(str(path), "nothing to resume: no config.yaml in the run directory",
                             "pass resume=<the interrupted run directory>")

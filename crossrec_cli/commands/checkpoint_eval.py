@@ -11,13 +11,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.config_check import check_targets
-from crossrec_cli.commands._common import domain_spec, load_domains, write_metrics
+from crossrec_cli.commands._common import config_dirs, domain_spec, load_domains, write_metrics
 from crossrec_cli.commands.recsys import _checkpoint_file, build_model, evaluate_model, model_mode, param_counts
 from crossrec_cli.data import load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -27,7 +26,7 @@ from crossrec_cli.training.loop import load_trainable_state
 
 
 def _domain_given(cfg: DictConfig) -> bool:
-    return any(o.split("=")[0].lstrip("+~") == "domain" for o in HydraConfig.get().overrides.task)
+    return bool(cfg.runtime.domain_given)
 
 
 def run_config(run: Path) -> DictConfig:
@@ -49,7 +48,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         domains = load_domains(cfg)
     else:
         ov = OmegaConf.to_container(saved.data.overrides) or None
-        domains = [(s, load_domain(s)) for s in (domain_spec(n, ov) for n in trained_on)]
+        domains = [(s, load_domain(s)) for s in (domain_spec(n, config_dirs(cfg), ov) for n in trained_on)]
     # the saved model's architecture, this command's evaluation protocol
     # trust_remote_code is this command's choice, never the (possibly edited) run folder's
     mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None,
@@ -73,7 +72,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
         trainable_params=trainable, total_params=total,
     )
-    path = write_metrics(record)
+    path = write_metrics(cfg, record)
     Console().print(metrics_table(record))
     Console().print(f"metrics: {path}")
     return record

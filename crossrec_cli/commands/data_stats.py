@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 import numpy as np
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from crossrec_cli.commands._common import CONF_DIR, load_domains, run_dir, run_recipe
+from crossrec_cli.commands._common import load_domains, run_dir
 from crossrec_cli.data import Domain, DomainSpec, Split, make_split
 from crossrec_cli.io import atomic_write_json
 
@@ -100,11 +99,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         stats = domain_stats(domain, split)
         record["domains"][spec.name] = {"format": spec.format, "origin": domain.origin} | stats
         console.print(stats_table(spec, stats))
-    path = atomic_write_json(run_dir() / "stats.json", record)
+    path = atomic_write_json(run_dir(cfg) / "stats.json", record)
     console.print(f"stats: {path}")
     return record
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="data_stats")
-def app(cfg: DictConfig) -> None:
-    run_recipe(cfg, run)

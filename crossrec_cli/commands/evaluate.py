@@ -7,11 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
-from crossrec_cli.commands._common import CONF_DIR, load_domains, run_recipe, seed_everything, write_metrics
+from crossrec_cli.commands._common import load_domains, seed_everything, write_metrics
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
@@ -81,12 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         backbone=cfg.backbone.name if cfg.model.name == "text_zeroshot" else None,
         **extra,
     )
-    path = write_metrics(record)
+    path = write_metrics(cfg, record)
     Console().print(metrics_table(record))
     Console().print(f"metrics: {path}")
     return record
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="evaluate")
-def app(cfg: DictConfig) -> None:
-    run_recipe(cfg, run)

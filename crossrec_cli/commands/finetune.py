@@ -9,11 +9,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from crossrec_cli.commands._common import CONF_DIR, load_domains, run_dir, run_recipe, seed_everything, write_metrics
+from crossrec_cli.commands._common import load_domains, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     build_model, check_same_data, evaluate_model, load_init, model_mode, resume_dir, save_final, train_config,
 )
@@ -33,7 +32,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return run_task(cfg, "finetune")
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
-    out = run_dir()
+    out = run_dir(cfg)
     domains = load_domains(cfg)
     splits = {spec.name: make_split(d, spec.order, spec.order_seed) for spec, d in domains}
     for name, split in splits.items():
@@ -54,7 +53,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                    show_progress=bool(cfg.progress))
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
-            write_metrics({"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
+            write_metrics(cfg, {"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
                            "resume": f"crossrec finetune resume={out}"})
         raise
     result = save_final(cfg, model, out, splits, domains, prog, tc)
@@ -69,7 +68,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         wall_seconds=time.perf_counter() - t_start, history=_history(prog.history),
         status="complete",
     )
-    path = write_metrics(record)
+    path = write_metrics(cfg, record)
     if prog.history:
         training_curve(prog.history, tc.monitor, out / "training_curve.png", f"{cfg.backbone.name} · {cfg.adapter.name}")
     Console().print(metrics_table(record))
@@ -80,9 +79,3 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 def _history(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k != "valid"} for h in history]
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="finetune")
-def app(cfg: DictConfig) -> None:
-    run_recipe(cfg, run)
-

@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 
-from crossrec_cli.commands._common import CONF_DIR, load_domains, run_dir, run_recipe, seed_everything, write_metrics
+from crossrec_cli.commands._common import load_domains, run_dir, seed_everything, write_metrics
 from crossrec_cli.data import make_split
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
@@ -29,7 +28,7 @@ MERGEABLE = ("full", "lora", "adalora", "ia3")
 def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
     seed_everything(cfg.seed)
-    out = run_dir()
+    out = run_dir(cfg)
     p = cfg.pretrain
     if p.objective not in ("contrastive", "neighbors"):
         raise CrossrecError("pretrain.objective", f"unknown objective {p.objective!r}", "expected contrastive or neighbors")
@@ -58,7 +57,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                       resume=bool(cfg.get("resume")), checkpoint_every=int(p.checkpoint_every))
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
-            write_metrics({"command": "pretrain", "status": "interrupted", "seed": cfg.seed,
+            write_metrics(cfg, {"command": "pretrain", "status": "interrupted", "seed": cfg.seed,
                            "resume": f"crossrec pretrain resume={out}"})
         raise
     model = backbone.model.merge_and_unload() if hasattr(backbone.model, "merge_and_unload") else backbone.model
@@ -73,11 +72,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         history=history, seconds_per_epoch=sum(h["seconds"] for h in history) / max(1, len(history)),
         wall_seconds=time.perf_counter() - t0, status="complete",
     )
-    path = write_metrics(record)
+    path = write_metrics(cfg, record)
     Console().print(f"pretrained backbone: {out / 'checkpoint' / 'backbone'}  (use init_from={out}); metrics: {path}")
     return record
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="pretrain")
-def app(cfg: DictConfig) -> None:
-    run_recipe(cfg, run)

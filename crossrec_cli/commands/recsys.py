@@ -123,7 +123,7 @@ def check_same_data(out: Path, dataset: dict[str, dict], resuming: bool) -> None
 
 
 def resume_dir(cfg: DictConfig) -> Path | None:
-    return run_dir() if cfg.get("resume") else None
+    return run_dir(cfg) if cfg.get("resume") else None
 
 
 def _checkpoint_file(folder: Path) -> Path:

@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from crossrec_cli.commands._common import (
+    config_dirs,
     domain_spec,
     load_domains,
     names,
@@ -54,7 +55,7 @@ def run_task(cfg: DictConfig, command: str) -> dict[str, Any]:
     else:
         raise CrossrecError("task.name", f"unknown task {cfg.task.name!r}",
                             "expected recommendation, preference or classification")
-    path = write_metrics(record)
+    path = write_metrics(cfg, record)
     Console().print(task_table(record))
     Console().print(f"metrics: {path}")
     return record
@@ -211,7 +212,7 @@ def preference_transfer(cfg: DictConfig) -> dict[str, Any]:
     sources = names(cfg.source)
     if len(sources) != 1:
         raise CrossrecError("source", f"task=preference transfers from one domain, got {sources}", "pass source=NAME")
-    ss, ts = domain_spec(sources[0], ov), domain_spec(str(cfg.target), ov)
+    ss, ts = domain_spec(sources[0], config_dirs(cfg), ov), domain_spec(str(cfg.target), config_dirs(cfg), ov)
     if ss.name == ts.name:
         raise CrossrecError("target", f"source and target are both {ss.name!r}", "transfer needs two domains")
     sd, td = load_domain(ss), load_domain(ts)
@@ -272,7 +273,7 @@ def classification(cfg: DictConfig) -> dict[str, Any]:
             res = run_classification(backbone_for(cfg, seed), data, p, method, hparams, train_settings(cfg, seed),
                                      cfg.backbone.pooling, t.max_length, t.threshold, device)
             for split, (rep, text) in res.pop("reports").items():
-                stem = run_dir() / f"classification_report.{spec.name}.{split}.seed{seed}"
+                stem = run_dir(cfg) / f"classification_report.{spec.name}.{split}.seed{seed}"
                 atomic_write_text(f"{stem}.txt", text)
                 atomic_write_json(f"{stem}.json", rep)
             runs.append(res)

@@ -12,12 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from crossrec_cli.commands._common import CONF_DIR, load_domains, names, run_dir, run_recipe, seed_everything, write_metrics
+from crossrec_cli.commands._common import load_domains, names, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     build_model, evaluate_model, load_best, load_init, load_matching, model_mode, param_counts, train_config,
 )
@@ -78,7 +77,7 @@ def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
         prog = fit(model, splits, tc, valid, out, show_progress=bool(cfg.progress), extra_loss=extra, resume=resume)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
-            write_metrics({"command": "transfer", "status": "interrupted", "seed": cfg.seed, "phase": out.name,
+            write_metrics(cfg, {"command": "transfer", "status": "interrupted", "seed": cfg.seed, "phase": out.name,
                            "resume": f"crossrec transfer resume={out.parent}"})
         raise
     load_best(model, out)
@@ -141,7 +140,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
         return run_task(cfg, "transfer")
     t0 = time.perf_counter()
-    out = run_dir()
+    out = run_dir(cfg)
     sources = load_domains(cfg, cfg.source)
     (tspec, target), = load_domains(cfg, cfg.target)
     tname = tspec.name
@@ -209,7 +208,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete",
     )
-    path = write_metrics(record)
+    path = write_metrics(cfg, record)
     _report(record, tname, out)
     Console().print(f"metrics: {path}")
     return record
@@ -246,8 +245,3 @@ def _report(record: dict, tname: str, out: Path) -> None:
     fig.tight_layout()
     atomic_write(out / "transfer.png", lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
-
-
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="transfer")
-def app(cfg: DictConfig) -> None:
-    run_recipe(cfg, run)

@@ -1,0 +1,78 @@
+"""The command-line layer and the recipes: recipes are plain functions called in-process with a
+composed config; only cli.py knows Hydra; the configs ship inside the package."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from crossrec_cli.cli import compose
+from crossrec_cli.commands import finetune
+from crossrec_cli.commands._common import CONF_DIR, load_domains, run_recipe
+
+PACKAGE = Path(__file__).resolve().parents[1] / "crossrec_cli"
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_only_the_command_line_layer_imports_hydra():
+    offenders = [str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py")
+                 if p.name != "cli.py" and "hydra" in _imports(p)]
+    assert offenders == []
+    assert "hydra" in _imports(PACKAGE / "cli.py")  # the check above would pass vacuously otherwise
+
+
+def test_configs_ship_inside_the_package():
+    conf = Path(CONF_DIR)
+    assert conf.parent == PACKAGE
+    for name in ("finetune", "transfer", "evaluate", "pretrain", "data_stats", "base"):
+        assert (conf / f"{name}.yaml").is_file()
+    assert (conf / "domain" / "movies.yaml").is_file() and (conf / "experiment" / "smoke.yaml").is_file()
+
+
+def test_a_recipe_runs_in_process_and_writes_its_run_directory(tmp_path):
+    cfg = compose("finetune", ["experiment=smoke", "trainer.epochs=1"], tmp_path)
+    assert cfg.runtime.run_dir == str(tmp_path) and list(cfg.runtime.domains) == ["movies"]
+    assert cfg.runtime.domain_given is False
+    record = run_recipe(cfg, finetune.run)
+    assert record["status"] == "complete" and set(record["test"]) == {"movies"}
+    assert json.loads((tmp_path / "metrics.json").read_text())["test"] == record["test"]
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.runtime.run_dir == str(tmp_path) and saved.trainer.epochs == 1
+
+
+def test_a_list_selection_keeps_each_domain_file_apart(tmp_path):
+    cfg = compose("finetune", ["experiment=smoke", "domain=[movies,music]"], tmp_path)
+    assert list(cfg.runtime.domains) == ["movies", "music"] and cfg.runtime.domain_given is True
+    # each domain as its own file says, not Hydra's merge of the two (music has no timestamps)
+    movies = OmegaConf.load(Path(CONF_DIR) / "domain" / "movies.yaml")
+    music = OmegaConf.load(Path(CONF_DIR) / "domain" / "music.yaml")
+    assert OmegaConf.to_container(cfg.domain.movies) == OmegaConf.to_container(movies)
+    assert OmegaConf.to_container(cfg.domain.music) == OmegaConf.to_container(music)
+    specs = [spec for spec, _ in load_domains(cfg)]
+    assert [(s.name, s.format, s.order) for s in specs] == [("movies", "recbole", movies.get("order", "time")),
+                                                            ("music", "lastfm", "random")]
+    assert all(s.filters.max_users == 40 for s in specs)  # data.overrides reach every domain
+
+
+def test_a_search_path_domain_is_found_by_the_recipe(tmp_path):
+    extra = tmp_path / "conf" / "domain"
+    extra.mkdir(parents=True)
+    text = (Path(CONF_DIR) / "domain" / "movies.yaml").read_text().replace("name: movies", "name: films")
+    (extra / "films.yaml").write_text(text)
+    cfg = compose("evaluate", ["experiment=smoke", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", "domain=films"],
+                  tmp_path / "run")
+    assert [str(d) for d in cfg.runtime.config_dirs][0] == str(tmp_path / "conf")
+    assert [spec.name for spec, _ in load_domains(cfg)] == ["films"]
