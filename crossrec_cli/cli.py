@@ -155,7 +155,7 @@ def compose(command: str, overrides: list[str] | tuple[str, ...] = (), run_dir: 
 
     _register_resolvers()
     name = "data_stats" if command == "data" else command
-    overrides = list(overrides)
+    overrides = _aliases(list(overrides))
     plain = [o for o in overrides if not o.startswith("hydra.") or o.startswith("hydra.searchpath")]
     with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3", job_name=name):
         cfg = hydra_compose(config_name=name, overrides=plain)
@@ -186,6 +186,19 @@ def _launch(config_name: str) -> None:
     app()
 
 
+# short spellings an issue or the README promised, rewritten to the full key
+ALIASES = {"train_samples": "task.train_samples"}
+
+
+def _aliases(argv: list[str]) -> list[str]:
+    """``train_samples=N`` -> ``task.train_samples=N`` (the key lives in the task group)."""
+    out = []
+    for a in argv:
+        key, eq, value = a.partition("=")
+        out.append(f"{ALIASES[key]}={value}" if eq and key in ALIASES else a)
+    return out
+
+
 def _resume_overrides(argv: list[str]) -> list[str]:
     """``resume=<run dir>`` continues in that directory: it becomes ``hydra.run.dir``."""
     for a in argv:
@@ -212,7 +225,7 @@ def main(argv: list[str] | None = None) -> None:
         argv.pop(0)
         config_name = "data_stats"
     _register_resolvers()
-    argv = _resume_overrides(argv)
+    argv = _resume_overrides(_aliases(argv))
     if not any(a.startswith("-") for a in argv):
         _precheck(config_name, argv)
     sys.argv = [f"crossrec-{cmd}", *argv]

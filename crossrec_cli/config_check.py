@@ -9,6 +9,8 @@ Plain dicts in, CrossrecError out. A key that is absent is not checked (an
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import fields
 from collections.abc import Callable
 from typing import Any
 
@@ -44,6 +46,9 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "trainer.patience": (lambda v: _int(v, 1), "an integer >= 1", "3"),
     "trainer.loss": (lambda v: v in ("full", "sampled"), "full or sampled", "full"),
     "trainer.window_stride": (lambda v: v is None or _int(v, 1), "null or an integer >= 1", "null"),
+    "trainer.monitor": (lambda v: isinstance(v, str) and re.fullmatch(r"(recall|ndcg|mrr)@[1-9][0-9]*", v) is not None,
+                        "recall@K, ndcg@K or mrr@K", "ndcg@10"),
+    "target_fraction": (lambda v: _positive(v) and v <= 1, "a number in (0, 1]", "0.1"),
     "trainer.keep_last": (lambda v: _int(v, 1), "an integer >= 1", "2"),
     "model.dim": (lambda v: _int(v, 1), "a positive integer", "64"),
     "model.max_history": (lambda v: _int(v, 1), "a positive integer", "50"),
@@ -82,10 +87,34 @@ def check_common(cfg: dict[str, Any]) -> None:
         present, value = _lookup(cfg, key)
         if present and not ok(value):
             raise CrossrecError(key, f"expected {expected}, got {value!r}", f"e.g. {key}={example}")
+    _known_keys(cfg)
+    monitor, topk = _lookup(cfg, "trainer.monitor")[1], _lookup(cfg, "eval.topk")[1]
+    if monitor is not None and topk is not None and int(monitor.split("@")[1]) not in topk:
+        raise CrossrecError("trainer.monitor", f"{monitor} is not computed: eval.topk is {topk}",
+                            f"use a cutoff in eval.topk, e.g. trainer.monitor={monitor.split('@')[0]}@{topk[0]}")
     dim, heads = _lookup(cfg, "model.dim")[1], _lookup(cfg, "model.heads")[1]
     if dim is not None and heads is not None and dim % heads:
         raise CrossrecError("model.dim", f"{dim} is not divisible by model.heads={heads}",
                             "attention splits dim across heads: choose dim as a multiple of heads")
+
+
+def _known_keys(cfg: dict[str, Any]) -> None:
+    """The typed sections take only their own fields: ``+trainer.foo=1`` is an error, not a key
+    that nothing reads."""
+    from crossrec_cli.models.seqrec import SeqRecConfig
+    from crossrec_cli.training.loop import TrainConfig
+
+    sections = {"trainer": ({f.name for f in fields(TrainConfig)} - {"seed"}, "TrainConfig")}
+    if isinstance(cfg.get("model"), dict) and cfg["model"].get("name") == "seqrec":
+        sections["model"] = ({f.name for f in fields(SeqRecConfig)} - {"pooling", "max_length"} | {"name"}, "seqrec")
+    for section, (known, what) in sections.items():
+        node = cfg.get(section)
+        if not isinstance(node, dict):
+            continue
+        unknown = sorted(set(node) - known)
+        if unknown:
+            raise CrossrecError(f"{section}.{unknown[0]}", f"unknown key for {what}",
+                                f"known keys: {', '.join(sorted(known))}")
 
 
 TARGET_PREFIXES = ("crossrec_cli.", "torch.optim.")

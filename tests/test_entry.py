@@ -7,6 +7,7 @@ import ast
 import json
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from crossrec_cli.cli import compose
@@ -76,3 +77,25 @@ def test_a_search_path_domain_is_found_by_the_recipe(tmp_path):
                   tmp_path / "run")
     assert [str(d) for d in cfg.runtime.config_dirs][0] == str(tmp_path / "conf")
     assert [spec.name for spec, _ in load_domains(cfg)] == ["films"]
+
+
+@pytest.mark.parametrize("command, override, key", [
+    ("finetune", "trainer.monitor=ndcg", "trainer.monitor"),
+    ("finetune", "trainer.monitor=ndcg@20", "trainer.monitor"),  # not in eval.topk [5, 10]
+    ("transfer", "target_fraction=0", "target_fraction"),
+    ("finetune", "+trainer.foo=1", "trainer.foo"),
+    ("finetune", "+model.dropuot=0.1", "model.dropuot"),
+])
+def test_a_bad_value_or_unknown_key_is_one_line_and_exit_2(tmp_path, capsys, command, override, key):
+    cfg = compose(command, ["experiment=smoke", override], tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        run_recipe(cfg, lambda c: pytest.fail("the recipe must not start"))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {key}:"), err
+    assert not (tmp_path / "config.yaml").exists()  # nothing written for a run that never started
+
+
+def test_train_samples_is_the_short_spelling_of_task_train_samples(tmp_path):
+    cfg = compose("finetune", ["experiment=smoke", "task=preference", "train_samples=16"], tmp_path)
+    assert cfg.task.train_samples == 16

@@ -29,10 +29,6 @@ log = logging.getLogger("crossrec")
 
 def train_config(cfg: DictConfig, splits: dict[str, Split]) -> TrainConfig:
     tc = TrainConfig(**OmegaConf.to_container(cfg.trainer, resolve=True), seed=int(cfg.seed))
-    if tc.loss not in ("full", "sampled"):
-        raise CrossrecError("trainer.loss", f"unknown loss {tc.loss!r}", "expected full or sampled")
-    if tc.monitor.split("@")[0] not in ("recall", "ndcg", "mrr") or int(tc.monitor.split("@")[1]) not in cfg.eval.topk:
-        raise CrossrecError("trainer.monitor", f"{tc.monitor!r} is not computed", f"use recall|ndcg|mrr@k with k in eval.topk {list(cfg.eval.topk)}")
     if tc.window_stride is not None and tc.window_stride > cfg.model.max_history:
         raise CrossrecError("trainer.window_stride", f"{tc.window_stride} skips targets",
                             f"use at most model.max_history ({cfg.model.max_history}), or null")
