@@ -99,3 +99,33 @@ def test_a_bad_value_or_unknown_key_is_one_line_and_exit_2(tmp_path, capsys, com
 def test_train_samples_is_the_short_spelling_of_task_train_samples(tmp_path):
     cfg = compose("finetune", ["experiment=smoke", "task=preference", "train_samples=16"], tmp_path)
     assert cfg.task.train_samples == 16
+
+
+def _scalar_tags(run: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for events in (run / "tensorboard").glob("events.out.tfevents*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        tags |= set(acc.Tags()["scalars"])
+    return tags
+
+
+@pytest.mark.parametrize("command, overrides, expected", [
+    ("finetune", [], {"train/loss", "valid/movies/ndcg@10", "test/movies/ndcg@10"}),
+    ("pretrain", [], {"pretrain/loss"}),
+    ("transfer", ["source=movies", "target=music"],
+     {"source/train/loss", "adapted/train/loss", "control/train/loss", "transfer/zero_shot/test/music/ndcg@10"}),
+    ("evaluate", ["model=popularity"], {"test/movies/ndcg@10"}),
+    ("finetune", ["task=preference", "task.train.epochs=1"], {"seed0/train/loss", "test/movies/auc"}),
+    ("finetune", ["task=classification", "task.train.epochs=1"],
+     {"seed0/train/loss", "test/movies/micro_f1"}),
+])
+def test_every_command_honours_logger_tensorboard(tmp_path, command, overrides, expected):
+    from crossrec_cli.cli import recipe
+
+    cfg = compose(command, ["experiment=smoke", "logger=tensorboard", *overrides], tmp_path)
+    run_recipe(cfg, recipe(command))
+    tags = _scalar_tags(tmp_path)
+    assert expected <= tags, sorted(tags)

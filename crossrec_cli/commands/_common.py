@@ -21,6 +21,7 @@ from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import atomic_write_json, atomic_write_text
+from crossrec_cli.training.loggers import Logger, flat_metrics, open_logger
 
 log = logging.getLogger("crossrec")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # shipped inside the package
@@ -104,6 +105,28 @@ def load_domains(cfg: DictConfig, value: Any = None) -> list[tuple[DomainSpec, D
 
 def write_config(cfg: DictConfig) -> None:
     atomic_write_text(run_dir(cfg) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def open_run_logger(cfg: DictConfig) -> Logger:
+    """The ``logger=`` of this run (``none`` for a command without a logger group)."""
+    node = cfg.get("logger")
+    if node is None:
+        return Logger()
+    options = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+    return open_logger(str(node.name), run_dir(cfg), OmegaConf.to_container(cfg, resolve=True), **options)
+
+
+def prefixed(logger: Logger, prefix: str) -> Callable[[dict[str, float], int], None]:
+    """``logger`` with every key under ``prefix/`` (one arm of a transfer, one seed of a task)."""
+    return lambda metrics, step: logger({f"{prefix}/{k}": v for k, v in metrics.items()}, step)
+
+
+def finish(cfg: DictConfig, record: dict[str, Any], logger: Logger) -> Path:
+    """Write metrics.json, log its figures to the run's logger and close it."""
+    path = write_metrics(cfg, record)
+    logger.summary(flat_metrics(record))
+    logger.close()
+    return path
 
 
 def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:

@@ -16,7 +16,7 @@ from rich.console import Console
 from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.config_check import check_targets
-from crossrec_cli.commands._common import config_dirs, domain_spec, load_domains, write_metrics
+from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
 from crossrec_cli.commands.recsys import _checkpoint_file, build_model, evaluate_model, model_mode, param_counts
 from crossrec_cli.data import load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -72,7 +72,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
         trainable_params=trainable, total_params=total,
     )
-    path = write_metrics(cfg, record)
+    path = finish(cfg, record, open_run_logger(cfg))
     Console().print(metrics_table(record))
     Console().print(f"metrics: {path}")
     return record

@@ -10,7 +10,7 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
-from crossrec_cli.commands._common import load_domains, seed_everything, write_metrics
+from crossrec_cli.commands._common import finish, load_domains, open_run_logger, seed_everything
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
@@ -80,7 +80,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         backbone=cfg.backbone.name if cfg.model.name == "text_zeroshot" else None,
         **extra,
     )
-    path = write_metrics(cfg, record)
+    path = finish(cfg, record, open_run_logger(cfg))
     Console().print(metrics_table(record))
     Console().print(f"metrics: {path}")
     return record

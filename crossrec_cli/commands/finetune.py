@@ -12,14 +12,13 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from crossrec_cli.commands._common import load_domains, run_dir, seed_everything, write_metrics
+from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     build_model, check_same_data, evaluate_model, load_init, model_mode, resume_dir, save_final, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
-from crossrec_cli.training.loggers import MetricLogger
 from crossrec_cli.training.loop import fit
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.plots import training_curve
@@ -40,8 +39,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tc = train_config(cfg, splits)
     model = build_model(cfg, [(s.name, d) for s, d in domains], tc, splits)
     load_init(cfg, model)
-    logger = MetricLogger(cfg.logger.name, out, OmegaConf.to_container(cfg, resolve=True),
-                          **{k: v for k, v in cfg.logger.items() if k != "name"})
+    logger = open_run_logger(cfg)
 
     def valid_only(m):
         return {k: evaluate_model(cfg, m, k, s, parts=("valid",))["valid"] for k, s in splits.items()}
@@ -57,7 +55,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                            "resume": f"crossrec finetune resume={out}"})
         raise
     result = save_final(cfg, model, out, splits, domains, prog, tc)
-    logger.close()
     record = metrics_record(
         "finetune", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed,
         result["dataset"], result["valid"], result["test"],
@@ -68,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         wall_seconds=time.perf_counter() - t_start, history=_history(prog.history),
         status="complete",
     )
-    path = write_metrics(cfg, record)
+    path = finish(cfg, record, logger)
     if prog.history:
         training_curve(prog.history, tc.monitor, out / "training_curve.png", f"{cfg.backbone.name} · {cfg.adapter.name}")
     Console().print(metrics_table(record))

@@ -13,7 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
-from crossrec_cli.commands._common import load_domains, run_dir, seed_everything, write_metrics
+from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.data import make_split
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
@@ -51,10 +51,12 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     steps = min(steps, p.max_steps or steps) * p.epochs
     backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=max(1, steps), **hp)
     trainable, total = param_counts(backbone.model)
+    logger = open_run_logger(cfg)
     try:
         history = pretrain_item_tower(backbone, data, p.objective, p.epochs, p.batch_size, p.lr, p.temperature,
                                       b.max_length, b.pooling, cfg.seed, p.max_steps, checkpoints=out / "checkpoints",
-                                      resume=bool(cfg.get("resume")), checkpoint_every=int(p.checkpoint_every))
+                                      resume=bool(cfg.get("resume")), checkpoint_every=int(p.checkpoint_every),
+                                      log_metrics=logger)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "pretrain", "status": "interrupted", "seed": cfg.seed,
@@ -72,6 +74,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         history=history, seconds_per_epoch=sum(h["seconds"] for h in history) / max(1, len(history)),
         wall_seconds=time.perf_counter() - t0, status="complete",
     )
-    path = write_metrics(cfg, record)
+    path = finish(cfg, record, logger)
     Console().print(f"pretrained backbone: {out / 'checkpoint' / 'backbone'}  (use init_from={out}); metrics: {path}")
     return record

@@ -23,7 +23,9 @@ from crossrec_cli.commands._common import (
     names,
     run_dir,
     seed_everything,
-    write_metrics,
+    finish,
+    open_run_logger,
+    prefixed,
 )
 from crossrec_cli.data import load_domain
 from crossrec_cli.errors import CrossrecError
@@ -35,6 +37,7 @@ from crossrec_cli.tasks.examples import PreferenceData, preference_data, sample
 from crossrec_cli.tasks.metrics import mean_std
 from crossrec_cli.tasks.preference import ScorerSpec, run_preference, run_transfer
 from crossrec_cli.tasks.train import TrainSettings
+from crossrec_cli.training.loggers import Logger
 
 log = logging.getLogger("crossrec")
 COMMANDS = ("finetune", "transfer", "evaluate")
@@ -45,17 +48,18 @@ def run_task(cfg: DictConfig, command: str) -> dict[str, Any]:
     if command not in COMMANDS:
         raise CrossrecError("task", f"task={cfg.task.name} has no {command!r} command",
                             f"use one of {COMMANDS}")
+    logger = open_run_logger(cfg)
     if cfg.task.name == "preference":
-        record = preference_transfer(cfg) if command == "transfer" else preference(cfg, command)
+        record = preference_transfer(cfg, logger) if command == "transfer" else preference(cfg, command, logger)
     elif cfg.task.name == "classification":
         if command != "finetune":
             raise CrossrecError("task", f"task=classification runs with finetune, not {command}",
                                 "a classifier head has to be trained: crossrec finetune task=classification")
-        record = classification(cfg)
+        record = classification(cfg, logger)
     else:
         raise CrossrecError("task.name", f"unknown task {cfg.task.name!r}",
                             "expected recommendation, preference or classification")
-    path = write_metrics(cfg, record)
+    path = finish(cfg, record, logger)
     Console().print(task_table(record))
     Console().print(f"metrics: {path}")
     return record
@@ -70,7 +74,7 @@ def device_of(cfg: DictConfig) -> str:
     return "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def train_settings(cfg: DictConfig, seed: int) -> TrainSettings:
+def train_settings(cfg: DictConfig, seed: int, logger: Logger | None = None) -> TrainSettings:
     """task.train.<key>, falling back to the trainer's value where the task leaves it null."""
     t = cfg.task.train
     trainer = cfg.get("trainer") or {}
@@ -82,7 +86,7 @@ def train_settings(cfg: DictConfig, seed: int) -> TrainSettings:
             v = trainer.get(fallback.get(key, key))
         if v is not None:
             values[key] = v
-    return TrainSettings(seed=seed, **values)
+    return TrainSettings(seed=seed, **values, log_metrics=prefixed(logger, f"seed{seed}") if logger else None)
 
 
 def plain_dict(node: Any) -> dict:
@@ -156,7 +160,7 @@ def _fingerprint(domain, data: PreferenceData) -> dict:
                                                 "test": len(data.test)}, "source": data.source}
 
 
-def preference(cfg: DictConfig, command: str) -> dict[str, Any]:
+def preference(cfg: DictConfig, command: str, logger: Logger | None = None) -> dict[str, Any]:
     """finetune: train on each domain's (sampled) examples, score every domain's valid/test;
     evaluate: zero-shot scores."""
     device, zero_shot = device_of(cfg), command == "evaluate" or bool(cfg.task.zero_shot)
@@ -170,7 +174,7 @@ def preference(cfg: DictConfig, command: str) -> dict[str, Any]:
         train = [] if zero_shot else [ex for _, _, data in domains for ex in sample(data.train, n, seed)]
         evals = {f"{split}/{s.name}": exs for s, _, data in domains
                  for split, exs in eval_sets(cfg, data).items()}
-        res = run_preference(base, spec, train, evals, train_settings(cfg, seed), zero_shot)
+        res = run_preference(base, spec, train, evals, train_settings(cfg, seed, logger), zero_shot)
         log.info("seed %d: %s", seed, res["metrics"])
         per_seed.append({"seed": seed, **res})
         info = {k: res[k] for k in ("trainable", "total", "scorer")}
@@ -205,7 +209,7 @@ def _strip(per_seed: list[dict]) -> list[dict]:
     return [_drop(r, "trainable", "total", "scorer") for r in per_seed]
 
 
-def preference_transfer(cfg: DictConfig) -> dict[str, Any]:
+def preference_transfer(cfg: DictConfig, logger: Logger | None = None) -> dict[str, Any]:
     """source -> target with zero-shot, source-only, transfer and control arms (see run_transfer)."""
     device = device_of(cfg)
     ov = plain_dict(cfg.data.overrides) or None
@@ -226,7 +230,7 @@ def preference_transfer(cfg: DictConfig) -> dict[str, Any]:
         n = cfg.task.train_samples  # 0: no target training, the source model is scored as it is
         tgt_train = [] if n == 0 else sample(tdata.train, n, seed)
         arms = run_transfer(base, spec, src_train, tgt_train, eval_sets(cfg, sdata), eval_sets(cfg, tdata),
-                            train_settings(cfg, seed))
+                            train_settings(cfg, seed, logger))
         arms_runs.append(arms)
         per_seed.append({"seed": seed, "arms": {a: _drop(r, "trainable", "total") for a, r in arms.items()}})
     splits = ("valid", "test")
@@ -254,7 +258,7 @@ def _cap(n: int | None, have: int) -> int | None:
 
 # ---- classification ------------------------------------------------------------------------
 
-def classification(cfg: DictConfig) -> dict[str, Any]:
+def classification(cfg: DictConfig, logger: Logger | None = None) -> dict[str, Any]:
     t, device = cfg.task, device_of(cfg)
     method, hparams = adapter_of(cfg, False)
     dataset: dict[str, dict] = {}
@@ -270,7 +274,7 @@ def classification(cfg: DictConfig) -> dict[str, Any]:
             p = dict(parts)
             if t.train_samples:
                 p["train"] = np.asarray(sample(list(parts["train"]), t.train_samples, seed), dtype=np.int64)
-            res = run_classification(backbone_for(cfg, seed), data, p, method, hparams, train_settings(cfg, seed),
+            res = run_classification(backbone_for(cfg, seed), data, p, method, hparams, train_settings(cfg, seed, logger),
                                      cfg.backbone.pooling, t.max_length, t.threshold, device)
             for split, (rep, text) in res.pop("reports").items():
                 stem = run_dir(cfg) / f"classification_report.{spec.name}.{split}.seed{seed}"

@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from crossrec_cli.commands._common import load_domains, names, run_dir, seed_everything, write_metrics
+from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, prefixed, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     build_model, evaluate_model, load_best, load_init, load_matching, model_mode, param_counts, train_config,
 )
@@ -56,7 +56,7 @@ def _adversary(cfg: DictConfig, model, keys: list[str]):
     return extra
 
 
-def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
+def _phase(cfg, model, splits, valid_splits, tc, out: Path, logger, extra=None) -> dict:
     """Train one arm in its own folder. With ``resume``, a finished arm is reloaded and an
     interrupted one continues from its newest verified checkpoint."""
     import json
@@ -74,7 +74,8 @@ def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
 
     resume = bool(cfg.get("resume")) and ckpt.latest_verified(out / "checkpoints") is not None
     try:
-        prog = fit(model, splits, tc, valid, out, show_progress=bool(cfg.progress), extra_loss=extra, resume=resume)
+        prog = fit(model, splits, tc, valid, out, log_metrics=prefixed(logger, out.name), show_progress=bool(cfg.progress),
+                   extra_loss=extra, resume=resume)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "transfer", "status": "interrupted", "seed": cfg.seed, "phase": out.name,
@@ -87,7 +88,7 @@ def _phase(cfg, model, splits, valid_splits, tc, out: Path, extra=None) -> dict:
     return info
 
 
-def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt, tc, out):
+def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt, tc, out, logger):
     """Shared users: adapt again from the source model with merged (source + target) histories."""
     space = tspec.shared_user_space
     if not cfg.overlap.context or not space or len(sources) != 1 or sources[0][0].shared_user_space != space:
@@ -105,7 +106,7 @@ def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt,
     key = f"{tspec.name}+{sspec.name}"
     model.add_composite(key, tspec.name, sspec.name)
     load_matching(model, Path(str(cfg.init_from)) if cfg.get("init_from") else out / "source")
-    phase = _phase(cfg, model, {key: part}, {key: full}, tc, out / "with_context")
+    phase = _phase(cfg, model, {key: part}, {key: full}, tc, out / "with_context", logger)
     metrics = evaluate_model(cfg, model, key, full)
     return {"model": model, "key": key, "split": full, "metrics": metrics, "phase": phase, "shared_users": int(len(shared))}
 
@@ -155,6 +156,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tc = train_config(cfg, splits_src)
     keys = [s.name for s, _ in sources] + [tname]
 
+    logger = open_run_logger(cfg)
     # (a) source
     seed_everything(cfg.seed)
     model = build_model(cfg, catalogues, tc, splits_src)
@@ -163,21 +165,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("init_from"):
         load_init(cfg, model)
     else:
-        phases["source"] = _phase(cfg, model, splits_src, splits_src, tc, out / "source", extra)
+        phases["source"] = _phase(cfg, model, splits_src, splits_src, tc, out / "source", logger, extra)
     before = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d)["test"] for s, d in sources}
     # (b) zero-shot
     # a transductive model has (untrained) id vectors for target items: no zero-shot for it
     zero = None if model.cfg.item_ids else evaluate_model(cfg, model, tname, split_full, target)
     # (c) adapt
-    phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", extra)
+    phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", logger, extra)
     adapted = evaluate_model(cfg, model, tname, split_full, target)
     after = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d) for s, d in sources}
     trainable, total = param_counts(model)
-    ctx = _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt, tc, out)
+    ctx = _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt, tc, out, logger)
     # (d) control: same initial model and target data, no source step
     seed_everything(cfg.seed)
     control_model = build_model(cfg, catalogues, tc, splits_src)
-    phases["control"] = _phase(cfg, control_model, {tname: split_tgt}, {tname: split_full}, tc, out / "control")
+    phases["control"] = _phase(cfg, control_model, {tname: split_tgt}, {tname: split_full}, tc, out / "control", logger)
     control = evaluate_model(cfg, control_model, tname, split_full, target)
 
     lift = {k: (adapted["test"][k] - v) / v if v > 0 else None
@@ -208,7 +210,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete",
     )
-    path = write_metrics(cfg, record)
+    path = finish(cfg, record, logger)
     _report(record, tname, out)
     Console().print(f"metrics: {path}")
     return record

@@ -31,6 +31,7 @@ class TrainSettings:
     grad_clip: float = 1.0
     min_steps: int = 0  # few-shot: repeat epochs until at least this many optimizer steps
     seed: int = 0
+    log_metrics: Callable[[dict[str, float], int], None] | None = None  # the run's logger
 
 
 def plan_steps(n: int, s: TrainSettings) -> tuple[int, int]:
@@ -90,6 +91,8 @@ def fit(model: nn.Module, inputs: Sequence[Any], targets: np.ndarray, s: TrainSe
                 step_hook(step)
             opt.zero_grad(set_to_none=True)
             total += float(loss.detach()) * len(idx)
+            if s.log_metrics is not None:
+                s.log_metrics({"train/loss": float(loss.detach())}, step)
         history.append(total / len(order))
         log.debug("epoch %d/%d loss %.4f", epoch + 1, epochs, history[-1])
     log.info("trained on %d examples: %d epochs, %d steps, loss %.4f -> %.4f",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,8 @@ def _restore(folder: Path, backbone: Backbone, opt) -> dict | None:
 def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], np.ndarray]], objective: str,
                         epochs: int, batch_size: int, lr: float, tau: float, max_length: int, pooling: str,
                         seed: int, max_steps: int | None = None, checkpoints: Path | None = None,
-                        resume: bool = False, checkpoint_every: int = 0) -> list[dict]:
+                        resume: bool = False, checkpoint_every: int = 0,
+                        log_metrics: Callable[[dict[str, float], int], None] | None = None) -> list[dict]:
     """Train ``backbone.model`` in place. ``domains[name] = (item texts, neighbour pairs)``.
 
     Returns per-epoch records {epoch, loss, steps, seconds}. Batches never mix domains, so
@@ -112,6 +114,8 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
                 name, idx = batches[st["batch"]]
                 loss = _step(backbone, opt, domains[name][0], idx, objective, tau, max_length, pooling, st["step"])
                 st["loss"] += loss
+                if log_metrics is not None:
+                    log_metrics({"pretrain/loss": loss}, st["step"] + 1)
                 st["batch"] += 1
                 st["step"] += 1
                 st["seconds"] += time.perf_counter() - t0
