@@ -52,6 +52,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "trainer.keep_last": (lambda v: _int(v, 1), "an integer >= 1", "2"),
     "model.dim": (lambda v: _int(v, 1), "a positive integer", "64"),
     "model.max_history": (lambda v: _int(v, 1), "a positive integer", "50"),
+    "model.recency": (lambda v: _positive(v) and v <= 1, "a number in (0, 1] (1.0 = plain mean of the history)", "0.8"),
     "model.history": (lambda v: _int(v, 1), "a positive integer", "50"),  # text_zeroshot
     "model.ffn_dropout": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1),
                           "null or a number in [0, 1)", "0.0"),

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from crossrec_cli.adapters.base import ADAPTERS, AdapterFamily
 from crossrec_cli.adapters.peft_methods import RULES as PEFT_RULES
 from crossrec_cli.adapters.peft_methods import family, settings_from
 from crossrec_cli.errors import CrossrecError
@@ -207,3 +208,37 @@ def load_bottleneck(model: nn.Module, folder: Path) -> None:
     with torch.no_grad():
         for k, v in saved.items():
             params[k].copy_(v)
+
+
+class Bottleneck(AdapterFamily):
+    """Houlsby adapters inserted in place (``adapter=adapter``)."""
+
+    priority = 20
+
+    def apply(self, model: nn.Module, method: str, hparams: dict[str, Any], total_steps: int | None,
+              adapter_name: str) -> nn.Module:
+        return apply_bottleneck(model, hparams, adapter_name)
+
+    def method_of(self, model: nn.Module) -> str | None:
+        return "adapter" if adapted_layers(model) else None
+
+    def names(self, model: nn.Module) -> list[str]:
+        return list(adapted_layers(model)[0].adapters)
+
+    def active(self, model: nn.Module) -> str | None:
+        return adapted_layers(model)[0].active
+
+    def add(self, model: nn.Module, method: str, name: str, hparams: dict[str, Any], total_steps: int | None) -> None:
+        add_bottleneck(model, name, hparams)
+
+    def set_active(self, model: nn.Module, name: str) -> None:
+        set_bottleneck_active(model, name)
+
+    def save(self, model: nn.Module, folder: Path) -> list[Path]:
+        return [save_bottleneck(model, folder)]
+
+    def load(self, model: nn.Module, folder: Path) -> None:
+        load_bottleneck(model, folder)
+
+
+ADAPTERS.register("adapter")(Bottleneck())

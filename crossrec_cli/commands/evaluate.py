@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, seed_everything
@@ -17,32 +17,15 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split
 from crossrec_cli.evaluation.ranking import read_candidates
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
-from crossrec_cli.models.backbone import build_backbone
-from crossrec_cli.models.baselines import check_recency, mean_history_vectors, popularity_vectors
-from crossrec_cli.models.encode import cached_text_vectors
+from crossrec_cli.models.baselines import BASELINES, BaselineContext
 
 
-def baseline_scorer(cfg: DictConfig, domain, split, backbone_cache: dict):
-    """(user_vectors(evalset), item_vecs) for the baseline named by cfg.model.name."""
-    name = cfg.model.name
-    if name == "popularity":
-        counts = split.train_item_counts(domain.n_items)
-        _, items = popularity_vectors(counts, 1)
-        return (lambda ev: popularity_vectors(counts, len(ev))[0]), items
-    if name == "text_zeroshot":
-        recency = check_recency(cfg.model.get("recency", 1.0))
-        b = cfg.backbone
-        if "bb" not in backbone_cache:
-            if b.kind == "none":
-                raise CrossrecError("backbone", "text_zeroshot needs a language model", "choose backbone=minilm (or tiny)")
-            backbone_cache["bb"] = build_backbone(b.name, b.path, b.get("local"), b.get("config"), b.kind,
-                                                  cfg.seed, b.trust_remote_code)
-        items = cached_text_vectors(backbone_cache["bb"], domain.item_text, b.max_length, b.pooling,
-                                    cache=cfg.eval.cache_vectors)
-        import torch.nn.functional as F
-
-        return (lambda ev: mean_history_vectors(items, ev, cfg.model.history, recency)), F.normalize(items, dim=-1)
-    raise CrossrecError("model", f"unknown model {name!r} for evaluate", "expected popularity, text_zeroshot, or run=<run dir>")
+def baseline_scorer(cfg: DictConfig, domain, split, shared: dict):
+    """(user_vectors(evalset), item_vecs) of the baseline registered as ``cfg.model.name``."""
+    builder = BASELINES.get(str(cfg.model.name), "model")
+    ctx = BaselineContext(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True),
+                          int(cfg.seed), bool(cfg.eval.cache_vectors), shared)
+    return builder(ctx, domain, split)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -55,9 +38,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from crossrec_cli.commands.checkpoint_eval import evaluate_run
 
         return evaluate_run(cfg)
-    extra = {}
-    if cfg.model.name == "text_zeroshot":  # a bad model.recency stops before data or model load
-        extra["recency"] = check_recency(cfg.model.get("recency", 1.0))
+    if str(cfg.model.name) not in BASELINES:
+        raise CrossrecError("model", f"{cfg.model.name!r} is not a baseline",
+                            f"evaluate a trained model with run=<run dir>; baselines: {', '.join(BASELINES.names())}")
+    extra = {"recency": float(cfg.model.recency)} if "recency" in cfg.model else {}  # checked by config_check
     domains = load_domains(cfg)
     if cfg.eval.candidates and len(domains) != 1:
         raise CrossrecError("eval.candidates", "a candidate file needs exactly one domain", "pass one domain=")
@@ -77,7 +61,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = metrics_record(
         "evaluate", cfg.model.name, "zero-shot", "candidates" if cfg.eval.candidates else "full", cfg.seed,
         dataset, valid, test, exclude_seen=bool(cfg.eval.exclude_seen),
-        backbone=cfg.backbone.name if cfg.model.name == "text_zeroshot" else None,
+        backbone=cfg.backbone.name if "backbone" in cache else None,
         **extra,
     )
     path = finish(cfg, record, open_run_logger(cfg))

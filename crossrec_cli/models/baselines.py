@@ -1,15 +1,40 @@
-"""Untrained baselines scored by the same evaluator: popularity and text zero-shot."""
+"""Untrained baselines scored by the same evaluator: popularity and text zero-shot.
+
+Each baseline is a builder registered in ``BASELINES`` under its ``model.name`` (one config file
+in conf/model/): ``builder(ctx, domain, split) -> (user_vectors(evalset), item vectors)``. A new
+baseline is one module in crossrec_cli/models/ with a registered builder, plus its config file.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossrec_cli.data.split import EvalSet
+from crossrec_cli.data.split import EvalSet, Split
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.registry import Registry
+
+
+@dataclass
+class BaselineContext:
+    """What a baseline may read: its own ``model.*`` keys, the backbone config, the run's seed
+    and vector-cache choice, and a cache shared across the domains of one command."""
+
+    model: dict[str, Any]
+    backbone: dict[str, Any]
+    seed: int = 0
+    cache_vectors: bool = True
+    shared: dict[str, Any] = field(default_factory=dict)
+
+
+Scorer = tuple[Callable[[EvalSet], torch.Tensor], torch.Tensor]
+BASELINES: Registry[Callable[[BaselineContext, Any, Split], Scorer]] = Registry("baseline", "model", "crossrec_cli.models")
 
 
 def popularity_vectors(train_counts: np.ndarray, n_users: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,3 +77,30 @@ def mean_history_vectors(item_vecs: torch.Tensor, evalset: EvalSet, history: int
                 w = recency_weights(len(vecs), recency)
                 out[i] = (w.unsqueeze(1) * vecs).sum(0) / w.sum()
     return out
+
+
+@BASELINES.register("popularity")
+def popularity(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
+    """Score = the item's training count, the same for every user."""
+    counts = split.train_item_counts(domain.n_items)
+    _, items = popularity_vectors(counts, 1)
+    return (lambda ev: popularity_vectors(counts, len(ev))[0]), items
+
+
+@BASELINES.register("text_zeroshot")
+def text_zeroshot(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
+    """Cosine between an item's LM vector and the recency-weighted mean of the history's."""
+    from crossrec_cli.models.backbone import build_backbone
+    from crossrec_cli.models.encode import cached_text_vectors
+
+    recency = check_recency(ctx.model.get("recency", 1.0))
+    b = ctx.backbone
+    if "backbone" not in ctx.shared:
+        if b.get("kind") == "none":
+            raise CrossrecError("backbone", "text_zeroshot needs a language model", "choose backbone=minilm (or tiny)")
+        ctx.shared["backbone"] = build_backbone(b["name"], b.get("path"), b.get("local"), b.get("config"), b["kind"],
+                                                ctx.seed, bool(b.get("trust_remote_code", False)))
+    items = cached_text_vectors(ctx.shared["backbone"], domain.item_text, b["max_length"], b["pooling"],
+                                cache=ctx.cache_vectors)
+    history = int(ctx.model.get("history", 50))
+    return (lambda ev: mean_history_vectors(items, ev, history, recency)), F.normalize(items, dim=-1)

@@ -1,0 +1,33 @@
+"""frozen (nothing trains; the caller caches item vectors) and full fine-tuning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from crossrec_cli.adapters.base import ADAPTERS, AdapterFamily
+from crossrec_cli.adapters.peft_methods import settings_from
+
+
+@dataclass(frozen=True)
+class _NoSettings:
+    """frozen / full take no settings."""
+
+    rules: ClassVar[dict[str, str]] = {}
+
+
+class Plain(AdapterFamily):
+    priority = 100  # any model is 'frozen' or 'full': ask the other families first
+
+    def apply(self, model: nn.Module, method: str, hparams: dict[str, Any], total_steps: int | None,
+              adapter_name: str) -> nn.Module:
+        settings_from(_NoSettings, method, hparams)
+        return model.requires_grad_(method == "full")
+
+    def method_of(self, model: nn.Module) -> str | None:
+        return "full" if any(p.requires_grad for p in model.parameters()) else "frozen"
+
+
+ADAPTERS.register("frozen", "full")(Plain())
