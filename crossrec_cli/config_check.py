@@ -26,6 +26,13 @@ def _positive(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
 
 
+def _monitor(value: Any) -> bool:
+    from crossrec_cli.evaluation.metrics import RANKING_METRICS
+
+    m = re.fullmatch(r"([a-z_]+)@[1-9][0-9]*", value) if isinstance(value, str) else None
+    return m is not None and m.group(1) in RANKING_METRICS
+
+
 def _topk(value: Any) -> bool:
     return isinstance(value, list) and len(value) > 0 and all(_int(k, 1) for k in value)
 
@@ -46,8 +53,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "trainer.patience": (lambda v: _int(v, 1), "an integer >= 1", "3"),
     "trainer.loss": (lambda v: v in ("full", "sampled"), "full or sampled", "full"),
     "trainer.window_stride": (lambda v: v is None or _int(v, 1), "null or an integer >= 1", "null"),
-    "trainer.monitor": (lambda v: isinstance(v, str) and re.fullmatch(r"(recall|ndcg|mrr)@[1-9][0-9]*", v) is not None,
-                        "recall@K, ndcg@K or mrr@K", "ndcg@10"),
+    "trainer.monitor": (lambda v: _monitor(v), "<ranking metric>@K, e.g. recall@K, ndcg@K or mrr@K", "ndcg@10"),
     "target_fraction": (lambda v: _positive(v) and v <= 1, "a number in (0, 1]", "0.1"),
     "trainer.keep_last": (lambda v: _int(v, 1), "an integer >= 1", "2"),
     "model.dim": (lambda v: _int(v, 1), "a positive integer", "64"),

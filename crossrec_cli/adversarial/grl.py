@@ -6,9 +6,14 @@ encoder below it learns to make them indistinguishable.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from crossrec_cli.adversarial.base import ADVERSARIAL
 
 
 class GradReverse(torch.autograd.Function):
@@ -51,3 +56,24 @@ def item_alignment_loss(disc: DomainDiscriminator, vectors: list[torch.Tensor]) 
     logits = disc(torch.cat(xs))
     y = torch.cat(ys)
     return F.cross_entropy(logits, y), float((logits.argmax(1) == y).float().mean())
+
+
+@ADVERSARIAL.register("grl")
+def grl(model: Any, domains: list[str], settings: dict[str, Any]) -> Callable[[Any, str], torch.Tensor]:
+    """DANN on item vectors: a discriminator behind gradient reversal tells the domains' items
+    apart; ``settings``: hidden, weight (the reversal scale), items_per_domain per step."""
+    device = model.user.pos.weight.device
+    model.aux = nn.ModuleDict({"disc": DomainDiscriminator(model.cfg.dim, len(domains), int(settings["hidden"]),
+                                                           float(settings["weight"]))}).to(device)
+    k = int(settings["items_per_domain"])
+
+    def extra(m: Any, _domain: str) -> torch.Tensor:
+        vecs = []
+        for key in domains:
+            n = len(m.texts[key])
+            idx = torch.randint(n, (min(k, n),), device=device)
+            vecs.append(m.item_matrix(key)[idx] if not m.backbone_trains else m.item_matrix(key, idx.unique())[idx])
+        loss, _ = item_alignment_loss(m.aux["disc"], vecs)
+        return loss
+
+    return extra

@@ -20,7 +20,7 @@ from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.models.backbone import build_backbone
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
-from crossrec_cli.training.pretrain import neighbor_pairs, pretrain_item_tower
+from crossrec_cli.training.pretrain import OBJECTIVES, neighbor_pairs, pretrain_item_tower
 
 MERGEABLE = ("full", "lora", "adalora", "ia3")
 
@@ -30,8 +30,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     out = run_dir(cfg)
     p = cfg.pretrain
-    if p.objective not in ("contrastive", "neighbors"):
-        raise CrossrecError("pretrain.objective", f"unknown objective {p.objective!r}", "expected contrastive or neighbors")
+    objective = OBJECTIVES.get(str(p.objective))  # an unknown name stops here, before any data loads
     if cfg.adapter.name not in MERGEABLE:
         raise CrossrecError("adapter", f"pretrain cannot merge adapter={cfg.adapter.name} into a plain backbone",
                             f"use one of {list(MERGEABLE)}")
@@ -47,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from crossrec_cli.adapters import apply_adapter, param_counts
 
     hp = {k: v for k, v in cfg.adapter.items() if k != "name"}
-    steps = sum(-(-(len(t) if p.objective == "contrastive" else len(n)) // p.batch_size) for t, n in data.values())
+    steps = sum(-(-len(objective.units(t, n)) // p.batch_size) for t, n in data.values())
     steps = min(steps, p.max_steps or steps) * p.epochs
     backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=max(1, steps), **hp)
     trainable, total = param_counts(backbone.model)

@@ -37,6 +37,7 @@ from crossrec_cli.tasks.examples import PreferenceData, preference_data, sample
 from crossrec_cli.tasks.metrics import mean_std
 from crossrec_cli.tasks.preference import ScorerSpec, run_preference, run_transfer
 from crossrec_cli.tasks.train import TrainSettings
+from crossrec_cli.registry import Registry
 from crossrec_cli.training.loggers import Logger
 
 log = logging.getLogger("crossrec")
@@ -48,17 +49,13 @@ def run_task(cfg: DictConfig, command: str) -> dict[str, Any]:
     if command not in COMMANDS:
         raise CrossrecError("task", f"task={cfg.task.name} has no {command!r} command",
                             f"use one of {COMMANDS}")
+    handler = TASKS.get(str(cfg.task.name), "task.name")
     logger = open_run_logger(cfg)
-    if cfg.task.name == "preference":
-        record = preference_transfer(cfg, logger) if command == "transfer" else preference(cfg, command, logger)
-    elif cfg.task.name == "classification":
-        if command != "finetune":
-            raise CrossrecError("task", f"task=classification runs with finetune, not {command}",
-                                "a classifier head has to be trained: crossrec finetune task=classification")
-        record = classification(cfg, logger)
-    else:
-        raise CrossrecError("task.name", f"unknown task {cfg.task.name!r}",
-                            "expected recommendation, preference or classification")
+    try:
+        record = handler(cfg, command, logger)
+    except BaseException:
+        logger.close()
+        raise
     path = finish(cfg, record, logger)
     Console().print(task_table(record))
     Console().print(f"metrics: {path}")
@@ -72,6 +69,20 @@ def device_of(cfg: DictConfig) -> str:
     if want == "cuda" and not torch.cuda.is_available():
         raise CrossrecError("device", "cuda requested but no GPU is visible", "use device=cpu or auto")
     return "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+
+
+def _classification(cfg: DictConfig, command: str, logger: Logger) -> dict[str, Any]:
+    if command != "finetune":
+        raise CrossrecError("task", f"task=classification runs with finetune, not {command}",
+                            "a classifier head has to be trained: crossrec finetune task=classification")
+    return classification(cfg, logger)
+
+
+# task.name -> handler(cfg, command, logger) -> record; recommendation is the recipes' own path
+TASKS: Registry = Registry("task", "task.name")
+TASKS.add("preference", lambda cfg, command, logger: preference_transfer(cfg, logger) if command == "transfer"
+          else preference(cfg, command, logger))
+TASKS.add("classification", _classification)
 
 
 def train_settings(cfg: DictConfig, seed: int, logger: Logger | None = None) -> TrainSettings:

@@ -12,10 +12,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from crossrec_cli.adversarial import build_adversary
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, prefixed, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     build_model, evaluate_model, load_best, load_init, load_matching, model_mode, param_counts, train_config,
@@ -27,33 +28,6 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.training.loop import fit
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
-
-
-def _adversary(cfg: DictConfig, model, keys: list[str]):
-    """Attach a GRL discriminator to the model; return the extra-loss function (or None)."""
-    if cfg.adversarial.name == "none":
-        return None
-    if cfg.adversarial.name != "grl":
-        raise CrossrecError("adversarial.name", f"unknown option {cfg.adversarial.name!r}", "expected none or grl")
-    import torch
-    from torch import nn
-
-    from crossrec_cli.adversarial import DomainDiscriminator, item_alignment_loss
-
-    model.aux = nn.ModuleDict({"disc": DomainDiscriminator(model.cfg.dim, len(keys), cfg.adversarial.hidden,
-                                                           cfg.adversarial.weight)}).to(model.user.pos.weight.device)
-    k = int(cfg.adversarial.items_per_domain)
-
-    def extra(m, _key: str) -> torch.Tensor:
-        vecs = []
-        for key in keys:
-            n = len(m.texts[key])
-            idx = torch.randint(n, (min(k, n),), device=m.user.pos.weight.device)
-            vecs.append(m.item_matrix(key)[idx] if not m.backbone_trains else m.item_matrix(key, idx.unique())[idx])
-        loss, _ = item_alignment_loss(m.aux["disc"], vecs)
-        return loss
-
-    return extra
 
 
 def _phase(cfg, model, splits, valid_splits, tc, out: Path, logger, extra=None) -> dict:
@@ -160,7 +134,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # (a) source
     seed_everything(cfg.seed)
     model = build_model(cfg, catalogues, tc, splits_src)
-    extra = _adversary(cfg, model, keys)
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.adversarial, resolve=True).items() if k != "name"}
+    extra = build_adversary(str(cfg.adversarial.name), model, keys, settings)
     phases = {}
     if cfg.get("init_from"):
         load_init(cfg, model)

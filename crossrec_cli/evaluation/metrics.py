@@ -1,15 +1,27 @@
-"""Ranking metrics as small pure functions of the target's 0-based rank."""
+"""Ranking metrics as small pure functions of the target's 0-based rank, registered in
+``RANKING_METRICS`` under the name that prefixes their key (``ndcg`` -> ``ndcg@10``). A new metric
+is one function ``(ranks, k) -> float`` registered here or in another module of this package."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
+from crossrec_cli.registry import Registry
+
+RANKING_METRICS: Registry[Callable[[np.ndarray, int], float]] = Registry(
+    "ranking metric", "trainer.monitor", "crossrec_cli.evaluation")
+
+
+@RANKING_METRICS.register("recall")
 
 def recall_at_k(ranks: np.ndarray, k: int) -> float:
     """Share of examples whose single target is in the top k (= hit rate with one target)."""
     return float(np.mean(ranks < k)) if len(ranks) else 0.0
 
 
+@RANKING_METRICS.register("ndcg")
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     """With one relevant item the ideal DCG is 1, so NDCG = 1 / log2(rank + 2) inside the top k."""
     if not len(ranks):
@@ -17,6 +29,7 @@ def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
 
 
+@RANKING_METRICS.register("mrr")
 def mrr_at_k(ranks: np.ndarray, k: int) -> float:
     """Reciprocal rank, counted as 0 outside the top k."""
     if not len(ranks):
@@ -25,11 +38,8 @@ def mrr_at_k(ranks: np.ndarray, k: int) -> float:
 
 
 def rank_metrics(ranks: np.ndarray, topk: list[int]) -> dict[str, float]:
-    """``{"recall@k", "ndcg@k", "mrr@k"}`` for every k in ``topk``; ranks are 0-based."""
+    """``{"<metric>@k"}`` for every registered metric (recall, ndcg, mrr, ...) and every k in
+    ``topk``; ranks are 0-based."""
     ranks = np.asarray(ranks)
-    out: dict[str, float] = {}
-    for k in topk:
-        out[f"recall@{k}"] = recall_at_k(ranks, k)
-        out[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
-        out[f"mrr@{k}"] = mrr_at_k(ranks, k)
-    return out
+    metrics = RANKING_METRICS.items()
+    return {f"{name}@{k}": fn(ranks, k) for k in topk for name, fn in metrics}

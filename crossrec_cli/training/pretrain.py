@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from crossrec_cli.adapters import adapter_loss, adapter_step_hook
 from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.encode import forward_pool
+from crossrec_cli.registry import Registry
 
 log = logging.getLogger("crossrec")
 
@@ -36,17 +37,53 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, tau: float) -> torch.Tensor:
     return F.cross_entropy(logits, torch.arange(len(a), device=a.device))
 
 
+class Objective:
+    """A pretraining objective: what a batch is, and the two views whose InfoNCE is the loss."""
+
+    def units(self, texts: list[str], pairs: np.ndarray) -> np.ndarray:
+        """What one epoch permutes and cuts into batches: item indices or (anchor, positive) rows."""
+        raise NotImplementedError
+
+    def views(self, backbone: Backbone, texts: list[str], idx: np.ndarray, max_length: int, pooling: str):
+        raise NotImplementedError
+
+
+class Contrastive(Objective):
+    """SimCSE: an item text against itself under a second dropout mask."""
+
+    def units(self, texts, pairs):
+        return np.arange(len(texts))
+
+    def views(self, backbone, texts, idx, max_length, pooling):
+        batch = [texts[i] for i in idx]
+        return forward_pool(backbone, batch, max_length, pooling), forward_pool(backbone, batch, max_length, pooling)
+
+
+class Neighbors(Objective):
+    """An item against the next item of some user's history."""
+
+    def units(self, texts, pairs):
+        return pairs
+
+    def views(self, backbone, texts, idx, max_length, pooling):
+        idx = idx[np.unique(idx[:, 0], return_index=True)[1]]  # one pair per anchor item
+        return (forward_pool(backbone, [texts[i] for i in idx[:, 0]], max_length, pooling),
+                forward_pool(backbone, [texts[i] for i in idx[:, 1]], max_length, pooling))
+
+
+OBJECTIVES: Registry[Objective] = Registry("pretrain objective", "pretrain.objective", "crossrec_cli.training")
+OBJECTIVES.add("contrastive", Contrastive())
+OBJECTIVES.add("neighbors", Neighbors())
+
+
 def _plan(domains, objective: str, batch_size: int, seed: int, epoch: int, max_steps: int | None) -> list:
     rng = np.random.default_rng([seed, epoch])
+    obj = OBJECTIVES.get(objective)
     batches = []
     for name in sorted(domains):
-        texts, pairs = domains[name]
-        if objective == "contrastive":
-            order = rng.permutation(len(texts))
-            batches += [(name, order[a : a + batch_size]) for a in range(0, len(order), batch_size)]
-        else:
-            order = rng.permutation(len(pairs))
-            batches += [(name, pairs[order[a : a + batch_size]]) for a in range(0, len(order), batch_size)]
+        units = obj.units(*domains[name])
+        order = rng.permutation(len(units))
+        batches += [(name, units[order[a : a + batch_size]]) for a in range(0, len(order), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))][: max_steps or None]
 
 
@@ -135,14 +172,7 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
 
 
 def _step(backbone, opt, texts, idx, objective, tau, max_length, pooling, step) -> float:
-    if objective == "contrastive":
-        batch = [texts[i] for i in idx]
-        a = forward_pool(backbone, batch, max_length, pooling)
-        b = forward_pool(backbone, batch, max_length, pooling)  # a second dropout view
-    else:
-        idx = idx[np.unique(idx[:, 0], return_index=True)[1]]  # one pair per anchor item
-        a = forward_pool(backbone, [texts[i] for i in idx[:, 0]], max_length, pooling)
-        b = forward_pool(backbone, [texts[i] for i in idx[:, 1]], max_length, pooling)
+    a, b = OBJECTIVES.get(objective).views(backbone, texts, idx, max_length, pooling)
     if len(a) < 2:
         return 0.0
     loss = info_nce(a, b, tau) + adapter_loss(backbone.model)
