@@ -1,0 +1,70 @@
+"""Registries: a new extension is one module that registers itself; unknown names are one line."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+
+from crossrec_cli.adapters import methods
+from crossrec_cli.adversarial import ADVERSARIAL
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.evaluation.metrics import RANKING_METRICS, rank_metrics
+from crossrec_cli.models.baselines import BASELINES
+from crossrec_cli.registry import Registry
+from crossrec_cli.training.loggers import LOGGERS
+from crossrec_cli.training.pretrain import OBJECTIVES
+
+
+def test_a_module_dropped_into_the_package_registers_itself(tmp_path, monkeypatch):
+    pkg = tmp_path / "plugins_demo"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "base.py").write_text(
+        "from crossrec_cli.registry import Registry\nTHINGS = Registry('thing', 'thing.name', 'plugins_demo')\n")
+    (pkg / "extra.py").write_text(
+        "from plugins_demo.base import THINGS\n@THINGS.register('double')\ndef double(x):\n    return 2 * x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from plugins_demo.base import THINGS  # extra.py is not imported by anyone
+
+    assert "plugins_demo.extra" not in sys.modules
+    assert THINGS.get("double")(21) == 42  # the lookup imported the package's modules
+    assert THINGS.names() == ["double"]
+    for name in [m for m in sys.modules if m.startswith("plugins_demo")]:
+        monkeypatch.delitem(sys.modules, name)
+
+
+def test_an_unknown_name_names_the_key_and_what_exists():
+    reg: Registry = Registry("widget", "model.widget")
+    reg.add("a", 1)
+    with pytest.raises(CrossrecError) as err:
+        reg.get("b")
+    line = err.value.one_line()
+    assert line.startswith("error: model.widget: unknown widget 'b'") and "a" in line and "\n" not in line
+    with pytest.raises(ValueError, match="twice"):
+        reg.add("a", 2)
+
+
+def test_the_shipped_registries_hold_every_configured_name():
+    from pathlib import Path
+
+    from crossrec_cli.commands._common import CONF_DIR
+
+    conf = Path(CONF_DIR)
+    assert sorted(methods()) == sorted(p.stem for p in (conf / "adapter").glob("*.yaml"))
+    assert sorted(LOGGERS) == sorted(p.stem for p in (conf / "logger").glob("*.yaml"))
+    assert sorted(ADVERSARIAL.names()) == sorted(p.stem for p in (conf / "adversarial").glob("*.yaml"))
+    baselines = {p.stem for p in (conf / "model").glob("*.yaml")} - {"seqrec"}
+    assert sorted(BASELINES.names()) == sorted(baselines)
+    assert set(OBJECTIVES.names()) == {"contrastive", "neighbors"}
+
+
+def test_rank_metrics_reports_every_registered_metric_in_order():
+    ranks = np.array([0, 3, 20])
+    out = rank_metrics(ranks, [5])
+    assert list(out) == [f"{m}@5" for m in RANKING_METRICS.names()] == ["recall@5", "ndcg@5", "mrr@5"]
+    # by hand: hits at ranks 0 and 3 of 3 examples
+    assert out["recall@5"] == pytest.approx(2 / 3)
+    assert out["ndcg@5"] == pytest.approx((1 + 1 / np.log2(5)) / 3)
+    assert out["mrr@5"] == pytest.approx((1 + 1 / 4) / 3)
