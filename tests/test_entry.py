@@ -129,3 +129,19 @@ def test_every_command_honours_logger_tensorboard(tmp_path, command, overrides, 
     run_recipe(cfg, recipe(command))
     tags = _scalar_tags(tmp_path)
     assert expected <= tags, sorted(tags)
+
+
+@pytest.mark.parametrize("section, cls_path", [("trainer/default.yaml", "crossrec_cli.training.loop:TrainConfig"),
+                                               ("model/seqrec.yaml", "crossrec_cli.models.seqrec:SeqRecConfig")])
+def test_the_dataclass_defaults_are_the_yaml_defaults(section, cls_path):
+    """One set of defaults: a library caller (dataclass) and a command (YAML) get the same model."""
+    import importlib
+    from dataclasses import MISSING, fields
+
+    module, name = cls_path.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    yaml_values = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / section))
+    yaml_values.pop("name", None)
+    own = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+    assert set(yaml_values) <= set(own)
+    assert {k: own[k] for k in yaml_values} == yaml_values
