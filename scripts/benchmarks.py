@@ -37,6 +37,10 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "popularity": ("popularity", ["evaluate", "model=popularity"]),
     "text_zeroshot": ("text zero-shot (MiniLM, untrained)", ["evaluate", "model=text_zeroshot", "backbone=minilm"]),
     "sasrec": ("SASRec (ids) `experiment=sasrec`", ["finetune", "experiment=sasrec"]),
+    "sasrec_stride10": ("SASRec, overlapping windows `trainer.window_stride=10`",
+                        ["finetune", "experiment=sasrec", "trainer.window_stride=10"]),
+    "sasrec_stride10_b256": ("SASRec, `trainer.window_stride=10 trainer.batch_size=256`",
+                             ["finetune", "experiment=sasrec", "trainer.window_stride=10", "trainer.batch_size=256"]),
     "text": ("frozen MiniLM + towers (defaults)", ["finetune"]),
     "text_id": ("frozen MiniLM + ids `model.item_ids=true`", ["finetune", "model.item_ids=true"]),
     "unisrec_text": ("UniSRec inductive `experiment=unisrec_text`", ["finetune", "experiment=unisrec_text"]),
@@ -101,9 +105,9 @@ def table(out: Path) -> None:
         lines += [f"## {domain}", "",
                   "| model | n | valid NDCG@10 | R@10 | NDCG@10 | NDCG@50 | NDCG@10 (seen removed) | best epoch | s/epoch |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        ref = REPO / "outputs" / "reference" / f"{domain}.json"
-        if ref.is_file():
-            lines.append(_reference_row(json.loads(ref.read_text())))
+        ref = _reference_runs(domain)
+        if ref:
+            lines.append(_reference_row(ref))
         for model, (label, _) in MODELS.items():
             runs = sorted((ROOT / domain / model).glob("seed*"))
             ms = [m for m in (_metrics(r / "metrics.json", domain) for r in runs) if m]
@@ -115,9 +119,42 @@ def table(out: Path) -> None:
         if fp:
             lines += ["", f"Data: {fp['users']:,} users, {fp['items']:,} items, {fp['interactions']:,} interactions, "
                           f"sha256 `{fp['sha256'][:16]}`.", ""]
-    lines += _genre_split() + _preference()
+    lines += _transfer() + _genre_split() + _preference()
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
+
+
+def _transfer() -> list[str]:
+    """Rows from ``crossrec transfer experiment=<name>`` run directories under
+    outputs/transfer/<name>/seed<k> (target test: zero-shot, adapted, control, lift)."""
+    root = REPO / "outputs" / "transfer"
+    if not root.is_dir():
+        return []
+    lines = ["## Transfer (`crossrec transfer experiment=<name>`)", "",
+             "Target test NDCG@10 of the model trained on the source only (zero-shot), then adapted on the target, "
+             "and of a control trained on the target only; lift = adapted / control - 1. Untrained references on the "
+             "target are in its table above.", "",
+             "| experiment | n | zero-shot | adapted | control | lift | best epochs (source / adapted / control) |",
+             "|---|---|---|---|---|---|---|"]
+    for exp in sorted(p.name for p in root.iterdir() if p.is_dir()):
+        recs = [json.loads(f.read_text()) for f in sorted((root / exp).glob("seed*/metrics.json"))]
+        recs = [r for r in recs if r.get("status") == "complete"]
+        if not recs:
+            continue
+
+        def arm(r: dict, name: str) -> float | None:
+            t = r["transfer"].get(name, {}).get("test")
+            return None if t is None else t.get(r["target"], t).get("ndcg@10")
+
+        cells = []
+        for name in ("zero_shot", "adapted", "control"):
+            vals = [v for v in (arm(r, name) for r in recs) if v is not None]
+            cells.append(_fmt(vals) if vals else "–")
+        lift = [r["lift"]["ndcg@10"] for r in recs if isinstance(r.get("lift"), dict) and "ndcg@10" in r["lift"]]
+        epochs = " / ".join(str(recs[0]["phases"].get(p, {}).get("best_epoch", "–")) for p in ("source", "adapted", "control"))
+        lines.append(f"| `{exp}` ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
+                     + f" | {_fmt([100 * x for x in lift])} % | {epochs} |")
+    return lines + [""]
 
 
 def _genre_split() -> list[str]:
@@ -176,9 +213,22 @@ def _row(label: str, valid_ndcg: list[float], tests: list[dict], seen_removed: l
             f"| {col('ndcg@50')} | {_fmt(seen_removed)} | {timing} |")
 
 
-def _reference_row(ref: dict) -> str:
-    """RecBole's SASRec row from scripts/reference_recbole.py's JSON (per-seed test metrics)."""
-    runs = [r for r in ref.get("runs", []) if r.get("tool") == "recbole"]
+def _reference_runs(domain: str) -> list[dict]:
+    """RecBole runs (one per seed) from every scripts/reference_recbole.py JSON of ``domain`` with
+    seen items kept (``<domain>.json`` and e.g. ``<domain>.recbole_seed1.json`` from a run per seed)."""
+    by_seed: dict[int, dict] = {}
+    for path in sorted((REPO / "outputs" / "reference").glob(f"{domain}*.json")):
+        ref = json.loads(path.read_text())
+        if ref.get("domain") != domain or ref.get("exclude_seen"):
+            continue
+        for r in ref.get("runs", []):
+            if r.get("tool") == "recbole":
+                by_seed.setdefault(int(r["seed"]), r)
+    return [by_seed[k] for k in sorted(by_seed)]
+
+
+def _reference_row(runs: list[dict]) -> str:
+    """RecBole's SASRec row from scripts/reference_recbole.py's runs (per-seed test metrics)."""
     tests = [r.get("test", {}) | {"best_epoch": r.get("best_epoch"), "seconds_per_epoch": r.get("seconds_per_epoch")}
              for r in runs]
     valid = [r["valid"]["ndcg@10"] for r in runs if "ndcg@10" in r.get("valid", {})]
