@@ -58,6 +58,9 @@ def test_the_shipped_registries_hold_every_configured_name():
     baselines = {p.stem for p in (conf / "model").glob("*.yaml")} - {"seqrec"}
     assert sorted(BASELINES.names()) == sorted(baselines)
     assert set(OBJECTIVES.names()) == {"contrastive", "neighbors"}
+    from crossrec_cli.data.domain import READERS
+
+    assert set(READERS.names()) == {"recbole", "movielens", "lastfm", "amazon", "instruction"}
 
 
 def test_rank_metrics_reports_every_registered_metric_in_order():

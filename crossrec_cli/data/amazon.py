@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from crossrec_cli.data.assemble import RawInteractions, RawItems, assemble
-from crossrec_cli.data.domain import Domain, DomainSpec
+from crossrec_cli.data.domain import READERS, Domain, DomainSpec
 from crossrec_cli.errors import CrossrecError
 
 log = logging.getLogger("crossrec")
@@ -315,3 +315,6 @@ def load(spec: DomainSpec) -> Domain:
         hint = f"check that {meta_path.name} belongs to {reviews_path.name}"
         raise _bad(meta_path, "no reviewed item has metadata with text", hint)
     return assemble(spec, items, kept)
+
+
+READERS.add("amazon", load)

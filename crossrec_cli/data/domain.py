@@ -11,8 +11,11 @@ from typing import Any, get_args, get_origin, get_type_hints
 import numpy as np
 
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.registry import Registry
 
-FORMATS = ("recbole", "movielens", "lastfm", "amazon", "instruction")
+# format name -> ``load(spec) -> Domain``; each reader module registers itself, so a new format is
+# one module in crossrec_cli/data/ (``READERS.add("myformat", load)``) and nothing else
+READERS: Registry = Registry("dataset format", "format", "crossrec_cli.data")
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,8 +70,8 @@ class DomainSpec:
                                     "use a non-negative integer (max_users: at least 1)")
         spec = cls(**data, filters=filters)
         spec.text_fields = list(spec.text_fields or [])
-        if spec.format not in FORMATS:
-            raise CrossrecError(f"{where}.format", f"unknown format {spec.format!r}", f"expected one of {list(FORMATS)}")
+        if spec.format not in READERS:
+            raise CrossrecError(f"{where}.format", f"unknown format {spec.format!r}", f"expected one of {READERS.names()}")
         if spec.split not in ("auto", "loo", "given"):
             raise CrossrecError(f"{where}.split", f"unknown split {spec.split!r}", "expected auto, loo or given")
         if spec.order not in ("time", "random", "weight"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crossrec_cli.data.domain import Domain, DomainSpec
+from crossrec_cli.data.domain import READERS, Domain, DomainSpec
 from crossrec_cli.data.table import read_text
 from crossrec_cli.errors import CrossrecError
 
@@ -123,3 +123,6 @@ def load(spec: DomainSpec) -> InstructionDomain:
     empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
     return InstructionDomain(spec.name, ids, inputs, columns, [], empty_i, empty_i.copy(), empty_f,
                              empty_f.copy(), origin=str(folder), examples=examples)
+
+
+READERS.add("instruction", load)

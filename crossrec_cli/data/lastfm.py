@@ -8,7 +8,7 @@ in the bundled domain) or ``weight`` (ascending play count, most played last).
 from __future__ import annotations
 
 from crossrec_cli.data.assemble import RawInteractions, RawItems, assemble
-from crossrec_cli.data.domain import Domain, DomainSpec
+from crossrec_cli.data.domain import READERS, Domain, DomainSpec
 from crossrec_cli.data.table import read_delimited
 from crossrec_cli.errors import CrossrecError
 
@@ -26,3 +26,6 @@ def load(spec: DomainSpec) -> Domain:
         ua.path, ua.require("userID"), ua.require("artistID"), ua.lines, None, ua.floats("weight")
     )
     return assemble(spec, items, inter)
+
+
+READERS.add("lastfm", load)

@@ -26,7 +26,7 @@ import re
 from pathlib import Path
 
 from crossrec_cli.data.assemble import RawInteractions, RawItems, assemble
-from crossrec_cli.data.domain import Domain, DomainSpec
+from crossrec_cli.data.domain import READERS, Domain, DomainSpec
 from crossrec_cli.data.table import read_text
 from crossrec_cli.errors import CrossrecError
 
@@ -213,3 +213,6 @@ def load(spec: DomainSpec) -> Domain:
     else:
         items, inter = read_ml1m_items(folder), read_ratings(folder / "ratings.dat", "::")
     return assemble(spec, items, inter)
+
+
+READERS.add("movielens", load)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from crossrec_cli.data.assemble import RawInteractions, RawItems, assemble
-from crossrec_cli.data.domain import Domain, DomainSpec
+from crossrec_cli.data.domain import READERS, Domain, DomainSpec
 from crossrec_cli.data.table import read_delimited
 from crossrec_cli.errors import CrossrecError
 
@@ -39,3 +39,6 @@ def load(spec: DomainSpec) -> Domain:
     rating = table.floats(spec.rating_field) if spec.rating_field in table.columns else None
     inter = RawInteractions(table.path, users, inter_items, table.lines, time, rating)
     return assemble(spec, items, inter)
+
+
+READERS.add("recbole", load)

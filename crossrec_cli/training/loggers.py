@@ -4,7 +4,8 @@ none (default), tensorboard, wandb (offline by default).
 Every command opens one logger for its run: training loops log their losses and validation
 metrics step by step, and the final record (valid / test / transfer metrics) is logged once at
 the end, so ``logger=`` holds for finetune, pretrain, transfer, evaluate and both tasks.
-A new logger is one class here with ``log`` / ``close`` and one entry in ``LOGGERS``.
+A new logger is one ``Logger`` subclass registered in ``LOGGERS`` (here or in its own module of
+crossrec_cli/training/) plus conf/logger/<name>.yaml.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.registry import Registry
 
 
 class Logger:
@@ -79,18 +81,16 @@ class WandbLogger(Logger):
         self._run.finish()
 
 
-LOGGERS: dict[str, Callable[..., Logger]] = {
-    "none": lambda run_dir, config: Logger(),
-    "tensorboard": TensorBoardLogger,
-    "wandb": WandbLogger,
-}
+# a logger in another module of crossrec_cli/training/ registers itself the same way
+LOGGERS: Registry[Callable[..., Logger]] = Registry("logger", "logger.name", "crossrec_cli.training")
+LOGGERS.add("none", lambda run_dir, config: Logger())
+LOGGERS.add("tensorboard", TensorBoardLogger)
+LOGGERS.add("wandb", WandbLogger)
 
 
 def open_logger(name: str, run_dir: Path, config: dict[str, Any], **options: Any) -> Logger:
     """The logger registered as ``name``; ``options`` are its config file's other keys."""
-    if name not in LOGGERS:
-        raise CrossrecError("logger.name", f"unknown logger {name!r}", f"expected one of {', '.join(LOGGERS)}")
-    return LOGGERS[name](run_dir, config, **options)
+    return LOGGERS.get(name)(run_dir, config, **options)
 
 
 
