@@ -1,11 +1,11 @@
-"""Smoke runs of the real commands on the tiny backbone and a slice of the bundled data."""
+"""Smoke runs of the real commands on the tiny backbone and a slice of the bundled data: the\nrecipes in-process (``run_inprocess``), the command-line wiring (exit codes, stderr) through the\nreal CLI (``run_cli``)."""
 
 from __future__ import annotations
 
 import math
 
 import pytest
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli, run_inprocess
 
 SMOKE = ("experiment=smoke",)
 
@@ -13,7 +13,7 @@ SMOKE = ("experiment=smoke",)
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("ft")
-    run_cli("finetune", *SMOKE, "trainer.epochs=2", run_dir=out)
+    run_inprocess("finetune", *SMOKE, "trainer.epochs=2", run_dir=out)
     return out
 
 
@@ -44,31 +44,31 @@ def test_finetune_starts_from_a_uniform_softmax(finetuned):
 
 def test_same_seed_same_metrics_other_seed_differs(finetuned, tmp_path):
     again = tmp_path / "again"
-    run_cli("finetune", *SMOKE, "trainer.epochs=2", run_dir=again)
+    run_inprocess("finetune", *SMOKE, "trainer.epochs=2", run_dir=again)
     a, b = read_metrics(finetuned), read_metrics(again)
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
     other = tmp_path / "other"
-    run_cli("finetune", *SMOKE, "trainer.epochs=2", "seed=1", run_dir=other)
+    run_inprocess("finetune", *SMOKE, "trainer.epochs=2", "seed=1", run_dir=other)
     assert [h["loss"] for h in read_metrics(other)["history"]] != [h["loss"] for h in a["history"]]
 
 
 def test_evaluate_run_reproduces_finetune_metrics(finetuned, tmp_path):
-    run_cli("evaluate", *SMOKE, f"run={finetuned}", run_dir=tmp_path)
+    run_inprocess("evaluate", *SMOKE, f"run={finetuned}", run_dir=tmp_path)
     m, ref = read_metrics(tmp_path), read_metrics(finetuned)
     assert m["test"]["movies"] == pytest.approx(ref["test"]["movies"])
     assert m["trained_on"] == ["movies"] and m["mode"] == "inductive"
 
 
 def test_evaluate_run_on_unseen_domain_is_zero_shot(finetuned, tmp_path):
-    run_cli("evaluate", *SMOKE, f"run={finetuned}", "domain=music", run_dir=tmp_path)
+    run_inprocess("evaluate", *SMOKE, f"run={finetuned}", "domain=music", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert m["mode"] == "zero-shot" and "music" in m["test"] and m["test"]["music"]["examples"] > 0
 
 
 @pytest.mark.parametrize("adapter", ["frozen", "full", "lora", "adalora", "prefix", "ia3", "adapter"])
 def test_every_adapter_trains(adapter, tmp_path):
-    run_cli("finetune", *SMOKE, f"adapter={adapter}", run_dir=tmp_path)
+    run_inprocess("finetune", *SMOKE, f"adapter={adapter}", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert m["adapter"] == adapter and m["history"][0]["loss"] > 0
     COUNTS[adapter] = (m["trainable_params"], m["total_params"])
@@ -83,7 +83,7 @@ def test_trainable_parameter_order(tmp_path):
     for adapter in ("frozen", "lora", "ia3", "prefix", "adapter", "full"):
         if adapter not in COUNTS:  # this test run alone
             out = tmp_path / adapter
-            run_cli("finetune", *SMOKE, f"adapter={adapter}", "trainer.max_steps_per_epoch=1", run_dir=out)
+            run_inprocess("finetune", *SMOKE, f"adapter={adapter}", "trainer.max_steps_per_epoch=1", run_dir=out)
             m = read_metrics(out)
             COUNTS[adapter] = (m["trainable_params"], m["total_params"])
     counts = {k: v[0] for k, v in COUNTS.items()}
@@ -94,7 +94,7 @@ def test_trainable_parameter_order(tmp_path):
 
 
 def test_id_only_sasrec_baseline(tmp_path):
-    run_cli("finetune", *SMOKE, "backbone=none", "model.item_ids=true", run_dir=tmp_path)
+    run_inprocess("finetune", *SMOKE, "backbone=none", "model.item_ids=true", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert m["mode"] == "transductive" and m["test"]["movies"]["examples"] > 0
 
@@ -107,7 +107,7 @@ def test_backbone_none_without_ids_is_a_config_error(tmp_path):
 
 
 def test_transfer_writes_all_arms(tmp_path):
-    run_cli("transfer", *SMOKE, "source=movies", "target=music", "trainer.epochs=1", run_dir=tmp_path)
+    run_inprocess("transfer", *SMOKE, "source=movies", "target=music", "trainer.epochs=1", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert m["command"] == "transfer" and m["source"] == ["movies"] and m["target"] == "music"
     for arm in ("zero_shot", "adapted", "control"):
@@ -121,7 +121,7 @@ def test_transfer_writes_all_arms(tmp_path):
 
 
 def test_transductive_transfer_explains_missing_zero_shot(tmp_path):
-    run_cli("transfer", *SMOKE, "model.item_ids=true", "target_fraction=0.5", run_dir=tmp_path)
+    run_inprocess("transfer", *SMOKE, "model.item_ids=true", "target_fraction=0.5", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert "skipped" in m["transfer"]["zero_shot"] and "transductive" in m["transfer"]["zero_shot"]["skipped"]
     assert "20/" in m["dataset"]["music"]["split"]
@@ -129,17 +129,17 @@ def test_transductive_transfer_explains_missing_zero_shot(tmp_path):
 
 def test_pretrain_then_finetune_from_it(tmp_path):
     pre = tmp_path / "pre"
-    run_cli("pretrain", *SMOKE, "domains=[movies,music]", run_dir=pre)
+    run_inprocess("pretrain", *SMOKE, "domains=[movies,music]", run_dir=pre)
     m = read_metrics(pre)
     assert m["command"] == "pretrain" and set(m["dataset"]) == {"movies", "music"} and m["history"][0]["loss"] > 0
     assert (pre / "checkpoint" / "backbone" / "model.safetensors").is_file()
     ft = tmp_path / "ft"
-    run_cli("finetune", *SMOKE, f"init_from={pre}", run_dir=ft)
+    run_inprocess("finetune", *SMOKE, f"init_from={pre}", run_dir=ft)
     assert read_metrics(ft)["test"]["movies"]["examples"] > 0
 
 
 def test_multi_domain_with_per_domain_adapters(tmp_path):
-    run_cli("finetune", *SMOKE, "domain=[movies,music]", "adapter=lora", "per_domain_adapters=true", run_dir=tmp_path)
+    run_inprocess("finetune", *SMOKE, "domain=[movies,music]", "adapter=lora", "per_domain_adapters=true", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert set(m["test"]) == set(m["dataset"]) == {"movies", "music"}
     from safetensors.torch import load_file
@@ -167,7 +167,7 @@ def test_loggers_write_their_files(logger, artifact, tmp_path):
 
 
 def test_evaluate_scores_the_preference_task_zero_shot(tmp_path):
-    run_cli("evaluate", *SMOKE, "task=preference", run_dir=tmp_path)
+    run_inprocess("evaluate", *SMOKE, "task=preference", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert m["command"] == "evaluate" and 0.0 <= m["test"]["movies"]["auc"] <= 1.0
     assert {"auc", "logloss", "accuracy"} <= set(m["test"]["movies"])
