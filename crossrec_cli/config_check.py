@@ -40,6 +40,8 @@ def _topk(value: Any) -> bool:
 # key -> (test, what is expected, an example value for the hint)
 CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "seed": (lambda v: _int(v, 0) and v < 2**32, "an integer in [0, 2**32)", "0"),  # numpy's seed range
+    "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", v) is not None,
+               "auto, cpu, cuda or cuda:N", "auto"),
     "eval.topk": (_topk, "a non-empty list of positive integers", "[10,50]"),
     "eval.exclude_seen": (lambda v: isinstance(v, bool), "true or false", "false"),
     "eval.candidates": (lambda v: v is None or isinstance(v, str), "null or a file path", "null"),

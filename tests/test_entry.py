@@ -145,3 +145,33 @@ def test_the_dataclass_defaults_are_the_yaml_defaults(section, cls_path):
     own = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
     assert set(yaml_values) <= set(own)
     assert {k: own[k] for k in yaml_values} == yaml_values
+
+
+@pytest.mark.parametrize("command, overrides", [
+    ("pretrain", []),
+    ("evaluate", ["model=text_zeroshot"]),
+    ("finetune", []),
+    ("finetune", ["task=preference"]),
+])
+def test_device_is_honoured_or_refused_by_every_command(tmp_path, capsys, command, overrides):
+    """No silent no-op: a GPU that is not there is one line for every command (pretrain and
+    text_zeroshot once ignored device= and ran on the CPU)."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: cuda:99 would be the test")
+    cfg = compose(command, ["experiment=smoke", "device=cuda", *overrides], tmp_path)
+    from crossrec_cli.cli import recipe
+
+    with pytest.raises(SystemExit) as stop:
+        run_recipe(cfg, recipe(command))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: device: cuda requested"), err
+
+
+def test_a_malformed_device_is_a_config_error(tmp_path, capsys):
+    cfg = compose("finetune", ["experiment=smoke", "device=gpu0"], tmp_path)
+    with pytest.raises(SystemExit):
+        run_recipe(cfg, finetune.run)
+    assert capsys.readouterr().err.startswith("error: device: expected auto, cpu, cuda or cuda:N")

@@ -24,7 +24,7 @@ def baseline_scorer(cfg: DictConfig, domain, split, shared: dict):
     """(user_vectors(evalset), item_vecs) of the baseline registered as ``cfg.model.name``."""
     builder = BASELINES.get(str(cfg.model.name), "model")
     ctx = BaselineContext(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.backbone, resolve=True),
-                          int(cfg.seed), bool(cfg.eval.cache_vectors), shared)
+                          int(cfg.seed), bool(cfg.eval.cache_vectors), shared, str(cfg.device))
     return builder(ctx, domain, split)
 
 

@@ -17,7 +17,7 @@ from crossrec_cli.commands._common import finish, load_domains, open_run_logger,
 from crossrec_cli.data import make_split
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
-from crossrec_cli.models.backbone import build_backbone
+from crossrec_cli.models.backbone import build_backbone, resolve_device
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.pretrain import OBJECTIVES, neighbor_pairs, pretrain_item_tower
@@ -42,7 +42,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         split = make_split(d, spec.order, spec.order_seed)  # neighbours from training histories only
         data[spec.name] = (d.item_text, neighbor_pairs(split.train_seqs))
     b = cfg.backbone
+    dev = resolve_device(str(cfg.device))  # before anything loads: a missing GPU is one line
     backbone = build_backbone(b.name, b.path, b.get("local"), b.get("config"), b.kind, cfg.seed, b.trust_remote_code)
+    backbone.model.to(dev)
     from crossrec_cli.adapters import apply_adapter, param_counts
 
     hp = {k: v for k, v in cfg.adapter.items() if k != "name"}

@@ -76,9 +76,9 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
 
 
 def device(cfg: DictConfig) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    from crossrec_cli.models.backbone import resolve_device
+
+    return resolve_device(str(cfg.device))
 
 
 def model_mode(cfg: DictConfig) -> str:

@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
@@ -65,10 +64,9 @@ def run_task(cfg: DictConfig, command: str) -> dict[str, Any]:
 # ---- settings read from the config -------------------------------------------------------
 
 def device_of(cfg: DictConfig) -> str:
-    want = str(cfg.get("device", "auto"))
-    if want == "cuda" and not torch.cuda.is_available():
-        raise CrossrecError("device", "cuda requested but no GPU is visible", "use device=cpu or auto")
-    return "cuda" if want == "cuda" or (want == "auto" and torch.cuda.is_available()) else "cpu"
+    from crossrec_cli.models.backbone import resolve_device
+
+    return str(resolve_device(str(cfg.get("device", "auto"))))
 
 
 def _classification(cfg: DictConfig, command: str, logger: Logger) -> dict[str, Any]:

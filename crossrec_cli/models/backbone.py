@@ -150,3 +150,16 @@ def _is_bert_like(source: str, trust_remote_code: bool) -> bool:
 
 def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_device(want: str) -> torch.device:
+    """``device=auto|cpu|cuda|cuda:N`` -> a torch device; auto picks cuda when a GPU is visible.
+    A GPU that is asked for but not visible is a one-line CrossrecError, not a later traceback."""
+    if want == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if want.startswith("cuda"):
+        index = int(want.partition(":")[2] or 0)
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            raise CrossrecError("device", f"{want} requested but {torch.cuda.device_count()} GPU(s) are visible",
+                                "use device=cpu or device=auto")
+    return torch.device(want)

@@ -31,6 +31,7 @@ class BaselineContext:
     seed: int = 0
     cache_vectors: bool = True
     shared: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
 
 
 Scorer = tuple[Callable[[EvalSet], torch.Tensor], torch.Tensor]
@@ -90,7 +91,7 @@ def popularity(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
 @BASELINES.register("text_zeroshot")
 def text_zeroshot(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
     """Cosine between an item's LM vector and the recency-weighted mean of the history's."""
-    from crossrec_cli.models.backbone import build_backbone
+    from crossrec_cli.models.backbone import build_backbone, resolve_device
     from crossrec_cli.models.encode import cached_text_vectors
 
     recency = check_recency(ctx.model.get("recency", 1.0))
@@ -98,8 +99,10 @@ def text_zeroshot(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
     if "backbone" not in ctx.shared:
         if b.get("kind") == "none":
             raise CrossrecError("backbone", "text_zeroshot needs a language model", "choose backbone=minilm (or tiny)")
+        dev = resolve_device(ctx.device)
         ctx.shared["backbone"] = build_backbone(b["name"], b.get("path"), b.get("local"), b.get("config"), b["kind"],
                                                 ctx.seed, bool(b.get("trust_remote_code", False)))
+        ctx.shared["backbone"].model.to(dev)
     items = cached_text_vectors(ctx.shared["backbone"], domain.item_text, b["max_length"], b["pooling"],
                                 cache=ctx.cache_vectors)
     history = int(ctx.model.get("history", 50))
