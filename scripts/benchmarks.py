@@ -153,8 +153,16 @@ def _transfer() -> list[str]:
         lift = [r["lift"]["ndcg@10"] for r in recs if isinstance(r.get("lift"), dict) and "ndcg@10" in r["lift"]]
         epochs = " / ".join(str(recs[0]["phases"].get(p, {}).get("best_epoch", "–")) for p in ("source", "adapted", "control"))
         lines.append(f"| `{exp}` ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
-                     + f" | {_fmt([100 * x for x in lift])} % | {epochs} |")
+                     + f" | {_pct(lift)} | {epochs} |")
     return lines + [""]
+
+
+def _pct(values: list[float]) -> str:
+    """Relative changes as signed percentages (mean ± std over seeds)."""
+    if not values:
+        return "–"
+    pct = [100 * v for v in values]
+    return f"{pct[0]:+.1f} %" if len(pct) == 1 else f"{statistics.mean(pct):+.1f} ± {statistics.stdev(pct):.1f} %"
 
 
 def _genre_split() -> list[str]:
