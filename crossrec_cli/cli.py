@@ -163,6 +163,15 @@ def compose(command: str, overrides: list[str] | tuple[str, ...] = (), run_dir: 
     return set_runtime(cfg, run_dir, _searchpath_dirs(overrides), overrides)
 
 
+def run_command(command: str, overrides: list[str] | tuple[str, ...] = (), run_dir: str | Path = ".") -> Any:
+    """``crossrec <command> <overrides>`` in this process: compose, check, run; returns the
+    metrics record (a bad value is the same one-line error and exit code 2 as on the command line)."""
+    from crossrec_cli.commands._common import run_recipe
+
+    name = "data_stats" if command == "data" else command
+    return run_recipe(compose(command, overrides, run_dir), recipe(name))
+
+
 def recipe(config_name: str):
     """``crossrec_cli.commands.<config_name>.run``."""
     return importlib.import_module(f"crossrec_cli.commands.{config_name}").run

@@ -29,11 +29,10 @@ def run_cli(*args: str, run_dir: Path | None = None, check: bool = True, env: di
 def run_inprocess(command: str, *args: str, run_dir: Path) -> dict:
     """``crossrec COMMAND ARGS`` in this process: the same composed config (``cli.compose``) and
     the same recipe, without a new interpreter per run; returns the metrics record."""
-    from crossrec_cli.cli import compose, recipe
-    from crossrec_cli.commands._common import run_recipe
+    from crossrec_cli.cli import run_command
 
     os.environ.setdefault("CROSSREC_CACHE", os.environ.get("CROSSREC_TEST_CACHE", str(REPO / ".cache" / "test")))
-    return run_recipe(compose(command, list(args), run_dir), recipe(command))
+    return run_command(command, list(args), run_dir)
 
 
 def read_metrics(run_dir: Path) -> dict:
