@@ -52,8 +52,13 @@ class TimedTrainer(Trainer):
         return loss
 
     def _save_checkpoint(self, epoch, verbose=True, **kwargs):
-        self.best_epoch = epoch + 1  # called exactly when the valid score improves (saved=True)
-        return super()._save_checkpoint(epoch, verbose=verbose, **kwargs)
+        """Called exactly when the valid score improves (saved=True). Saves only what
+        ``evaluate(load_best_model=True)`` reads back (weights and the model's extra tensors),
+        not RecBole's pickled Config, so its ``torch.load`` works with torch's default
+        ``weights_only=True``; nothing here resumes a RecBole run."""
+        self.best_epoch = epoch + 1
+        state = {"state_dict": self.model.state_dict(), "other_parameter": self.model.other_parameter()}
+        torch.save(state, kwargs.pop("saved_model_file", self.saved_model_file))
 
 
 def mask_seen(model, dataset, inter_file: str) -> None:

@@ -187,7 +187,7 @@ def run_recbole(name: str, data_dir: Path, seed: int, out: Path, overrides: dict
               "checkpoint_dir": str(out / "saved"), **overrides}
     job = {"dataset": name, "config": config, "out": str(out / "result.json"), "mask_seen": mask_seen}
     (out / "job.json").write_text(json.dumps(job, indent=1), encoding="utf-8")
-    env = {**os.environ, **THREADS, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}  # RecBole torch.load()s its checkpoint
+    env = {**os.environ, **THREADS}  # the runner saves weights only: torch.load stays weights_only
     run_logged([str(RECBOLE_PY), str(RUNNER), str(out / "job.json")], out, env, out / "recbole.out")
     res = json.loads((out / "result.json").read_text(encoding="utf-8"))
     return {"tool": "recbole", "seed": seed, "valid": {k: res["valid"][k] for k in METRICS},
