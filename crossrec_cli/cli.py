@@ -131,15 +131,13 @@ def _source_dirs(config_sources: Any) -> list[Path]:
 
 def _searchpath_dirs(overrides: list[str]) -> list[Path]:
     """``hydra.searchpath=[file://DIR,...]`` of ``overrides``, then the package's conf."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     from crossrec_cli.commands._common import CONF_DIR
 
-    dirs: list[Path] = []
-    for o in overrides:
-        if o.startswith("hydra.searchpath="):
-            for entry in o.split("=", 1)[1].strip("[]").split(","):
-                entry = entry.strip().strip("'\"")
-                if entry.startswith("file://"):
-                    dirs.append(Path(entry[len("file://"):]))
+    given = [o for o in overrides if o.startswith("hydra.searchpath=")]
+    entries = [str(e) for ov in OverridesParser.create().parse_overrides(given) for e in ov.value()]
+    dirs = [Path(e[len("file://"):]) for e in entries if e.startswith("file://")]
     return [*dirs, Path(CONF_DIR)]
 
 
