@@ -21,6 +21,12 @@ def _int(value: Any, low: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
+def _losses() -> list[str]:
+    from crossrec_cli.training.losses import LOSSES
+
+    return LOSSES.names()
+
+
 def _positive(value: Any) -> bool:
     """A finite number > 0."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
@@ -53,7 +59,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "trainer.batch_size": (lambda v: _int(v, 1), "an integer >= 1", "64"),
     "trainer.lr": (_positive, "a number > 0", "1e-3"),
     "trainer.patience": (lambda v: _int(v, 1), "an integer >= 1", "3"),
-    "trainer.loss": (lambda v: v in ("full", "sampled"), "full or sampled", "full"),
+    "trainer.loss": (lambda v: isinstance(v, str) and v in _losses(), "a registered next-item loss (full, sampled)", "full"),
     "trainer.window_stride": (lambda v: v is None or _int(v, 1), "null or an integer >= 1", "null"),
     "trainer.monitor": (lambda v: _monitor(v), "<ranking metric>@K, e.g. recall@K, ndcg@K or mrr@K", "ndcg@10"),
     "target_fraction": (lambda v: _positive(v) and v <= 1, "a number in (0, 1]", "0.1"),

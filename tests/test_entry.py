@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from crossrec_cli.cli import compose
+from crossrec_cli.cli import compose, run_command
 from crossrec_cli.commands import finetune
 from crossrec_cli.commands._common import CONF_DIR, load_domains, run_recipe
 
@@ -94,6 +94,16 @@ def test_a_bad_value_or_unknown_key_is_one_line_and_exit_2(tmp_path, capsys, com
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {key}:"), err
     assert not (tmp_path / "config.yaml").exists()  # nothing written for a run that never started
+
+
+@pytest.mark.parametrize("override", ["init_from=/nowhere", "per_domain_adapters=true"])
+def test_a_task_refuses_recommendation_keys_it_would_ignore(tmp_path, capsys, override):
+    with pytest.raises(SystemExit) as stop:
+        run_command("finetune", ["experiment=smoke", "task=preference", override], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1
+    assert err[0].startswith(f"error: {override.split('=')[0]}: task=preference does not read it"), err
+    assert not (tmp_path / "metrics.json").exists()
 
 
 def test_train_samples_is_the_short_spelling_of_task_train_samples(tmp_path):

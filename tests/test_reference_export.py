@@ -55,7 +55,7 @@ def tiny_domain(lengths: list[int]) -> Domain:
     items = np.concatenate([np.arange(n) + u for u, n in enumerate(lengths)])
     times = np.concatenate([np.arange(n, 0, -1, dtype=float) for n in lengths])
     n_items = int(items.max()) + 1
-    return Domain("tiny", [f"i{i}" for i in range(n_items)], [""] * n_items, {}, [f"u{u}" for u in range(len(lengths))],
+    return Domain("tiny", [f"i{i}" for i in range(n_items)], {"text": [""] * n_items}, {}, [f"u{u}" for u in range(len(lengths))],
                   users, items, times, np.full(len(users), np.nan))
 
 

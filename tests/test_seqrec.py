@@ -22,7 +22,7 @@ def _model(**kw) -> SeqRec:
     cfg = SeqRecConfig(dim=8, max_history=6, heads=2, **kw)
     m = SeqRec(cfg, FakeBackbone(), backbone_trains=False)
     m.add_catalogue("d", [f"item {i}" for i in range(30)])
-    m._base["d"] = torch.randn(30, 12) * 0.5 + 3.0  # anisotropic: one large shared direction
+    m.encoded["d"] = torch.randn(30, 12) * 0.5 + 3.0  # anisotropic: one large shared direction
     return m
 
 
@@ -55,13 +55,13 @@ def test_score_auto_is_dot_for_ids_and_cosine_for_text():
 
 
 def test_center_and_standardize_use_the_domain_catalogue():
-    m = _model(text_norm="standardize")
-    z = m._normalise("d", m.base("d"))
+    m = _model(text_norm="standardize").features["text"]
+    z = m.normalise("d", m.base("d"))
     assert torch.allclose(z.mean(0), torch.zeros(12), atol=1e-5)
     assert torch.allclose(z.std(0), torch.ones(12), atol=1e-4)
-    c = _model(text_norm="center")
-    assert torch.allclose(c._normalise("d", c.base("d")), c.base("d") - c.base("d").mean(0))
-    assert torch.equal(_model()._normalise("d", c.base("d")), c.base("d"))  # none: untouched
+    c = _model(text_norm="center").features["text"]
+    assert torch.allclose(c.normalise("d", c.base("d")), c.base("d") - c.base("d").mean(0))
+    assert torch.equal(_model().features["text"].normalise("d", c.base("d")), c.base("d"))  # none: untouched
 
 
 def test_whitening_subtracts_its_bias_before_the_map():

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,17 +107,8 @@ def test_users_with_fewer_than_3_interactions_only_train(movies):
         position[rows] = np.arange(len(rows))
     cut = (domain.inter_user % 3 == 0) & (position >= 1 + domain.inter_user % 2)
     keep = ~cut
-    small = Domain(
-        "movies-cut",
-        domain.item_ids,
-        domain.item_text,
-        domain.item_columns,
-        domain.user_ids,
-        domain.inter_user[keep],
-        domain.inter_item[keep],
-        domain.inter_time[keep],
-        domain.inter_rating[keep],
-    )
+    small = replace(domain, name="movies-cut", inter_user=domain.inter_user[keep], inter_item=domain.inter_item[keep],
+                    inter_time=domain.inter_time[keep], inter_rating=domain.inter_rating[keep])
     split = make_split(small, "time")
     short = set(range(0, domain.n_users, 3))
     assert short.isdisjoint(split.valid.users.tolist()) and short.isdisjoint(

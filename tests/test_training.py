@@ -150,3 +150,27 @@ def test_prune_keeps_newest_and_protected_only_inside_root(tmp_path):
     assert outside.is_dir()
     ckpt.prune(tmp_path, keep_last=0)
     assert (tmp_path / "step-5").is_dir()  # the newest is never deleted
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.5])
+def test_pretrain_clips_every_step_only_when_asked(monkeypatch, clip):
+    """``pretrain.grad_clip``: the pretrain loop clips like the finetune loop (0 = off)."""
+    from pathlib import Path
+
+    import yaml
+
+    from crossrec_cli.models.backbone import build_backbone
+    from crossrec_cli.training.pretrain import pretrain_item_tower
+
+    tiny = yaml.safe_load((Path(__file__).resolve().parents[1] / "crossrec_cli" / "conf" / "backbone" / "tiny.yaml")
+                          .read_text())["config"]
+    bb = build_backbone("tiny", config=tiny, seed=0)
+    seen: list[float] = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, **kw: seen.append(max_norm)
+                        or real(params, max_norm, **kw))
+    texts = [f"movie number {i}" for i in range(12)]
+    history = pretrain_item_tower(bb, {"d": (texts, np.zeros((0, 2), dtype=np.int64))}, "contrastive", 1, 4, 1e-3,
+                                  0.05, 16, "mean", seed=0, grad_clip=clip)
+    assert history[0]["steps"] == 3
+    assert seen == ([clip] * 3 if clip else [])

@@ -70,7 +70,7 @@ def grl(model: Any, domains: list[str], settings: dict[str, Any]) -> Callable[[A
     def extra(m: Any, _domain: str) -> torch.Tensor:
         vecs = []
         for key in domains:
-            n = len(m.texts[key])
+            n = m.n_items(key)
             idx = torch.randint(n, (min(k, n),), device=device)
             vecs.append(m.item_matrix(key)[idx] if not m.backbone_trains else m.item_matrix(key, idx.unique())[idx])
         loss, _ = item_alignment_loss(m.aux["disc"], vecs)

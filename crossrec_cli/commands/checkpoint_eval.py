@@ -22,6 +22,7 @@ from crossrec_cli.data import load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
+from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.training.loop import load_trainable_state
 
 
@@ -54,7 +55,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None,
                                    "backbone": {"trust_remote_code": bool(cfg.backbone.get("trust_remote_code", False))}})
     model = build_model(mcfg, [(s.name, d) for s, d in domains])
-    state = read_safetensors(_checkpoint_file(run / "checkpoint"))
+    state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
     dataset, valid, test = {}, {}, {}

@@ -19,6 +19,7 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split
 from crossrec_cli.evaluation.ranking import read_candidates
 from crossrec_cli.models.build import build_recommender
+from crossrec_cli.models.features import Catalogue
 from crossrec_cli.models.seqrec import SeqRec, seqrec_scorer
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import windows
@@ -68,7 +69,7 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
     model = build_recommender(OmegaConf.to_container(cfg.model, resolve=True), bcfg,
                               OmegaConf.to_container(cfg.adapter, resolve=True), int(cfg.seed), steps, per_domain)
     for name, domain in catalogues:
-        model.add_catalogue(name, domain.item_text)
+        model.add_catalogue(name, Catalogue.of(domain))
     dev = device(cfg)
     model.to(dev)
     model.cache_vectors = bool(cfg.eval.cache_vectors)
@@ -144,7 +145,7 @@ def load_init(cfg: DictConfig, model: SeqRec) -> None:
 
 def load_matching(model: SeqRec, run: Path) -> int:
     """Copy the tensors of ``run/checkpoint`` whose names and shapes match ``model``."""
-    state = read_safetensors(_checkpoint_file(Path(run) / "checkpoint"))
+    state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(Path(run) / "checkpoint")))
     own = model.state_dict()
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(take, strict=False)

@@ -41,6 +41,13 @@ from crossrec_cli.training.loggers import Logger
 
 log = logging.getLogger("crossrec")
 COMMANDS = ("finetune", "transfer", "evaluate")
+# recommendation keys the task recipes do not honour: refused, never silently ignored
+UNSUPPORTED = {
+    "resume": "task runs restart from the start (they train in minutes); run again without resume=",
+    "init_from": "a task starts from its backbone: point backbone.path at a folder (a pretrain run's "
+                 "<run>/checkpoint/backbone) instead",
+    "per_domain_adapters": "task models have one adapter; drop per_domain_adapters",
+}
 
 
 def run_task(cfg: DictConfig, command: str) -> dict[str, Any]:
@@ -49,6 +56,9 @@ def run_task(cfg: DictConfig, command: str) -> dict[str, Any]:
         raise CrossrecError("task", f"task={cfg.task.name} has no {command!r} command",
                             f"use one of {COMMANDS}")
     handler = TASKS.get(str(cfg.task.name), "task.name")
+    for key, hint in UNSUPPORTED.items():
+        if cfg.get(key):
+            raise CrossrecError(key, f"task={cfg.task.name} does not read it", hint)
     logger = open_run_logger(cfg)
     try:
         record = handler(cfg, command, logger)
@@ -95,7 +105,8 @@ def train_settings(cfg: DictConfig, seed: int, logger: Logger | None = None) -> 
             v = trainer.get(fallback.get(key, key))
         if v is not None:
             values[key] = v
-    return TrainSettings(seed=seed, **values, log_metrics=prefixed(logger, f"seed{seed}") if logger else None)
+    return TrainSettings(seed=seed, **values, log_metrics=prefixed(logger, f"seed{seed}") if logger else None,
+                         progress=bool(cfg.get("progress", False)))
 
 
 def plain_dict(node: Any) -> dict:

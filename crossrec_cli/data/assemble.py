@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from crossrec_cli.data.domain import Domain, DomainSpec, render_text
+from crossrec_cli.data.domain import Domain, DomainSpec, render_text, take_items
 from crossrec_cli.data.split import Split
 from crossrec_cli.errors import CrossrecError
 
@@ -92,7 +92,7 @@ def assemble(spec: DomainSpec, items: RawItems, inter: RawInteractions) -> Domai
     time = np.asarray(inter.time, dtype=np.float64) if inter.time is not None else np.full(n, np.nan)
     rating = np.asarray(inter.rating, dtype=np.float64) if inter.rating is not None else np.full(n, np.nan)
     domain = Domain(
-        spec.name, list(items.ids), texts, items.columns, user_ids,
+        spec.name, list(items.ids), {"text": texts}, items.columns, user_ids,
         user_idx.astype(np.int64), item_idx, time, rating, origin=str(inter.path.parent),
     )
     return apply_filters(domain, spec)
@@ -101,22 +101,18 @@ def assemble(spec: DomainSpec, items: RawItems, inter: RawInteractions) -> Domai
 def _keep(domain: Domain, mask: np.ndarray) -> Domain:
     """Keep interactions where ``mask``; drop users left without any."""
     kept_users, new_user = np.unique(domain.inter_user[mask], return_inverse=True)
-    return Domain(
-        domain.name, domain.item_ids, domain.item_text, domain.item_columns,
-        [domain.user_ids[u] for u in kept_users], new_user.astype(np.int64),
-        domain.inter_item[mask], domain.inter_time[mask], domain.inter_rating[mask],
-        domain.given_split, domain.origin,
-    )
+    return replace(domain, user_ids=[domain.user_ids[u] for u in kept_users], inter_user=new_user.astype(np.int64),
+                   inter_item=domain.inter_item[mask], inter_time=domain.inter_time[mask],
+                   inter_rating=domain.inter_rating[mask])
 
 
 def _keep_items(domain: Domain, keep: np.ndarray) -> Domain:
+    """Keep the items where the boolean ``keep`` is set: ids, every item feature and column."""
     new_index = np.cumsum(keep) - 1
-    cols = {c: [v for v, k in zip(vals, keep) if k] for c, vals in domain.item_columns.items()}
-    return Domain(
-        domain.name, [i for i, k in zip(domain.item_ids, keep) if k],
-        [t for t, k in zip(domain.item_text, keep) if k], cols, domain.user_ids, domain.inter_user,
-        new_index[domain.inter_item], domain.inter_time, domain.inter_rating, domain.given_split, domain.origin,
-    )
+    return replace(domain, item_ids=take_items(domain.item_ids, keep),
+                   item_features={n: take_items(v, keep) for n, v in domain.item_features.items()},
+                   item_columns={c: take_items(v, keep) for c, v in domain.item_columns.items()},
+                   inter_item=new_index[domain.inter_item])
 
 
 def apply_filters(domain: Domain, spec: DomainSpec) -> Domain:

@@ -150,13 +150,17 @@ def _typed_fields(
 class Domain:
     """Items (index = position in the item file), users and time-ordered interactions.
 
+    ``item_features`` holds what the item tower reads, by feature name ("text": the rendered
+    item texts; later a knowledge-graph entity, external vectors), each a list or array with one
+    entry per item: filtering and fingerprints handle every entry alike, and each model item
+    feature reads its own. ``item_columns`` are the item file's raw columns (as strings).
     ``inter_*`` arrays have one entry per interaction; ``inter_time`` is NaN when the format has
     no timestamps, ``inter_rating`` NaN when it has no ratings.
     """
 
     name: str
     item_ids: list[str]
-    item_text: list[str]
+    item_features: dict[str, Any]
     item_columns: dict[str, list[str]]
     user_ids: list[str]
     inter_user: np.ndarray
@@ -165,6 +169,10 @@ class Domain:
     inter_rating: np.ndarray
     given_split: Any = None  # crossrec_cli.data.split.Split when the dataset ships its split
     origin: str = ""
+
+    @property
+    def item_text(self) -> list[str]:
+        return self.item_features["text"]
 
     @property
     def n_items(self) -> int:
@@ -179,9 +187,10 @@ class Domain:
         return len(self.inter_user)
 
     def sha256(self) -> str:
-        """Content hash of what the model sees: item ids and texts, interactions in order."""
+        """Content hash of what the model sees: item ids and texts, interactions in order, then
+        every other item feature by name (a domain with texts only hashes as it always did)."""
         h = hashlib.sha256()
-        for iid, text in zip(self.item_ids, self.item_text):
+        for iid, text in zip(self.item_ids, self.item_features.get("text", [""] * self.n_items)):
             h.update(iid.encode() + b"\x1f" + text.encode() + b"\x1e")
         uid = np.asarray(self.user_ids, dtype=object)[self.inter_user]
         iid = np.asarray(self.item_ids, dtype=object)[self.inter_item]
@@ -190,6 +199,8 @@ class Domain:
         h.update(np.ascontiguousarray(self.inter_rating, dtype=np.float64).tobytes())
         if self.given_split is not None:
             h.update(self.given_split.digest().encode())
+        for name in sorted(k for k in self.item_features if k != "text"):
+            h.update(b"\x1d" + name.encode() + b"\x1f" + _feature_bytes(self.item_features[name]))
         return h.hexdigest()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -199,6 +210,21 @@ class Domain:
             "interactions": self.n_interactions,
             "sha256": self.sha256(),
         }
+
+
+def _feature_bytes(values: Any) -> bytes:
+    """Stable bytes of one item feature: an array's dtype, shape and data, else each entry's repr."""
+    if isinstance(values, np.ndarray):
+        arr = np.ascontiguousarray(values)
+        return f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()
+    return "\x1e".join(repr(v) for v in values).encode()
+
+
+def take_items(values: Any, keep: np.ndarray) -> Any:
+    """The entries of one per-item list or array where the boolean ``keep`` is set."""
+    if isinstance(values, np.ndarray):
+        return values[keep]
+    return [v for v, k in zip(values, keep) if k]
 
 
 def render_text(columns: dict[str, list[str]], text_fields: list[str], template: str | None, row: int) -> str:

@@ -121,7 +121,7 @@ def load(spec: DomainSpec) -> InstructionDomain:
         "output": [r.output for name in SPLITS for r in examples[name]],
     }
     empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
-    return InstructionDomain(spec.name, ids, inputs, columns, [], empty_i, empty_i.copy(), empty_f,
+    return InstructionDomain(spec.name, ids, {"text": inputs}, columns, [], empty_i, empty_i.copy(), empty_f,
                              empty_f.copy(), origin=str(folder), examples=examples)
 
 

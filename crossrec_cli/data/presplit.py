@@ -34,7 +34,7 @@ Filters would change a split that is used as given, so any filter set is an erro
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -278,13 +278,5 @@ def load_presplit(spec: DomainSpec, folder: Path, stem: str) -> Domain:
             full.inter_time[keep],
             full.inter_rating[keep],
         )
-    return Domain(
-        full.name,
-        full.item_ids,
-        full.item_text,
-        full.item_columns,
-        full.user_ids,
-        *inter,
-        split,
-        origin=str(folder),
-    )
+    return replace(full, inter_user=inter[0], inter_item=inter[1], inter_time=inter[2], inter_rating=inter[3],
+                   given_split=split, origin=str(folder))

@@ -1,20 +1,29 @@
-"""The text-based sequential recommender: item tower (LM -> pool -> projection [+ item id]),
-user tower (causal transformer over history item vectors) and a cosine/dot score.
+"""The sequential recommender: item tower (the fusion of item features: text through the LM and
+a projection, item id, ...), user tower (causal transformer over history item vectors) and a
+cosine/dot score.
 
-One model serves several domains: each has its own catalogue (texts, optional id table).
+One model serves several domains: each registers its own catalogue with every item feature.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossrec_cli.errors import CrossrecError
 from crossrec_cli.models.backbone import Backbone
-from crossrec_cli.models.encode import cached_text_vectors, forward_pool
-from crossrec_cli.models.projection import build_projection
+from crossrec_cli.models.features import FEATURES, Catalogue, FeatureContext
+from crossrec_cli.models.fusion import build_fusion
+from crossrec_cli.models.init import init_weights
+
+__all__ = ["SeqRec", "SeqRecConfig", "UserTower", "init_weights", "pad_histories", "seqrec_scorer"]
+
+# checkpoint names before the item features were modules -> today's (SeqRec.upgrade_state)
+LEGACY_NAMES = (("proj.", "features.text.proj."), ("id_emb.", "features.id.emb."))
 
 
 @dataclass
@@ -38,23 +47,6 @@ class SeqRecConfig:
     pooling: str = "mean"
     max_length: int = 64
     encode_batch: int = 128
-
-
-def init_weights(module: nn.Module, std: float) -> None:
-    """Every embedding, linear map and attention projection ~ N(0, std), biases 0, LayerNorms
-    1/0 (BERT / SASRec). torch's defaults (N(0, 1) embeddings, Kaiming / Xavier maps) put the
-    position table ~50x above the item vectors at the user tower's input."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, std=std)
-            if getattr(m, "bias", None) is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
-            nn.init.normal_(m.in_proj_weight, std=std)
-            nn.init.zeros_(m.in_proj_bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class UserTower(nn.Module):
@@ -93,36 +85,64 @@ class UserTower(nn.Module):
 
 
 class SeqRec(nn.Module):
-    """Item and user towers. ``catalogues[key]`` holds a domain's item texts (and id count)."""
+    """Item and user towers. An item's vector is the fusion of its item features
+    (``models/features``: text through the backbone, item id, ...), one catalogue per domain."""
 
-    def __init__(self, cfg: SeqRecConfig, backbone: Backbone | None, backbone_trains: bool):
+    def __init__(self, cfg: SeqRecConfig, backbone: Backbone | None, backbone_trains: bool,
+                 features: list[str] | None = None, fusion: str = "sum"):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
         self.backbone_model = backbone.model if backbone is not None else None  # registered params
         self.backbone_trains = backbone_trains and backbone is not None
-        self.proj = None
-        if backbone is not None:
-            self.proj = build_projection(cfg.projection, backbone.hidden_size, cfg.dim, cfg.experts, cfg.projection_dropout)
-            init_weights(self.proj, cfg.init_std)
-        self.score = cfg.score if cfg.score != "auto" else ("dot" if backbone is None else "cosine")
-        self.id_emb = nn.ModuleDict()
+        names = default_features(cfg, backbone) if features is None else list(features)
+        if not names:
+            raise CrossrecError("model.item_ids", "the item tower has no feature", "give it a backbone or item ids")
+        if "text" in names and backbone is None:
+            raise CrossrecError("backbone", "the text item feature needs a backbone", "choose a backbone, e.g. backbone=minilm")
+        self.ctx = FeatureContext(cfg, backbone, self.backbone_trains, device=lambda: self.user.pos.weight.device)
+        self.features = nn.ModuleDict({name: FEATURES.get(name)(self.ctx) for name in names})
+        self.fusion = build_fusion(fusion, names, cfg.dim)
+        self.score = cfg.score if cfg.score != "auto" else ("cosine" if "text" in names else "dot")
         self.user = UserTower(cfg)
-        self.texts: dict[str, list[str]] = {}
-        self._base: dict[str, torch.Tensor] = {}  # frozen (or last refreshed) LM vectors per domain
-        self.cache_vectors = True  # frozen-backbone vectors come from / go to the disk cache
+        self.catalogues: dict[str, Catalogue] = {}
         self.composites: dict[str, tuple[str, str]] = {}  # key -> (target, source) with shared users
-        self.switch_adapter = None  # callable(domain): route the backbone through that domain's adapter
+
+    # run settings the features read
+    @property
+    def cache_vectors(self) -> bool:
+        return self.ctx.cache_vectors
+
+    @cache_vectors.setter
+    def cache_vectors(self, value: bool) -> None:
+        self.ctx.cache_vectors = value
+
+    @property
+    def switch_adapter(self) -> Callable[[str], None] | None:
+        """callable(domain): route the backbone through that domain's adapter."""
+        return self.ctx.route
+
+    @switch_adapter.setter
+    def switch_adapter(self, fn: Callable[[str], None] | None) -> None:
+        self.ctx.route = fn
+
+    @property
+    def encoded(self) -> dict[str, torch.Tensor]:
+        """The text feature's LM vectors per domain (stale ones for a training backbone)."""
+        return self.features["text"].encoded if "text" in self.features else {}
+
+    @property
+    def transductive(self) -> bool:
+        return any(f.transductive for f in self.features.values())
 
     # -- catalogues --------------------------------------------------------------------------
-    def add_catalogue(self, key: str, texts: list[str]) -> None:
-        """Register a domain's items (text in item order); transductive models get an id table."""
-        self.texts[key] = list(texts)
-        self._base.pop(key, None)
-        if self.cfg.item_ids and key not in self.id_emb:
-            emb = nn.Embedding(len(texts), self.cfg.dim)
-            nn.init.normal_(emb.weight, std=self.cfg.init_std)
-            self.id_emb[key] = emb.to(self.user.pos.weight.device)
+    def add_catalogue(self, key: str, catalogue: Catalogue | Sequence[str]) -> None:
+        """Register a domain's items with every item feature (a plain list: item texts)."""
+        if not isinstance(catalogue, Catalogue):
+            catalogue = Catalogue.from_texts(catalogue)
+        self.catalogues[key] = catalogue
+        for feature in self.features.values():
+            feature.add_catalogue(key, catalogue)
 
     def add_composite(self, key: str, target: str, source: str) -> None:
         """A merged catalogue: target items (0..N_t-1) then source items, each with a learned
@@ -133,78 +153,53 @@ class SeqRec(nn.Module):
             nn.init.normal_(self.domain_emb.weight, std=self.cfg.init_std)
             self.domain_emb.to(self.user.pos.weight.device)
 
+    def n_items(self, key: str) -> int:
+        return self.catalogues[key].n_items
+
     def n_targets(self, key: str) -> int:
         """Items that can be recommended under ``key`` (a composite's target catalogue)."""
-        return len(self.texts[self.composites[key][0] if key in self.composites else key])
+        return self.n_items(self.composites[key][0] if key in self.composites else key)
 
     def can_score(self, key: str) -> bool:
         if key in self.composites:
             return all(self.can_score(k) for k in self.composites[key])
-        return self.backbone is not None and not self.cfg.item_ids or key in self.id_emb
+        return all(f.can_score(key) for f in self.features.values())
 
     @torch.no_grad()
     def refresh(self, key: str, cache: bool = True) -> None:
-        """(Re-)encode a domain's catalogue with the backbone: (N, hidden), detached."""
+        """Recompute every feature's cached vectors of a domain (the backbone's: (N, hidden))."""
         if key in self.composites:
             for k in self.composites[key]:
                 self.refresh(k, cache)
             return
-        if self.backbone is None:
-            return
-        self._route(key)
-        dev = self.user.pos.weight.device
-        if self.backbone_trains:
-            from crossrec_cli.models.encode import encode_texts
-
-            vecs = encode_texts(self.backbone, self.texts[key], self.cfg.max_length, self.cfg.pooling, self.cfg.encode_batch)
-        else:
-            vecs = cached_text_vectors(self.backbone, self.texts[key], self.cfg.max_length, self.cfg.pooling,
-                                       self.cfg.encode_batch, cache=cache and self.cache_vectors)
-        self._base[key] = vecs.to(dev)
-
-    def _route(self, key: str) -> None:
-        if self.switch_adapter is not None:
-            self.switch_adapter(key)
-
-    def base(self, key: str) -> torch.Tensor:
-        if key not in self._base:
-            self.refresh(key)
-        return self._base[key]
+        for feature in self.features.values():
+            feature.refresh(key, cache)
 
     def item_matrix(self, key: str, fresh: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, dim) item vectors of a domain. ``fresh`` (item indices) are re-encoded with
-        gradients through a training backbone; the rest come from the last refresh."""
+        """(N, dim) item vectors of a domain: its features fused. ``fresh`` (item indices) are
+        re-encoded with gradients through a training backbone; the rest come from the last refresh."""
         if key in self.composites:
             t, src = self.composites[key]
-            nt = len(self.texts[t])
+            nt = self.n_items(t)
             ft = fs = None
             if fresh is not None:
                 ft, fs = fresh[fresh < nt], fresh[fresh >= nt] - nt
             dom = self.domain_emb.weight
             return torch.cat([self.item_matrix(t, ft) + dom[0], self.item_matrix(src, fs) + dom[1]])
-        parts = []
-        if self.backbone is not None:
-            base = self.base(key)
-            if fresh is not None and self.backbone_trains and len(fresh):
-                self._route(key)
-                texts = [self.texts[key][i] for i in fresh.tolist()]
-                new = forward_pool(self.backbone, texts, self.cfg.max_length, self.cfg.pooling).to(base.dtype)
-                base = base.index_copy(0, fresh.to(base.device), new)
-            parts.append(self.proj(self._normalise(key, base)))
-        if self.cfg.item_ids:
-            parts.append(self.id_emb[key].weight)
-        return parts[0] if len(parts) == 1 else parts[0] + parts[1]
+        return self.fusion([f(key, fresh) for f in self.features.values()], key)
 
-    def _normalise(self, key: str, base: torch.Tensor) -> torch.Tensor:
-        """``model.text_norm``: centre (and scale) the LM vectors with their own domain's
-        catalogue statistics, (N, hidden) -> (N, hidden). LM spaces are anisotropic (every item
-        shares one large mean direction); removing it per domain also aligns domains for
-        zero-shot transfer. Statistics come from the last refresh (no gradient)."""
-        if self.cfg.text_norm == "none":
-            return base
-        ref = self.base(key)
-        base = base - ref.mean(0)
-        return base / (ref.std(0) + 1e-6) if self.cfg.text_norm == "standardize" else base
+    @staticmethod
+    def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Checkpoint tensor names of runs written before item features were modules
+        (``proj.*``, ``id_emb.<domain>.*``) -> today's names; other names pass unchanged."""
+        out = {}
+        for k, v in state.items():
+            for old, new in LEGACY_NAMES:
+                if k.startswith(old):
+                    k = new + k[len(old):]
+                    break
+            out[k] = v
+        return out
 
     # -- users and scores ----------------------------------------------------------------------
     def user_states(self, items: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
@@ -224,6 +219,12 @@ class SeqRec(nn.Module):
         if self.score == "cosine":
             return F.normalize(users, dim=-1), F.normalize(items, dim=-1)
         return users, items
+
+
+def default_features(cfg: SeqRecConfig, backbone: Backbone | None) -> list[str]:
+    """Today's item tower: the text through the backbone when there is one, plus an id vector
+    for transductive models (``model.item_ids``)."""
+    return (["text"] if backbone is not None else []) + (["id"] if cfg.item_ids else [])
 
 
 def pad_histories(histories: list, max_len: int) -> torch.Tensor:

@@ -18,20 +18,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossrec_cli.training.engine import LoopSettings, Objective, Progress, run
+
 log = logging.getLogger("crossrec")
 
 
 @dataclass
 class TrainSettings:
+    """Defaults = conf/task/preference.yaml's ``train`` (a test keeps the two equal)."""
+
     epochs: int = 3
     batch_size: int = 8
-    lr: float = 1e-4  # backbone / adapter parameters
+    lr: float = 5e-4  # backbone / adapter parameters
     head_lr: float = 1e-3  # the classifier head
     weight_decay: float = 0.0
     grad_clip: float = 1.0
-    min_steps: int = 0  # few-shot: repeat epochs until at least this many optimizer steps
+    min_steps: int = 60  # few-shot: repeat epochs until at least this many optimizer steps
     seed: int = 0
     log_metrics: Callable[[dict[str, float], int], None] | None = None  # the run's logger
+    progress: bool = False  # rich progress bars
 
 
 def plan_steps(n: int, s: TrainSettings) -> tuple[int, int]:
@@ -57,46 +62,58 @@ def optimizer_for(model: nn.Module, s: TrainSettings) -> torch.optim.Optimizer |
     return torch.optim.AdamW(groups, weight_decay=s.weight_decay) if groups else None
 
 
+class Supervised(Objective):
+    """Labelled examples in seeded random order each epoch, ``task_loss`` of each batch."""
+
+    def __init__(self, model: nn.Module, inputs: Sequence[Any], targets: np.ndarray, s: TrainSettings,
+                 step_hook: Callable[[int], None] | None, extra_loss: Callable[[], torch.Tensor] | None):
+        self.model, self.inputs, self.s = model, inputs, s
+        self.y = torch.as_tensor(np.asarray(targets))
+        self.step_hook, self.extra_loss = step_hook, extra_loss
+
+    def plan(self, epoch: int) -> list[list[int]]:
+        gen = torch.Generator().manual_seed(self.s.seed)  # the epoch-th permutation of one seeded stream
+        for _ in range(epoch + 1):
+            order = torch.randperm(len(self.inputs), generator=gen).tolist()
+        bs = self.s.batch_size
+        return [order[a:a + bs] for a in range(0, len(order), bs)]
+
+    def loss(self, idx: list[int], prog: Progress) -> tuple[torch.Tensor, float]:
+        logits = self.model([self.inputs[i] for i in idx])
+        loss = task_loss(logits, self.y[idx].to(logits.device))
+        if self.extra_loss is not None:
+            loss = loss + self.extra_loss()
+        return loss, float(len(idx))
+
+    def after_step(self, step: int) -> None:
+        if self.step_hook is not None:
+            self.step_hook(step + 1)
+
+    def end_epoch(self, prog: Progress) -> dict[str, Any]:
+        rec = super().end_epoch(prog)
+        log.debug("epoch %d loss %.4f", rec["epoch"], rec["loss"])
+        return rec
+
+
 def fit(model: nn.Module, inputs: Sequence[Any], targets: np.ndarray, s: TrainSettings,
         step_hook: Callable[[int], None] | None = None,
         extra_loss: Callable[[], torch.Tensor] | None = None) -> list[float]:
-    """Train ``model`` on (inputs, targets); returns the mean loss of every epoch.
+    """Train ``model`` on (inputs, targets) through the one training loop (``training/engine``:
+    clipping, logger, progress); returns the mean loss of every epoch.
 
-    ``step_hook(step)`` runs after ``optimizer.step()`` and before ``zero_grad()`` (AdaLoRA);
+    ``step_hook(step)`` runs after each ``optimizer.step()`` with the 1-based step (AdaLoRA);
     ``extra_loss()`` is added to every batch loss (AdaLoRA's orthogonality penalty).
     """
     opt = optimizer_for(model, s)
     if opt is None or not len(inputs):
         return []
     epochs, _ = plan_steps(len(inputs), s)
-    y = torch.as_tensor(np.asarray(targets))
-    gen = torch.Generator().manual_seed(s.seed)
     model.train()
-    history, step = [], 0
-    for epoch in range(epochs):
-        order = torch.randperm(len(inputs), generator=gen).tolist()
-        total = 0.0
-        for a in range(0, len(order), s.batch_size):
-            idx = order[a:a + s.batch_size]
-            logits = model([inputs[i] for i in idx])
-            loss = task_loss(logits, y[idx].to(logits.device))
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            loss.backward()
-            if s.grad_clip:
-                nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], s.grad_clip)
-            opt.step()
-            step += 1
-            if step_hook is not None:
-                step_hook(step)
-            opt.zero_grad(set_to_none=True)
-            total += float(loss.detach()) * len(idx)
-            if s.log_metrics is not None:
-                s.log_metrics({"train/loss": float(loss.detach())}, step)
-        history.append(total / len(order))
-        log.debug("epoch %d/%d loss %.4f", epoch + 1, epochs, history[-1])
+    prog = run(Supervised(model, inputs, targets, s, step_hook, extra_loss), opt,
+               LoopSettings(epochs, s.grad_clip, progress=s.progress, label="task"), log_metrics=s.log_metrics)
+    history = [rec["loss"] for rec in prog.history]
     log.info("trained on %d examples: %d epochs, %d steps, loss %.4f -> %.4f",
-             len(inputs), epochs, step, history[0], history[-1])
+             len(inputs), epochs, prog.step, history[0], history[-1])
     model.eval()
     return history
 

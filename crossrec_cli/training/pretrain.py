@@ -7,9 +7,7 @@ Objectives (InfoNCE over the batch, temperature ``tau``):
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +19,8 @@ from crossrec_cli.adapters import adapter_loss, adapter_step_hook
 from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.encode import forward_pool
 from crossrec_cli.registry import Registry
+from crossrec_cli.training.engine import LoopSettings, run
+from crossrec_cli.training.engine import Objective as EngineObjective
 
 log = logging.getLogger("crossrec")
 
@@ -87,97 +87,67 @@ def _plan(domains, objective: str, batch_size: int, seed: int, epoch: int, max_s
     return [batches[i] for i in rng.permutation(len(batches))][: max_steps or None]
 
 
-def _save(folder: Path, backbone: Backbone, opt, state: dict) -> None:
-    from safetensors.torch import save_file
+class Pretrain(EngineObjective):
+    """InfoNCE of an objective's two views, batches never mixing domains."""
 
-    from crossrec_cli.training import checkpoint as ckpt
-    from crossrec_cli.training.state import flatten, rng_state
+    loss_name = "pretrain/loss"
 
-    weights = {n: p.detach().cpu().contiguous() for n, p in backbone.model.named_parameters() if p.requires_grad}
-    o_t, o_s = flatten(opt.state_dict(), "opt")
-    r_t, r_s = flatten(rng_state(), "rng")
-    ckpt.write_checkpoint(folder / f"step-{state['step']}", {
-        "weights.safetensors": lambda p: save_file(weights, p),
-        "optimizer.safetensors": lambda p: save_file(o_t or {"_": torch.zeros(0)}, p),
-        "rng.safetensors": lambda p: save_file(r_t, p),
-        "state.json": lambda p: Path(p).write_text(json.dumps({"state": state, "optimizer": o_s, "rng": r_s})),
-    }, meta={"step": state["step"]})
-    ckpt.prune(folder, keep_last=2)
+    def __init__(self, backbone: Backbone, domains: dict[str, tuple[list[str], np.ndarray]], objective: str,
+                 batch_size: int, tau: float, max_length: int, pooling: str, seed: int, max_steps: int | None):
+        self.backbone, self.domains, self.objective = backbone, domains, objective
+        self.batch_size, self.tau, self.max_length, self.pooling = batch_size, tau, max_length, pooling
+        self.seed, self.max_steps = seed, max_steps
+        self.trainable = [n for n, p in backbone.model.named_parameters() if p.requires_grad]
 
+    def plan(self, epoch: int) -> list:
+        return _plan(self.domains, self.objective, self.batch_size, self.seed, epoch, self.max_steps)
 
-def _restore(folder: Path, backbone: Backbone, opt) -> dict | None:
-    from crossrec_cli.io import read_safetensors
-    from crossrec_cli.training import checkpoint as ckpt
-    from crossrec_cli.training.state import set_rng_state, unflatten
+    def loss(self, batch, prog):
+        name, idx = batch
+        a, b = OBJECTIVES.get(self.objective).views(self.backbone, self.domains[name][0], idx, self.max_length,
+                                                   self.pooling)
+        if len(a) < 2:
+            return None, 1.0
+        return info_nce(a, b, self.tau) + adapter_loss(self.backbone.model), 1.0
 
-    latest = ckpt.latest_verified(folder)
-    if latest is None:
-        return None
-    st = json.loads((latest / "state.json").read_text())
-    backbone.model.load_state_dict(read_safetensors(latest / "weights.safetensors"), strict=False)
-    opt.load_state_dict(unflatten(st["optimizer"], read_safetensors(latest / "optimizer.safetensors")))
-    set_rng_state(unflatten(st["rng"], read_safetensors(latest / "rng.safetensors")))
-    log.info("pretrain resumed from %s", latest)
-    return st["state"]
+    def after_step(self, step: int) -> None:
+        adapter_step_hook(self.backbone.model, step)
+
+    def end_epoch(self, prog):
+        rec = super().end_epoch(prog)
+        log.info("pretrain epoch %d loss %.4f (%d steps, %.1fs)", rec["epoch"], rec["loss"], rec["steps"], rec["seconds"])
+        return rec
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        params = dict(self.backbone.model.named_parameters())
+        return {n: params[n].detach().cpu().contiguous() for n in self.trainable}
+
+    def load_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
+        self.backbone.model.load_state_dict(state, strict=False)
 
 
 def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], np.ndarray]], objective: str,
                         epochs: int, batch_size: int, lr: float, tau: float, max_length: int, pooling: str,
                         seed: int, max_steps: int | None = None, checkpoints: Path | None = None,
                         resume: bool = False, checkpoint_every: int = 0,
-                        log_metrics: Callable[[dict[str, float], int], None] | None = None) -> list[dict]:
+                        log_metrics: Callable[[dict[str, float], int], None] | None = None,
+                        grad_clip: float = 0.0, progress: bool = False) -> list[dict]:
     """Train ``backbone.model`` in place. ``domains[name] = (item texts, neighbour pairs)``.
 
     Returns per-epoch records {epoch, loss, steps, seconds}. Batches never mix domains, so
-    in-batch negatives come from the same catalogue. With ``checkpoints`` a resumable state is
-    written at every epoch end (and every ``checkpoint_every`` steps, and on SIGTERM/SIGINT,
-    which then exits with EXIT_PREEMPTED); ``resume`` continues exactly where it stopped.
+    in-batch negatives come from the same catalogue. Runs the one training loop
+    (``training/engine``): with ``checkpoints`` a resumable state is written at every epoch end
+    (and every ``checkpoint_every`` steps, and on SIGTERM/SIGINT, which then exits with
+    EXIT_PREEMPTED); ``resume`` continues exactly where it stopped; ``grad_clip`` > 0 clips the
+    gradient norm of every step (0: no clipping).
     """
-    from crossrec_cli.training.preempt import EXIT_PREEMPTED, StopFlag
-
     params = [p for p in backbone.model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the backbone has no trainable parameters (adapter=frozen?)")
     opt = torch.optim.AdamW(params, lr=lr)
     backbone.model.train()
-    st = {"epoch": 0, "batch": 0, "step": 0, "loss": 0.0, "seconds": 0.0, "history": []}
-    if resume and checkpoints is not None:
-        st = _restore(checkpoints, backbone, opt) or st
-    with StopFlag() as stop:
-        while st["epoch"] < epochs:
-            batches = _plan(domains, objective, batch_size, seed, st["epoch"], max_steps)
-            while st["batch"] < len(batches):
-                t0 = time.perf_counter()
-                name, idx = batches[st["batch"]]
-                loss = _step(backbone, opt, domains[name][0], idx, objective, tau, max_length, pooling, st["step"])
-                st["loss"] += loss
-                if log_metrics is not None:
-                    log_metrics({"pretrain/loss": loss}, st["step"] + 1)
-                st["batch"] += 1
-                st["step"] += 1
-                st["seconds"] += time.perf_counter() - t0
-                if checkpoints is not None and (stop.stop or (checkpoint_every and st["step"] % checkpoint_every == 0)):
-                    _save(checkpoints, backbone, opt, st)
-                if stop.stop:
-                    raise SystemExit(EXIT_PREEMPTED)
-            rec = {"epoch": st["epoch"] + 1, "loss": st["loss"] / max(1, len(batches)), "steps": len(batches),
-                   "seconds": st["seconds"]}
-            log.info("pretrain epoch %d loss %.4f (%d steps, %.1fs)", rec["epoch"], rec["loss"], rec["steps"], rec["seconds"])
-            st["history"].append(rec)
-            st.update(epoch=st["epoch"] + 1, batch=0, loss=0.0, seconds=0.0)
-            if checkpoints is not None:
-                _save(checkpoints, backbone, opt, st)
+    task = Pretrain(backbone, domains, objective, batch_size, tau, max_length, pooling, seed, max_steps)
+    settings = LoopSettings(epochs, grad_clip, checkpoint_every, keep_last=2, progress=progress, label="pretrain")
+    prog = run(task, opt, settings, checkpoints, resume and checkpoints is not None, log_metrics)
     backbone.model.eval()
-    return st["history"]
-
-
-def _step(backbone, opt, texts, idx, objective, tau, max_length, pooling, step) -> float:
-    a, b = OBJECTIVES.get(objective).views(backbone, texts, idx, max_length, pooling)
-    if len(a) < 2:
-        return 0.0
-    loss = info_nce(a, b, tau) + adapter_loss(backbone.model)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    adapter_step_hook(backbone.model, step)
-    return float(loss.detach())
+    return prog.history

@@ -1,0 +1,73 @@
+"""``text``: the item's rendered text through the backbone (pooled), then a projection
+(``model.projection``) into the towers' space. Inductive: any catalogue with texts can be scored.
+
+A frozen backbone's vectors are encoded once per catalogue (and cached on disk); a training
+backbone re-encodes the items each batch touches, with gradients, over the last refresh."""
+
+from __future__ import annotations
+
+import torch
+
+from crossrec_cli.models.encode import cached_text_vectors, encode_texts, forward_pool
+from crossrec_cli.models.features.base import FEATURES, Catalogue, FeatureContext, ItemFeature
+from crossrec_cli.models.init import init_weights
+from crossrec_cli.models.projection import build_projection
+
+
+@FEATURES.register("text")
+class TextFeature(ItemFeature):
+    def __init__(self, ctx: FeatureContext):
+        super().__init__()
+        cfg = ctx.cfg
+        self.ctx = ctx
+        self.proj = build_projection(cfg.projection, ctx.backbone.hidden_size, cfg.dim, cfg.experts, cfg.projection_dropout)
+        init_weights(self.proj, cfg.init_std)
+        self.texts: dict[str, list[str]] = {}
+        self.encoded: dict[str, torch.Tensor] = {}  # LM vectors per domain (N, hidden), detached
+
+    def add_catalogue(self, key: str, catalogue: Catalogue) -> None:
+        self.texts[key] = list(catalogue.get("text", key))
+        self.encoded.pop(key, None)
+
+    def _route(self, key: str) -> None:
+        if self.ctx.route is not None:
+            self.ctx.route(key)
+
+    @torch.no_grad()
+    def refresh(self, key: str, cache: bool = True) -> None:
+        """(Re-)encode a domain's catalogue with the backbone: (N, hidden), detached."""
+        ctx, cfg = self.ctx, self.ctx.cfg
+        self._route(key)
+        if ctx.backbone_trains:
+            vecs = encode_texts(ctx.backbone, self.texts[key], cfg.max_length, cfg.pooling, cfg.encode_batch)
+        else:
+            vecs = cached_text_vectors(ctx.backbone, self.texts[key], cfg.max_length, cfg.pooling,
+                                       cfg.encode_batch, cache=cache and ctx.cache_vectors)
+        self.encoded[key] = vecs.to(ctx.device())
+
+    def base(self, key: str) -> torch.Tensor:
+        if key not in self.encoded:
+            self.refresh(key)
+        return self.encoded[key]
+
+    def forward(self, key: str, fresh: torch.Tensor | None = None) -> torch.Tensor:
+        base = self.base(key)
+        if fresh is not None and self.ctx.backbone_trains and len(fresh):
+            self._route(key)
+            cfg = self.ctx.cfg
+            texts = [self.texts[key][i] for i in fresh.tolist()]
+            new = forward_pool(self.ctx.backbone, texts, cfg.max_length, cfg.pooling).to(base.dtype)
+            base = base.index_copy(0, fresh.to(base.device), new)
+        return self.proj(self.normalise(key, base))
+
+    def normalise(self, key: str, base: torch.Tensor) -> torch.Tensor:
+        """``model.text_norm``: centre (and scale) the LM vectors with their own domain's
+        catalogue statistics, (N, hidden) -> (N, hidden). LM spaces are anisotropic (every item
+        shares one large mean direction); removing it per domain also aligns domains for
+        zero-shot transfer. Statistics come from the last refresh (no gradient)."""
+        norm = self.ctx.cfg.text_norm
+        if norm == "none":
+            return base
+        ref = self.base(key)
+        base = base - ref.mean(0)
+        return base / (ref.std(0) + 1e-6) if norm == "standardize" else base

@@ -1,0 +1,25 @@
+"""The fusion interface: ``features`` (N, dim) matrices of one domain, in feature order -> (N, dim).
+
+A method is one module in this package registering a builder ``(feature names, dim) -> Fusion``;
+``sum`` (today's text [+ id]) needs no parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from crossrec_cli.registry import Registry
+
+
+class Fusion(nn.Module):
+    def forward(self, parts: list[torch.Tensor], key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+
+FUSIONS: Registry[Callable[[list[str], int], Fusion]] = Registry("fusion method", "fusion", "crossrec_cli.models.fusion")
+
+
+def build_fusion(name: str, features: list[str], dim: int) -> Fusion:
+    return FUSIONS.get(name)(features, dim)
