@@ -71,3 +71,16 @@ def test_rank_metrics_reports_every_registered_metric_in_order():
     assert out["recall@5"] == pytest.approx(2 / 3)
     assert out["ndcg@5"] == pytest.approx((1 + 1 / np.log2(5)) / 3)
     assert out["mrr@5"] == pytest.approx((1 + 1 / 4) / 3)
+
+
+def test_recipes_ask_adapters_what_they_can_do_instead_of_comparing_names():
+    """The capabilities the recipes read (pretrain merges, per-domain named adapters, cached
+    vectors), checked against what each method is: peft merges LoRA / AdaLoRA / IA3 weights into
+    the backbone but not prefixes; AdaLoRA trains one adapter at a time; frozen trains nothing."""
+    from crossrec_cli.adapters import ADAPTERS
+
+    fam = {m: ADAPTERS.get(m) for m in methods()}
+    assert [m for m in fam if not fam[m].trains_backbone(m)] == ["frozen"]
+    assert sorted(m for m in fam if fam[m].mergeable(m)) == ["adalora", "full", "ia3", "lora"]
+    assert sorted(m for m in fam if not fam[m].named_adapters_problem(m)) == ["adapter", "ia3", "lora", "prefix"]
+    assert sorted(m for m in fam if not fam[m].separate_weights(m)) == ["frozen", "full"]

@@ -24,6 +24,23 @@ class AdapterFamily:
 
     priority = 50  # method_of asks families in this order (lower first); plain answers last
 
+    # what a method can do, asked by the recipes instead of comparing method names
+    def trains_backbone(self, method: str) -> bool:
+        """Whether any backbone parameter trains (False: item vectors can be cached)."""
+        return True
+
+    def mergeable(self, method: str) -> bool:
+        """Whether the trained method folds into a plain backbone (what ``pretrain`` saves)."""
+        return False
+
+    def separate_weights(self, method: str) -> bool:
+        """Whether the method's weights live apart from the backbone's (saved in their own folder)."""
+        return True
+
+    def named_adapters_problem(self, method: str) -> str | None:
+        """Why ``method`` cannot hold one named adapter per domain (None: it can)."""
+        return f"adapter={method} has no named adapters"
+
     def apply(self, model: nn.Module, method: str, hparams: dict[str, Any], total_steps: int | None,
               adapter_name: str) -> nn.Module:
         raise NotImplementedError

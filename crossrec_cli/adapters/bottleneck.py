@@ -215,6 +215,9 @@ class Bottleneck(AdapterFamily):
 
     priority = 20
 
+    def named_adapters_problem(self, method: str) -> str | None:
+        return None
+
     def apply(self, model: nn.Module, method: str, hparams: dict[str, Any], total_steps: int | None,
               adapter_name: str) -> nn.Module:
         return apply_bottleneck(model, hparams, adapter_name)

@@ -35,6 +35,12 @@ class Peft(AdapterFamily):
     def method_of(self, model: nn.Module) -> str | None:
         return method_of_peft(model)
 
+    def mergeable(self, method: str) -> bool:
+        return method != "prefix"  # peft's merge_and_unload folds LoRA / AdaLoRA / IA3 weights; prefixes stay apart
+
+    def named_adapters_problem(self, method: str) -> str | None:
+        return "peft trains one AdaLoRA adapter at a time" if method == "adalora" else None
+
     def names(self, model: Any) -> list[str]:
         return list(model.peft_config)
 

@@ -29,5 +29,14 @@ class Plain(AdapterFamily):
     def method_of(self, model: nn.Module) -> str | None:
         return "full" if any(p.requires_grad for p in model.parameters()) else "frozen"
 
+    def trains_backbone(self, method: str) -> bool:
+        return method == "full"
+
+    def separate_weights(self, method: str) -> bool:
+        return False
+
+    def mergeable(self, method: str) -> bool:
+        return method == "full"  # the trained backbone is the plain backbone
+
 
 ADAPTERS.register("frozen", "full")(Plain())

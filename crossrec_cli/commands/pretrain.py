@@ -13,6 +13,7 @@ from typing import Any
 from omegaconf import DictConfig
 from rich.console import Console
 
+from crossrec_cli.adapters import ADAPTERS
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.data import make_split
 from crossrec_cli.errors import CrossrecError
@@ -22,8 +23,6 @@ from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.pretrain import OBJECTIVES, neighbor_pairs, pretrain_item_tower
 
-MERGEABLE = ("full", "lora", "adalora", "ia3")
-
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     t0 = time.perf_counter()
@@ -31,9 +30,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out = run_dir(cfg)
     p = cfg.pretrain
     objective = OBJECTIVES.get(str(p.objective))  # an unknown name stops here, before any data loads
-    if cfg.adapter.name not in MERGEABLE:
+    if not ADAPTERS.get(str(cfg.adapter.name)).mergeable(str(cfg.adapter.name)):
+        mergeable = [m for m, fam in ADAPTERS.items() if fam.mergeable(m)]
         raise CrossrecError("adapter", f"pretrain cannot merge adapter={cfg.adapter.name} into a plain backbone",
-                            f"use one of {list(MERGEABLE)}")
+                            f"use one of {mergeable}")
     if cfg.backbone.kind == "none":
         raise CrossrecError("backbone", "pretraining needs a language model", "choose backbone=minilm (or tiny)")
     domains = load_domains(cfg, cfg.domains) if cfg.get("domains") else load_domains(cfg)

@@ -14,7 +14,7 @@ from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.commands._common import run_dir
 from crossrec_cli.data import Domain, DomainSpec, Split
-from crossrec_cli.adapters import param_counts
+from crossrec_cli.adapters import ADAPTERS, param_counts
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split
 from crossrec_cli.evaluation.ranking import read_candidates
@@ -59,12 +59,10 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
         bcfg.update(path=str(pretrained), local=None, config=None)
     per_domain = None
     if cfg.get("per_domain_adapters"):
-        if cfg.adapter.name in ("frozen", "full"):
-            raise CrossrecError("per_domain_adapters", f"adapter={cfg.adapter.name} has no named adapters",
-                                "use adapter=lora, ia3, prefix or adapter")
-        if cfg.adapter.name == "adalora":
-            raise CrossrecError("per_domain_adapters", "peft trains one AdaLoRA adapter at a time",
-                                "use adapter=lora, ia3, prefix or adapter for per-domain adapters")
+        problem = ADAPTERS.get(str(cfg.adapter.name)).named_adapters_problem(str(cfg.adapter.name))
+        if problem:
+            able = [m for m, fam in ADAPTERS.items() if not fam.named_adapters_problem(m)]
+            raise CrossrecError("per_domain_adapters", problem, f"use adapter={', '.join(able)} for per-domain adapters")
         per_domain = [name for name, _ in catalogues]
     model = build_recommender(OmegaConf.to_container(cfg.model, resolve=True), bcfg,
                               OmegaConf.to_container(cfg.adapter, resolve=True), int(cfg.seed), steps, per_domain)
@@ -163,7 +161,7 @@ def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Spli
                domains: list[tuple[DomainSpec, Domain]], prog: Progress, tc: TrainConfig) -> dict[str, Any]:
     """Reload the best weights, save peft adapters in peft's format, evaluate every domain."""
     load_best(model, out)
-    if model.backbone_trains and cfg.adapter.name not in ("full", "frozen"):
+    if model.backbone_trains and ADAPTERS.get(str(cfg.adapter.name)).separate_weights(str(cfg.adapter.name)):
         from crossrec_cli.adapters import save_adapter
 
         save_adapter(model.backbone_model, out / "checkpoint" / "adapter")

@@ -13,7 +13,7 @@ def build_recommender(model_cfg: dict[str, Any], backbone_cfg: dict[str, Any], a
     """``model_cfg`` = conf/model/seqrec.yaml values, ``backbone_cfg`` = conf/backbone/*,
     ``adapter_cfg`` = conf/adapter/* (``name`` + hyperparameters). ``domain_adapters``: one named
     adapter per listed domain on the shared backbone, switched whenever a domain is encoded."""
-    from crossrec_cli.adapters import add_named_adapter, apply_adapter, set_active_adapter
+    from crossrec_cli.adapters import ADAPTERS, add_named_adapter, apply_adapter, set_active_adapter
 
     mc = {k: v for k, v in model_cfg.items() if k != "name"}
     cfg = SeqRecConfig(**mc, pooling=backbone_cfg.get("pooling", "mean"), max_length=int(backbone_cfg.get("max_length") or 64))
@@ -29,7 +29,7 @@ def build_recommender(model_cfg: dict[str, Any], backbone_cfg: dict[str, Any], a
         backbone.model = apply_adapter(backbone.model, method, total_steps=total_steps, **first, **hp)
         for name in names[1:]:
             add_named_adapter(backbone.model, method, name, total_steps=total_steps, **hp)
-    model = SeqRec(cfg, backbone, backbone_trains=method != "frozen")
+    model = SeqRec(cfg, backbone, backbone_trains=ADAPTERS.get(method).trains_backbone(method))
     if backbone is not None and domain_adapters:
         bm = backbone.model
         model.switch_adapter = lambda key: set_active_adapter(bm, key)
