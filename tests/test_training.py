@@ -174,3 +174,17 @@ def test_pretrain_clips_every_step_only_when_asked(monkeypatch, clip):
                                   0.05, 16, "mean", seed=0, grad_clip=clip)
     assert history[0]["steps"] == 3
     assert seen == ([clip] * 3 if clip else [])
+
+
+def test_task_epochs_replay_one_seeded_permutation_stream():
+    """A task's epoch plan is a pure function of (seed, epoch) and equals the e-th permutation
+    of one generator seeded once (what the task loop drew before it ran on the shared engine)."""
+    from crossrec_cli.tasks.train import Supervised, TrainSettings
+
+    s = TrainSettings(batch_size=4, seed=7)
+    obj = Supervised(torch.nn.Identity(), list(range(10)), np.zeros(10), s, None, None)
+    gen = torch.Generator().manual_seed(7)
+    for epoch in range(3):
+        order = torch.randperm(10, generator=gen).tolist()
+        assert obj.plan(epoch) == [order[0:4], order[4:8], order[8:10]]
+    assert obj.plan(1) == obj.plan(1)
