@@ -185,3 +185,17 @@ def test_a_malformed_device_is_a_config_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         run_recipe(cfg, finetune.run)
     assert capsys.readouterr().err.startswith("error: device: expected auto, cpu, cuda or cuda:N")
+
+
+def test_a_run_written_before_a_key_existed_resumes_while_the_key_keeps_its_neutral_value(tmp_path, capsys):
+    from crossrec_cli.commands._common import check_resume_config
+
+    cfg = compose("finetune", ["experiment=smoke", "resume=true"], tmp_path)
+    old = OmegaConf.to_container(cfg)
+    del old["model"]["features"], old["model"]["fusion"]  # as a config.yaml from before they were added
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    check_resume_config(cfg)  # passes: null features / sum fusion behave as the keys' absence did
+    changed = compose("finetune", ["experiment=smoke", "resume=true", "model.features=[text,id]"], tmp_path)
+    with pytest.raises(SystemExit):
+        check_resume_config(changed)
+    assert "config key model.features" in capsys.readouterr().err

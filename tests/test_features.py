@@ -117,3 +117,31 @@ def test_runs_written_before_features_were_modules_still_load():
     b.add_catalogue("d", [f"item {i}" for i in range(5)])
     load_trainable_state(b, old, "old run")
     assert all(torch.equal(v, trainable_state(b)[k]) for k, v in trainable_state(a).items())
+
+
+def test_model_features_chooses_the_item_tower_from_the_command_line(tmp_path):
+    """``model.features=[id]`` is the ID-only SASRec that ``model.item_ids=true`` spells:
+    the same weights, metrics and mode."""
+    from tests.conftest import run_inprocess
+
+    smoke = ("experiment=smoke", "backbone=none", "trainer.epochs=1")
+    a = run_inprocess("finetune", *smoke, "model.item_ids=true", run_dir=tmp_path / "a")
+    b = run_inprocess("finetune", *smoke, "model.features=[id]", run_dir=tmp_path / "b")
+    assert a["mode"] == b["mode"] == "transductive"
+    assert a["test"] == b["test"] and [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.item_ids=true", "model.features=[text]"], "model.item_ids"),
+    (["model.features=[text,text]"], "model.features"),
+    (["model.features=[colour]"], "model.features"),
+    (["model.fusion=product"], "model.fusion"),
+    (["backbone=none", "model.features=[text]"], "model.features"),
+])
+def test_a_bad_item_tower_choice_is_one_line(tmp_path, capsys, overrides, key):
+    from crossrec_cli.cli import run_command
+
+    with pytest.raises(SystemExit) as stop:
+        run_command("finetune", ["experiment=smoke", *overrides], tmp_path)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(f"error: {key}:"), err

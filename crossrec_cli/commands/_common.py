@@ -138,6 +138,9 @@ def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
 # keys that may change between an interrupted run and its resumption (they do not change results)
 RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "logger", "eval.cache_vectors", "eval.user_chunk",
                "eval.item_chunk", "eval.batch_size")
+# keys added after runs were written, with the value that behaves as their absence did: a run
+# interrupted before the key existed resumes when the key still has that value
+ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "pretrain.grad_clip": 0.0}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -160,6 +163,8 @@ def check_resume_config(cfg: DictConfig) -> None:
     lines = []
     for key in sorted(set(old) | set(new)):
         if any(key == f or key.startswith(f + ".") for f in RESUME_FREE):
+            continue
+        if key not in old and key in ADDED_KEYS and new.get(key) == ADDED_KEYS[key]:
             continue
         if old.get(key, "<unset>") != new.get(key, "<unset>"):
             lines.append(f"error: config key {key}: the interrupted run used {old.get(key, '<unset>')!r}, "

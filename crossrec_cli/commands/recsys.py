@@ -20,7 +20,7 @@ from crossrec_cli.evaluation.protocol import evaluate_split
 from crossrec_cli.evaluation.ranking import read_candidates
 from crossrec_cli.models.build import build_recommender
 from crossrec_cli.models.features import Catalogue
-from crossrec_cli.models.seqrec import SeqRec, seqrec_scorer
+from crossrec_cli.models.seqrec import SeqRec, feature_names, is_transductive, seqrec_scorer
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import windows
 from crossrec_cli.training.loop import Progress, TrainConfig, load_trainable_state
@@ -49,7 +49,7 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
     if cfg.model.name != "seqrec":
         raise CrossrecError("model", f"{cfg.model.name!r} is a baseline, not a trainable model",
                             "use `crossrec evaluate model=...` for baselines, or model=seqrec")
-    if cfg.backbone.kind == "none" and not cfg.model.item_ids:
+    if cfg.backbone.kind == "none" and cfg.model.get("features") is None and not cfg.model.item_ids:
         raise CrossrecError("model.item_ids", "backbone=none needs item ids", "set model.item_ids=true (ID-only SASRec)")
     steps = total_steps(cfg, splits, tc) if (tc and splits) else 1  # only AdaLoRA's schedule reads it
     bcfg = OmegaConf.to_container(cfg.backbone, resolve=True)
@@ -81,7 +81,9 @@ def device(cfg: DictConfig) -> torch.device:
 
 
 def model_mode(cfg: DictConfig) -> str:
-    return "transductive" if cfg.model.get("item_ids", False) else "inductive"
+    """transductive when an item feature learns per-item parameters (item ids), else inductive."""
+    names = feature_names(cfg.model, cfg.backbone.get("kind", "encoder") != "none")
+    return "transductive" if is_transductive(names) else "inductive"
 
 
 def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domain: Domain | None = None,

@@ -31,12 +31,12 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.io import atomic_write_json, atomic_write_text
 from crossrec_cli.models.backbone import build_backbone
+from crossrec_cli.tasks import TASKS
 from crossrec_cli.tasks.classification import label_data, run_classification, split_indices
 from crossrec_cli.tasks.examples import PreferenceData, preference_data, sample
 from crossrec_cli.tasks.metrics import mean_std
 from crossrec_cli.tasks.preference import ScorerSpec, run_preference, run_transfer
 from crossrec_cli.tasks.train import TrainSettings
-from crossrec_cli.registry import Registry
 from crossrec_cli.training.loggers import Logger
 
 log = logging.getLogger("crossrec")
@@ -87,7 +87,6 @@ def _classification(cfg: DictConfig, command: str, logger: Logger) -> dict[str, 
 
 
 # task.name -> handler(cfg, command, logger) -> record; recommendation is the recipes' own path
-TASKS: Registry = Registry("task", "task.name")
 TASKS.add("preference", lambda cfg, command, logger: preference_transfer(cfg, logger) if command == "transfer"
           else preference(cfg, command, logger))
 TASKS.add("classification", _classification)

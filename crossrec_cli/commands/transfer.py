@@ -144,7 +144,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     before = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d)["test"] for s, d in sources}
     # (b) zero-shot
     # a transductive model has (untrained) id vectors for target items: no zero-shot for it
-    zero = None if model.cfg.item_ids else evaluate_model(cfg, model, tname, split_full, target)
+    zero = None if model.transductive else evaluate_model(cfg, model, tname, split_full, target)
     # (c) adapt
     phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", logger, extra)
     adapted = evaluate_model(cfg, model, tname, split_full, target)

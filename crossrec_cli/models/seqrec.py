@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,8 @@ class SeqRecConfig:
     score: str = "dot"  # dot | cosine (with temperature) | auto (dot for id-only items, cosine with text)
     temperature: float = 0.07
     item_ids: bool = False  # transductive: add a learned id embedding to the text vector
+    features: list[str] | None = None  # item features fused into an item's vector (None: text if a backbone, + id if item_ids)
+    fusion: str = "sum"  # how the features' vectors combine (models/fusion/)
     norm_first: bool = False  # False: post-LN blocks after an input LayerNorm, as SASRec
     init_std: float = 0.02  # N(0, init_std) for every embedding and linear map of the towers
     projection: str = "mlp"  # text -> item vector: linear | mlp | whiten | moe (models/projection.py)
@@ -89,20 +92,19 @@ class SeqRec(nn.Module):
     (``models/features``: text through the backbone, item id, ...), one catalogue per domain."""
 
     def __init__(self, cfg: SeqRecConfig, backbone: Backbone | None, backbone_trains: bool,
-                 features: list[str] | None = None, fusion: str = "sum"):
+                 features: list[str] | None = None):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
         self.backbone_model = backbone.model if backbone is not None else None  # registered params
         self.backbone_trains = backbone_trains and backbone is not None
-        names = default_features(cfg, backbone) if features is None else list(features)
-        if not names:
-            raise CrossrecError("model.item_ids", "the item tower has no feature", "give it a backbone or item ids")
+        names = feature_names(cfg, backbone is not None) if features is None else list(features)
         if "text" in names and backbone is None:
-            raise CrossrecError("backbone", "the text item feature needs a backbone", "choose a backbone, e.g. backbone=minilm")
+            raise CrossrecError("model.features", "the text item feature needs a backbone",
+                                "choose a backbone (backbone=minilm) or drop text from model.features")
         self.ctx = FeatureContext(cfg, backbone, self.backbone_trains, device=lambda: self.user.pos.weight.device)
         self.features = nn.ModuleDict({name: FEATURES.get(name)(self.ctx) for name in names})
-        self.fusion = build_fusion(fusion, names, cfg.dim)
+        self.fusion = build_fusion(cfg.fusion, names, cfg.dim)
         self.score = cfg.score if cfg.score != "auto" else ("cosine" if "text" in names else "dot")
         self.user = UserTower(cfg)
         self.catalogues: dict[str, Catalogue] = {}
@@ -221,10 +223,29 @@ class SeqRec(nn.Module):
         return users, items
 
 
-def default_features(cfg: SeqRecConfig, backbone: Backbone | None) -> list[str]:
-    """Today's item tower: the text through the backbone when there is one, plus an id vector
-    for transductive models (``model.item_ids``)."""
-    return (["text"] if backbone is not None else []) + (["id"] if cfg.item_ids else [])
+def feature_names(cfg: SeqRecConfig | Any, has_backbone: bool) -> list[str]:
+    """The item features of ``model.features``; unset: the text through the backbone when there
+    is one, plus an id vector when ``model.item_ids`` (the transductive shorthand)."""
+    listed = cfg.features if isinstance(cfg, SeqRecConfig) else cfg.get("features")
+    item_ids = cfg.item_ids if isinstance(cfg, SeqRecConfig) else bool(cfg.get("item_ids", False))
+    if listed is None:
+        names = (["text"] if has_backbone else []) + (["id"] if item_ids else [])
+    else:
+        names = [str(n) for n in listed]
+        if item_ids and "id" not in names:
+            raise CrossrecError("model.item_ids", f"true, but model.features={names} has no 'id'",
+                                "add id to model.features or drop model.item_ids")
+    if not names:
+        raise CrossrecError("model.features", "the item tower has no feature",
+                            "give it a backbone (text) or item ids (model.item_ids=true)")
+    if len(set(names)) != len(names):
+        raise CrossrecError("model.features", f"{names} lists a feature twice", "name each feature once")
+    return names
+
+
+def is_transductive(names: list[str]) -> bool:
+    """Whether any of the item features learns per-item parameters."""
+    return any(FEATURES.get(n).transductive for n in names)
 
 
 def pad_histories(histories: list, max_len: int) -> torch.Tensor:

@@ -90,4 +90,4 @@ class ItemFeature(nn.Module):
 
 
 FEATURES: Registry[Callable[[FeatureContext], ItemFeature]] = Registry(
-    "item feature", "features", "crossrec_cli.models.features")
+    "item feature", "model.features", "crossrec_cli.models.features")

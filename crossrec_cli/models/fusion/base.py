@@ -18,7 +18,7 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
 
-FUSIONS: Registry[Callable[[list[str], int], Fusion]] = Registry("fusion method", "fusion", "crossrec_cli.models.fusion")
+FUSIONS: Registry[Callable[[list[str], int], Fusion]] = Registry("fusion method", "model.fusion", "crossrec_cli.models.fusion")
 
 
 def build_fusion(name: str, features: list[str], dim: int) -> Fusion:
