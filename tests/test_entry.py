@@ -142,7 +142,8 @@ def test_every_command_honours_logger_tensorboard(tmp_path, command, overrides, 
 
 
 @pytest.mark.parametrize("section, cls_path", [("trainer/default.yaml", "crossrec_cli.training.loop:TrainConfig"),
-                                               ("model/seqrec.yaml", "crossrec_cli.models.seqrec:SeqRecConfig")])
+                                               ("model/seqrec.yaml", "crossrec_cli.models.seqrec:SeqRecConfig"),
+                                               ("task/preference.yaml:train", "crossrec_cli.tasks.train:TrainSettings")])
 def test_the_dataclass_defaults_are_the_yaml_defaults(section, cls_path):
     """One set of defaults: a library caller (dataclass) and a command (YAML) get the same model."""
     import importlib
@@ -150,7 +151,9 @@ def test_the_dataclass_defaults_are_the_yaml_defaults(section, cls_path):
 
     module, name = cls_path.split(":")
     cls = getattr(importlib.import_module(module), name)
-    yaml_values = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / section))
+    path, _, key = section.partition(":")
+    yaml_values = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / path))
+    yaml_values = yaml_values[key] if key else yaml_values
     yaml_values.pop("name", None)
     own = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
     assert set(yaml_values) <= set(own)
