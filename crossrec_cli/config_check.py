@@ -77,6 +77,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.features": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
                        "null or a list of item feature names", "[text,id]"),
     "model.fusion": (lambda v: isinstance(v, str), "a fusion method name", "sum"),
+    "model.feature_settings": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())),
+                               "null or a mapping feature -> settings", "{kg:{neighbors:16}}"),
     "model.projection": (lambda v: v in ("linear", "mlp", "whiten", "moe"), "linear, mlp, whiten or moe", "linear"),
     "model.text_norm": (lambda v: v in ("none", "center", "standardize"), "none, center or standardize", "none"),
     "model.experts": (lambda v: _int(v, 1), "a positive integer", "8"),

@@ -17,7 +17,9 @@ from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
-from crossrec_cli.commands.recsys import _checkpoint_file, build_model, evaluate_model, model_mode, param_counts
+from crossrec_cli.commands.recsys import (
+    _checkpoint_file, build_model, evaluate_model, item_features, model_mode, param_counts,
+)
 from crossrec_cli.data import load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
@@ -63,7 +65,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         split = make_split(domain, spec.order, spec.order_seed)
         check_evaluable(split, spec.name)
         res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains)
-        dataset[spec.name] = domain.fingerprint() | {"split": split.kind}
+        dataset[spec.name] = domain.fingerprint(item_features(mcfg)) | {"split": split.kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
     trainable, total = param_counts(model)
     unseen = [s.name for s, _ in domains if s.name not in trained_on]
@@ -71,6 +73,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "evaluate", saved.model.name, "zero-shot" if unseen else model_mode(saved),
         "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
+        features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")),
         trainable_params=trainable, total_params=total,
     )
     path = finish(cfg, record, open_run_logger(cfg))

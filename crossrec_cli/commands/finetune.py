@@ -14,7 +14,7 @@ from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    build_model, check_same_data, evaluate_model, load_init, model_mode, resume_dir, save_final, train_config,
+    build_model, check_same_data, evaluate_model, item_features, load_init, model_mode, resume_dir, save_final, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -44,7 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     def valid_only(m):
         return {k: evaluate_model(cfg, m, k, s, parts=("valid",))["valid"] for k, s in splits.items()}
 
-    dataset = {s.name: d.fingerprint() for s, d in domains}
+    dataset = {s.name: d.fingerprint(item_features(cfg)) for s, d in domains}
     check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
     try:
         prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = metrics_record(
         "finetune", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed,
         result["dataset"], result["valid"], result["test"],
-        backbone=cfg.backbone.name, adapter=cfg.adapter.name,
+        backbone=cfg.backbone.name, adapter=cfg.adapter.name, features=item_features(cfg), fusion=str(cfg.model.fusion),
         trainable_params=result["trainable_params"], total_params=result["total_params"],
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
         seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),

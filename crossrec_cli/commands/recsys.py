@@ -80,10 +80,14 @@ def device(cfg: DictConfig) -> torch.device:
     return resolve_device(str(cfg.device))
 
 
+def item_features(cfg: DictConfig) -> list[str]:
+    """The run's item features (``model.features``, or what the backbone and item_ids imply)."""
+    return feature_names(cfg.model, cfg.backbone.get("kind", "encoder") != "none")
+
+
 def model_mode(cfg: DictConfig) -> str:
     """transductive when an item feature learns per-item parameters (item ids), else inductive."""
-    names = feature_names(cfg.model, cfg.backbone.get("kind", "encoder") != "none")
-    return "transductive" if is_transductive(names) else "inductive"
+    return "transductive" if is_transductive(item_features(cfg)) else "inductive"
 
 
 def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domain: Domain | None = None,
@@ -171,7 +175,7 @@ def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Spli
     dataset, valid, test = {}, {}, {}
     for spec, domain in domains:
         res = evaluate_model(cfg, model, spec.name, splits[spec.name], domain)
-        dataset[spec.name] = domain.fingerprint() | {"split": splits[spec.name].kind}
+        dataset[spec.name] = domain.fingerprint(item_features(cfg)) | {"split": splits[spec.name].kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
     (out / "checkpoint").mkdir(exist_ok=True)
     meta = {"domains": [s.name for s, _ in domains], "best_epoch": prog.best_epoch, "monitor": tc.monitor}

@@ -19,7 +19,7 @@ from rich.table import Table
 from crossrec_cli.adversarial import build_adversary
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, prefixed, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    build_model, evaluate_model, load_best, load_init, load_matching, model_mode, param_counts, train_config,
+    build_model, evaluate_model, item_features, load_best, load_init, load_matching, model_mode, param_counts, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -174,15 +174,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         transfer["with_context"] = _both(ctx["metrics"], tname) | {"shared_users": ctx["shared_users"]}
         transfer["cold_start"] = cold
         phases["with_context"] = ctx["phase"]
-    dataset = {s.name: d.fingerprint() | {"split": splits_src[s.name].kind} for s, d in sources}
-    dataset[tname] = target.fingerprint() | {"split": split_tgt.kind}
+    used = item_features(cfg)
+    dataset = {s.name: d.fingerprint(used) | {"split": splits_src[s.name].kind} for s, d in sources}
+    dataset[tname] = target.fingerprint(used) | {"split": split_tgt.kind}
     record = metrics_record(
         "transfer", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed, dataset,
         {tname: adapted["valid"], **{k: v["valid"] for k, v in after.items()}},
         {tname: adapted["test"], **{k: v["test"] for k, v in after.items()}},
         source=names(cfg.source), target=tname, target_fraction=float(cfg.target_fraction),
         adversarial=cfg.adversarial.name, backbone=cfg.backbone.name, adapter=cfg.adapter.name,
-        transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
+        features=used, fusion=str(cfg.model.fusion), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete",
     )
     path = finish(cfg, record, logger)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -52,10 +53,16 @@ class DomainSpec:
     shared_user_space: str | None = None  # domains with the same value share user ids
     label_field: str | None = None  # item column used by task=classification
     description: str = ""
+    kg: Any = None  # a knowledge graph: {layout: kgcn | recbole, triples: FILE, links: FILE} (data/kg.py)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "domain") -> DomainSpec:
         data = _typed_fields(cls, raw, where, "unknown domain key", required=("name", "format", "path"))
+        kg = data.pop("kg", None)
+        if kg is not None:
+            from crossrec_cli.data.kg import KgSpec
+
+            KgSpec.from_dict(kg, f"{where}.kg")  # checked now, read with the data
         fraw = data.pop("filters", None)
         if fraw is None:
             fraw = {}
@@ -68,7 +75,7 @@ class DomainSpec:
             if value is not None and value < (1 if key == "max_users" else 0):
                 raise CrossrecError(f"{where}.filters.{key}", f"expected a count, got {value!r}",
                                     "use a non-negative integer (max_users: at least 1)")
-        spec = cls(**data, filters=filters)
+        spec = cls(**data, filters=filters, kg=kg)
         spec.text_fields = list(spec.text_fields or [])
         if spec.format not in READERS:
             raise CrossrecError(f"{where}.format", f"unknown format {spec.format!r}", f"expected one of {READERS.names()}")
@@ -133,7 +140,7 @@ def _typed_fields(
             raise CrossrecError(f"{where}.{key}", "missing required value", "set it in the domain file")
     for key, value in raw.items():
         tp = hints[key]
-        if is_dataclass(tp) or (get_origin(tp) is list and value is None):
+        if is_dataclass(tp) or tp is Any or (get_origin(tp) is list and value is None):
             continue
         if not _fits(value, tp):
             if get_origin(tp) is list:  # a string would be read as its characters
@@ -186,9 +193,10 @@ class Domain:
     def n_interactions(self) -> int:
         return len(self.inter_user)
 
-    def sha256(self) -> str:
+    def sha256(self, features: tuple[str, ...] | list[str] = ()) -> str:
         """Content hash of what the model sees: item ids and texts, interactions in order, then
-        every other item feature by name (a domain with texts only hashes as it always did)."""
+        each item feature of ``features`` the domain has, by name (``()``: texts only, the hash
+        a domain always had; a run that reads its knowledge graph hashes ``("kg",)`` too)."""
         h = hashlib.sha256()
         for iid, text in zip(self.item_ids, self.item_features.get("text", [""] * self.n_items)):
             h.update(iid.encode() + b"\x1f" + text.encode() + b"\x1e")
@@ -199,17 +207,38 @@ class Domain:
         h.update(np.ascontiguousarray(self.inter_rating, dtype=np.float64).tobytes())
         if self.given_split is not None:
             h.update(self.given_split.digest().encode())
-        for name in sorted(k for k in self.item_features if k != "text"):
+        for name in sorted(k for k in set(features) & set(self.item_features) if k != "text"):
             h.update(b"\x1d" + name.encode() + b"\x1f" + _feature_bytes(self.item_features[name]))
         return h.hexdigest()
 
-    def fingerprint(self) -> dict[str, Any]:
+    def fingerprint(self, features: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
         return {
             "users": self.n_users,
             "items": self.n_items,
             "interactions": self.n_interactions,
-            "sha256": self.sha256(),
+            "sha256": self.sha256(features),
         }
+
+
+class LazyItems(Sequence):
+    """A per-item feature read only when something uses it (a knowledge graph costs a second to
+    read; runs without the feature never pay). ``build()`` returns the list, one entry per item."""
+
+    def __init__(self, n: int, build: Callable[[], list[Any]]):
+        self._n, self._build, self._items = n, build, None
+
+    def _get(self) -> list[Any]:
+        if self._items is None:
+            self._items = self._build()
+            if len(self._items) != self._n:
+                raise ValueError(f"lazy item feature built {len(self._items)} entries for {self._n} items")
+        return self._items
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i: Any) -> Any:
+        return self._get()[i]
 
 
 def _feature_bytes(values: Any) -> bytes:

@@ -36,7 +36,8 @@ class InstructionRecord:
 class InstructionDomain(Domain):
     examples: dict[str, list[InstructionRecord]] = field(default_factory=dict)
 
-    def sha256(self) -> str:
+    def sha256(self, features: tuple[str, ...] | list[str] = ()) -> str:
+        """The examples' content (an instruction folder has no other item feature)."""
         h = hashlib.sha256()
         for name in SPLITS:
             for r in self.examples.get(name, []):

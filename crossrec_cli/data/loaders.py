@@ -7,5 +7,9 @@ from crossrec_cli.data.domain import READERS, Domain, DomainSpec
 
 
 def load_domain(spec: DomainSpec) -> Domain:
-    """Read the domain's files, validate them and apply its filters."""
-    return READERS.get(spec.format, "format")(spec)
+    """Read the domain's files, validate them and apply its filters; a knowledge graph beside
+    them (``data/kg.py``) becomes the ``kg`` item feature."""
+    from crossrec_cli.data.kg import attach_graph
+
+    domain = READERS.get(spec.format, "format")(spec)
+    return domain if spec.format == "instruction" else attach_graph(domain, spec)

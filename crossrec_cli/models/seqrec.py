@@ -41,6 +41,7 @@ class SeqRecConfig:
     item_ids: bool = False  # transductive: add a learned id embedding to the text vector
     features: list[str] | None = None  # item features fused into an item's vector (None: text if a backbone, + id if item_ids)
     fusion: str = "sum"  # how the features' vectors combine (models/fusion/)
+    feature_settings: dict | None = None  # per feature, e.g. {kg: {neighbors: 16, transe_weight: 0.1}}
     norm_first: bool = False  # False: post-LN blocks after an input LayerNorm, as SASRec
     init_std: float = 0.02  # N(0, init_std) for every embedding and linear map of the towers
     projection: str = "mlp"  # text -> item vector: linear | mlp | whiten | moe (models/projection.py)
@@ -104,7 +105,7 @@ class SeqRec(nn.Module):
                                 "choose a backbone (backbone=minilm) or drop text from model.features")
         self.ctx = FeatureContext(cfg, backbone, self.backbone_trains, device=lambda: self.user.pos.weight.device)
         self.features = nn.ModuleDict({name: FEATURES.get(name)(self.ctx) for name in names})
-        self.fusion = build_fusion(cfg.fusion, names, cfg.dim)
+        self.fusion = build_fusion(cfg.fusion, names, cfg.dim, cfg.init_std)
         self.score = cfg.score if cfg.score != "auto" else ("cosine" if "text" in names else "dot")
         self.user = UserTower(cfg)
         self.catalogues: dict[str, Catalogue] = {}
@@ -189,6 +190,15 @@ class SeqRec(nn.Module):
             dom = self.domain_emb.weight
             return torch.cat([self.item_matrix(t, ft) + dom[0], self.item_matrix(src, fs) + dom[1]])
         return self.fusion([f(key, fresh) for f in self.features.values()], key)
+
+    def feature_loss(self, key: str) -> torch.Tensor | None:
+        """The item features' auxiliary training losses on domain ``key`` (e.g. TransE), or None."""
+        if key in self.composites:
+            losses = [self.feature_loss(k) for k in self.composites[key]]
+        else:
+            losses = [f.extra_loss(key) for f in self.features.values()]
+        losses = [x for x in losses if x is not None]
+        return sum(losses[1:], losses[0]) if losses else None
 
     @staticmethod
     def upgrade_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -134,6 +134,9 @@ class NextItem(Objective):
         loss = batch_loss(model, key, inp, tgt, self.tc)
         if self.extra_loss is not None:
             loss = loss + self.extra_loss(model, key)
+        aux = model.feature_loss(key)  # item features' own losses (the KG's TransE)
+        if aux is not None:
+            loss = loss + aux
         if model.backbone_trains:
             loss = loss + adapter_loss(model.backbone_model)  # AdaLoRA's orthogonality penalty
         return loss, 1.0

@@ -83,6 +83,10 @@ class ItemFeature(nn.Module):
     def refresh(self, key: str, cache: bool = True) -> None:
         """Recompute whatever is cached for domain ``key`` (e.g. after the backbone trained)."""
 
+    def extra_loss(self, key: str) -> torch.Tensor | None:
+        """An auxiliary loss added to each training step on domain ``key`` (None: none)."""
+        return None
+
     def forward(self, key: str, fresh: torch.Tensor | None = None) -> torch.Tensor:
         """(N, dim) vectors of domain ``key``'s items; ``fresh`` (item indices) are recomputed
         with gradients when the feature's encoder trains."""

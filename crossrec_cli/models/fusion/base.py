@@ -18,8 +18,9 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
 
-FUSIONS: Registry[Callable[[list[str], int], Fusion]] = Registry("fusion method", "model.fusion", "crossrec_cli.models.fusion")
+FUSIONS: Registry[Callable[..., Fusion]] = Registry("fusion method", "model.fusion", "crossrec_cli.models.fusion")
 
 
-def build_fusion(name: str, features: list[str], dim: int) -> Fusion:
-    return FUSIONS.get(name)(features, dim)
+def build_fusion(name: str, features: list[str], dim: int, init_std: float = 0.02) -> Fusion:
+    """The fusion registered as ``name`` over ``features`` (in that order), ``dim``-sized vectors."""
+    return FUSIONS.get(name)(features, dim, init_std)

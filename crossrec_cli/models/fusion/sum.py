@@ -10,7 +10,7 @@ from crossrec_cli.models.fusion.base import FUSIONS, Fusion
 
 @FUSIONS.register("sum")
 class SumFusion(Fusion):
-    def __init__(self, features: list[str], dim: int):
+    def __init__(self, features: list[str], dim: int, init_std: float = 0.02):
         super().__init__()
 
     def forward(self, parts: list[torch.Tensor], key: str) -> torch.Tensor:

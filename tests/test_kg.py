@@ -1,0 +1,162 @@
+"""Knowledge graphs (both public layouts, real rows), the ``kg`` item feature and the fusion methods."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossrec_cli.data.kg import KgItem, read_kgcn, read_recbole
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.models.features import Catalogue
+from crossrec_cli.models.features.kg import transe_loss
+from crossrec_cli.models.fusion import FUSIONS, build_fusion
+from crossrec_cli.models.seqrec import SeqRec, SeqRecConfig
+from tests.test_split import domain_from_conf
+
+REPO = Path(__file__).resolve().parents[1]
+ML = REPO / "crossrec_cli" / "data" / "bundled" / "ml-100k"
+FM = REPO / "crossrec_cli" / "data" / "bundled" / "lastfm-hetrec2011"
+
+
+def _plain_rows(path: Path, header: bool) -> list[list[str]]:
+    lines = path.read_text(encoding="utf-8").splitlines()[1 if header else 0:]
+    return [ln.split("\t") for ln in lines if ln.strip()]
+
+
+def test_recbole_kg_and_link_read_every_real_row():
+    g = read_recbole(ML / "ml-100k.kg", ML / "ml-100k.link")
+    rows = _plain_rows(ML / "ml-100k.kg", header=True)
+    assert len(g.triples) == len(rows) == 91631
+    assert g.triples[0] == ("m.04ctbw8", "film.producer.film", "m.0bln8") == tuple(rows[0])
+    assert len(g.links) == 1598 and g.links["94"] == "m.0bln8"
+
+
+def test_kgcn_layout_reads_every_real_row():
+    g = read_kgcn(FM / "kg.txt", FM / "item_index2entity_id.txt")
+    assert len(g.triples) == 15518 and g.triples[0] == ("2086", "music.artist.origin", "3846")
+    assert len(g.links) == 3846 and g.links["2"] == "0"
+
+
+def test_an_item_has_every_edge_touching_its_entity_in_both_directions():
+    _, movies = domain_from_conf("movies")
+    kg = movies.item_features["kg"]
+    item = kg[movies.item_ids.index("94")]
+    rows = _plain_rows(ML / "ml-100k.kg", header=True)
+    want = sorted([(r, t) for h, r, t in rows if h == "m.0bln8"] + [("~" + r, h) for h, r, t in rows if t == "m.0bln8"])
+    assert item.entity == "m.0bln8" and sorted(item.edges) == want and len(want) == 34
+    linked = sum(k.entity is not None for k in kg)
+    assert linked == 1598 and kg[[k.entity for k in kg].index(None)] == KgItem(None)
+
+
+def test_the_graph_is_read_only_when_a_run_uses_it_and_the_fingerprint_says_so():
+    _, movies = domain_from_conf("movies")
+    assert movies.item_features["kg"]._items is None  # loading the domain did not read the 3.5 MB graph
+    plain = movies.sha256()
+    assert movies.item_features["kg"]._items is None and plain == movies.sha256(("text",))
+    assert movies.sha256(("kg",)) != plain
+
+
+@pytest.mark.parametrize("layout, files, content, where", [
+    ("kgcn", ("kg.txt", "links.txt"), {"kg.txt": "1\tr\t2\n3\tr\n", "links.txt": "10\t1\n"}, "kg.txt:2"),
+    ("kgcn", ("kg.txt", "links.txt"), {"kg.txt": "1\tr\t2\n", "links.txt": "10\t1\n10\t2\n"}, "links.txt:2"),
+    ("kgcn", ("kg.txt", "links.txt"), {"kg.txt": "1\t\t2\n", "links.txt": "10\t1\n"}, "kg.txt:1:2"),
+    ("recbole", ("x.kg", "x.link"), {"x.kg": "head_id:token\trelation_id:token\ttail_id:token\na\tr\t\n",
+                                     "x.link": "item_id:token\tentity_id:token\n1\ta\n"}, "x.kg:2"),
+])
+def test_a_malformed_graph_row_is_one_line_with_file_and_line(tmp_path, layout, files, content, where):
+    for name, text in content.items():
+        (tmp_path / name).write_text(text)
+    reader = read_kgcn if layout == "kgcn" else read_recbole
+    with pytest.raises(CrossrecError) as err:
+        reader(tmp_path / files[0], tmp_path / files[1])
+    msg = str(err.value)
+    assert "\n" not in msg and f"{tmp_path / where.split(':')[0]}:{where.split(':', 1)[1]}" in msg, msg
+
+
+class FakeBackbone:
+    hidden_size = 12
+    model = None
+
+
+def _catalogue() -> Catalogue:
+    items = [KgItem("e1", (("r", "e2"), ("~s", "e3"))), KgItem(None), KgItem("e2", (("~r", "e1"),)), KgItem(None)]
+    return Catalogue(4, {"text": [f"item {i}" for i in range(4)], "kg": items})
+
+
+def test_items_without_an_entity_share_the_learned_missing_vector_and_a_graphless_domain_works():
+    torch.manual_seed(0)
+    m = SeqRec(SeqRecConfig(dim=8, heads=2, features=["kg"]), None, backbone_trains=False)
+    m.add_catalogue("d", _catalogue())
+    m.add_catalogue("bare", Catalogue.from_texts(["a", "b", "c"]))  # no graph at all
+    v = m.item_matrix("d")
+    kg = m.features["kg"]
+    assert torch.equal(v[1], kg.missing) and torch.equal(v[3], kg.missing) and not torch.equal(v[0], kg.missing)
+    assert torch.equal(m.item_matrix("bare"), kg.missing.expand(3, -1))
+    v.sum().backward()
+    assert kg.missing.grad is not None and kg.tables["d"]["ent"].weight.grad.abs().sum() > 0
+
+
+def test_transe_loss_matches_a_hand_computed_value():
+    h, r = torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    t, t_neg = torch.tensor([[1.0, 0.0], [1.0, 0.0]]), torch.tensor([[0.0, 3.0], [1.0, 1.0]])
+    # row 1: |h+r-t| = 0, |h+r-t'| = |(1,-3)| = sqrt(10): max(0, 1 + 0 - sqrt(10)) = 0
+    # row 2: |h+r-t| = |(0,1)| = 1, |h+r-t'| = 0:          max(0, 1 + 1 - 0) = 2
+    assert transe_loss(h, r, t, t_neg, margin=1.0).item() == pytest.approx((0.0 + 2.0) / 2)
+    assert transe_loss(h, r, t, t_neg, margin=4.0).item() == pytest.approx(((4 - math.sqrt(10)) + 5.0) / 2)
+
+
+def test_transe_weight_adds_the_graph_loss_to_training():
+    cfg = SeqRecConfig(dim=8, heads=2, features=["kg"], feature_settings={"kg": {"transe_weight": 0.5}})
+    m = SeqRec(cfg, None, backbone_trains=False)
+    m.add_catalogue("d", _catalogue())
+    loss = m.feature_loss("d")
+    assert loss is not None and loss.item() > 0
+    off = SeqRec(SeqRecConfig(dim=8, heads=2, features=["kg"]), None, backbone_trains=False)
+    off.add_catalogue("d", _catalogue())
+    assert off.feature_loss("d") is None
+
+
+@pytest.mark.parametrize("name", ["sum", "concat", "gated", "attention"])
+def test_each_fusion_maps_features_to_dim_and_passes_gradient(name):
+    torch.manual_seed(0)
+    parts = [torch.randn(5, 8, requires_grad=True) for _ in range(3)]
+    fusion = build_fusion(name, ["text", "id", "kg"], 8)
+    out = fusion(parts, "d")
+    assert out.shape == (5, 8)
+    out.pow(2).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in parts)
+    assert all(p.grad is not None for p in fusion.parameters())
+
+
+def test_gated_fusion_starts_at_the_mean_and_its_gates_sum_to_one():
+    torch.manual_seed(0)
+    parts = [torch.randn(4, 6) for _ in range(2)]
+    fusion = FUSIONS.get("gated")(["text", "kg"], 6)
+    gates = fusion.gates(parts)
+    assert torch.allclose(gates, torch.full((4, 2), 0.5))
+    assert torch.allclose(fusion(parts, "d"), (parts[0] + parts[1]) / 2)
+
+
+def test_a_users_own_recbole_graph_is_found_through_the_search_path(tmp_path):
+    """`crossrec finetune fusion=kg domain=mine 'hydra.searchpath=[file://DIR]'` with RecBole
+    .kg/.link files dropped beside the atomic files (no domain key for them)."""
+    from tests.conftest import run_inprocess
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for suffix in ("inter", "item", "kg", "link"):
+        shutil.copy(ML / f"ml-100k.{suffix}", data / f"mine.{suffix}")
+    conf = tmp_path / "conf" / "domain"
+    conf.mkdir(parents=True)
+    (conf / "mine.yaml").write_text(f"name: mine\nformat: recbole\npath: {data}\ndataset: mine\n"
+                                    "text_fields: [movie_title, release_year]\n")
+    rec = run_inprocess("finetune", "experiment=smoke", "fusion=kg", "domain=mine",
+                        f"hydra.searchpath=[file://{tmp_path / 'conf'}]", run_dir=tmp_path / "run")
+    assert rec["features"] == ["text", "kg"] and rec["fusion"] == "gated" and rec["mode"] == "transductive"
+    assert set(rec["test"]) == {"mine"}
+    assert np.isfinite(rec["history"][0]["loss"])
