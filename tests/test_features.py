@@ -70,7 +70,7 @@ class FakeBackbone:
 class YearFeature(ItemFeature):
     """A new item feature, defined here the way a module in models/features/ would be."""
 
-    def __init__(self, ctx: FeatureContext):
+    def __init__(self, ctx: FeatureContext, name: str = ""):
         super().__init__()
         self.map = nn.Linear(1, ctx.cfg.dim)
         self.years: dict[str, torch.Tensor] = {}

@@ -182,4 +182,6 @@ def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Spli
     from crossrec_cli.io import atomic_write_text
 
     atomic_write_text(out / "checkpoint" / "crossrec.json", json.dumps(meta, indent=1))
-    return {"dataset": dataset, "valid": valid, "test": test, "trainable_params": trainable, "total_params": total}
+    gates = {spec.name: model.fusion_gates(spec.name) for spec, _ in domains}
+    extra = {"fusion_gates": gates} if any(gates.values()) else {}
+    return {"dataset": dataset, "valid": valid, "test": test, "trainable_params": trainable, "total_params": total} | extra

@@ -54,6 +54,7 @@ class DomainSpec:
     label_field: str | None = None  # item column used by task=classification
     description: str = ""
     kg: Any = None  # a knowledge graph: {layout: kgcn | recbole, triples: FILE, links: FILE} (data/kg.py)
+    vectors: Any = None  # per-item vector files: {name: {path: FILE, ids: FILE}} (data/vectors.py)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "domain") -> DomainSpec:
@@ -63,6 +64,11 @@ class DomainSpec:
             from crossrec_cli.data.kg import KgSpec
 
             KgSpec.from_dict(kg, f"{where}.kg")  # checked now, read with the data
+        vectors = data.pop("vectors", None)
+        if vectors is not None:
+            from crossrec_cli.data.vectors import check_spec
+
+            check_spec(vectors, f"{where}.vectors")
         fraw = data.pop("filters", None)
         if fraw is None:
             fraw = {}
@@ -75,7 +81,7 @@ class DomainSpec:
             if value is not None and value < (1 if key == "max_users" else 0):
                 raise CrossrecError(f"{where}.filters.{key}", f"expected a count, got {value!r}",
                                     "use a non-negative integer (max_users: at least 1)")
-        spec = cls(**data, filters=filters, kg=kg)
+        spec = cls(**data, filters=filters, kg=kg, vectors=vectors)
         spec.text_fields = list(spec.text_fields or [])
         if spec.format not in READERS:
             raise CrossrecError(f"{where}.format", f"unknown format {spec.format!r}", f"expected one of {READERS.names()}")
@@ -246,7 +252,13 @@ def _feature_bytes(values: Any) -> bytes:
     if isinstance(values, np.ndarray):
         arr = np.ascontiguousarray(values)
         return f"{arr.dtype.str}{arr.shape}".encode() + arr.tobytes()
-    return "\x1e".join(repr(v) for v in values).encode()
+    return b"\x1e".join(_entry_bytes(v) for v in values)
+
+
+def _entry_bytes(value: Any) -> bytes:
+    if isinstance(value, np.ndarray):  # repr would elide long arrays
+        return _feature_bytes(value)
+    return repr(value).encode()
 
 
 def take_items(values: Any, keep: np.ndarray) -> Any:

@@ -104,7 +104,7 @@ class SeqRec(nn.Module):
             raise CrossrecError("model.features", "the text item feature needs a backbone",
                                 "choose a backbone (backbone=minilm) or drop text from model.features")
         self.ctx = FeatureContext(cfg, backbone, self.backbone_trains, device=lambda: self.user.pos.weight.device)
-        self.features = nn.ModuleDict({name: FEATURES.get(name)(self.ctx) for name in names})
+        self.features = nn.ModuleDict({name: FEATURES.get(name.split(":")[0])(self.ctx, name) for name in names})
         self.fusion = build_fusion(cfg.fusion, names, cfg.dim, cfg.init_std)
         self.score = cfg.score if cfg.score != "auto" else ("cosine" if "text" in names else "dot")
         self.user = UserTower(cfg)
@@ -191,6 +191,18 @@ class SeqRec(nn.Module):
             return torch.cat([self.item_matrix(t, ft) + dom[0], self.item_matrix(src, fs) + dom[1]])
         return self.fusion([f(key, fresh) for f in self.features.values()], key)
 
+    @torch.no_grad()
+    def fusion_gates(self, key: str) -> dict[str, float] | None:
+        """Mean gate of each item feature over domain ``key``'s items, for fusions that gate
+        (``gated``); None for the others."""
+        if not hasattr(self.fusion, "gates") or key in self.composites:
+            return None
+        was = self.training
+        self.eval()
+        gates = self.fusion.gates([f(key) for f in self.features.values()]).mean(0)
+        self.train(was)
+        return {name: round(float(g), 4) for name, g in zip(self.features, gates)}
+
     def feature_loss(self, key: str) -> torch.Tensor | None:
         """The item features' auxiliary training losses on domain ``key`` (e.g. TransE), or None."""
         if key in self.composites:
@@ -255,7 +267,7 @@ def feature_names(cfg: SeqRecConfig | Any, has_backbone: bool) -> list[str]:
 
 def is_transductive(names: list[str]) -> bool:
     """Whether any of the item features learns per-item parameters."""
-    return any(FEATURES.get(n).transductive for n in names)
+    return any(FEATURES.get(n.split(":")[0]).transductive for n in names)
 
 
 def pad_histories(histories: list, max_len: int) -> torch.Tensor:

@@ -93,5 +93,7 @@ class ItemFeature(nn.Module):
         raise NotImplementedError
 
 
-FEATURES: Registry[Callable[[FeatureContext], ItemFeature]] = Registry(
+# builder(ctx, name) -> ItemFeature; ``name`` is the model.features entry, "kind" or "kind:arg"
+# (e.g. "vectors:image": the registered kind "vectors", reading the domain's "image" vectors)
+FEATURES: Registry[Callable[[FeatureContext, str], ItemFeature]] = Registry(
     "item feature", "model.features", "crossrec_cli.models.features")

@@ -13,7 +13,7 @@ from crossrec_cli.models.features.base import FEATURES, Catalogue, FeatureContex
 class ItemIds(ItemFeature):
     transductive = True
 
-    def __init__(self, ctx: FeatureContext):
+    def __init__(self, ctx: FeatureContext, name: str = ""):
         super().__init__()
         self.ctx = ctx
         self.emb = nn.ModuleDict()

@@ -40,7 +40,7 @@ def transe_loss(h: torch.Tensor, r: torch.Tensor, t: torch.Tensor, t_neg: torch.
 class KgFeature(ItemFeature):
     transductive = True
 
-    def __init__(self, ctx: FeatureContext):
+    def __init__(self, ctx: FeatureContext, name: str = ""):
         super().__init__()
         self.ctx = ctx
         given = dict(((ctx.cfg.feature_settings or {}).get("kg") or {}))

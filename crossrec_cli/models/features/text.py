@@ -16,7 +16,7 @@ from crossrec_cli.models.projection import build_projection
 
 @FEATURES.register("text")
 class TextFeature(ItemFeature):
-    def __init__(self, ctx: FeatureContext):
+    def __init__(self, ctx: FeatureContext, name: str = ""):
         super().__init__()
         cfg = ctx.cfg
         self.ctx = ctx

@@ -1,0 +1,111 @@
+"""Per-item vector files (multimodal fusion): readers, the missing-vector mask, a fused run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from crossrec_cli.data.vectors import check_spec, read_vectors
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.models.features import Catalogue
+from crossrec_cli.models.seqrec import SeqRec, SeqRecConfig
+
+REPO = Path(__file__).resolve().parents[1]
+ML_ITEMS = REPO / "crossrec_cli" / "data" / "bundled" / "ml-100k" / "ml-100k.item"
+
+
+def genre_vectors(n: int = 60) -> dict[str, np.ndarray]:
+    """Genre indicators of the first ``n`` real ml-100k movies (from the bundled item file)."""
+    lines = ML_ITEMS.read_text(encoding="utf-8").splitlines()
+    rows = [ln.split("\t") for ln in lines[1 : n + 1]]
+    genres = sorted({g for r in rows for g in r[3].split()})
+    return {r[0]: np.asarray([float(g in r[3].split()) for g in genres], dtype=np.float32) for r in rows}
+
+
+def _write_all(tmp_path: Path, table: dict[str, np.ndarray]) -> dict[str, tuple[Path, Path | None]]:
+    ids = list(table)
+    mat = np.stack([table[i] for i in ids])
+    (tmp_path / "v.tsv").write_text("".join(f"{i}\t{' '.join(f'{x:g}' for x in table[i])}\n" for i in ids))
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    np.save(tmp_path / "v.npy", mat)
+    from safetensors.numpy import save_file
+
+    save_file({"vectors": mat}, str(tmp_path / "v.safetensors"))
+    return {"tsv": (tmp_path / "v.tsv", None), "npy": (tmp_path / "v.npy", tmp_path / "ids.txt"),
+            "safetensors": (tmp_path / "v.safetensors", tmp_path / "ids.txt")}
+
+
+def test_the_three_layouts_read_the_same_real_vectors(tmp_path):
+    table = genre_vectors()
+    files = _write_all(tmp_path, table)
+    for name, (path, ids) in files.items():
+        got = read_vectors(path, ids)
+        assert list(got) == list(table), name
+        assert all(np.array_equal(got[i], table[i]) for i in table), name
+
+
+@pytest.mark.parametrize("name, content, where", [
+    ("v.tsv", "1\t1 0 1\n2\t0 1 0\n3\t1 1\n", "v.tsv:3"),  # a size that changes
+    ("v.tsv", "1\t1 0 1\n2\t0 x 0\n", "v.tsv:2"),
+    ("v.tsv", "1\t1 0 1\n1\t0 1 0\n", "v.tsv:2"),  # an item twice
+    ("v.tsv", "1 1 0 1\n", "v.tsv:1"),  # no tab
+    ("v.tsv", "1\t1 nan 1\n", "v.tsv:1"),
+])
+def test_a_malformed_vector_row_is_one_line_with_file_and_line(tmp_path, name, content, where):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(CrossrecError) as err:
+        read_vectors(tmp_path / name, None)
+    msg = str(err.value)
+    assert "\n" not in msg and f"{tmp_path / where.split(':')[0]}:{where.split(':')[1]}" in msg, msg
+
+
+def test_an_array_and_its_ids_must_agree(tmp_path):
+    np.save(tmp_path / "v.npy", np.ones((3, 4), dtype=np.float32))
+    (tmp_path / "ids.txt").write_text("a\nb\n")
+    with pytest.raises(CrossrecError, match="3 rows but 2 ids"):
+        read_vectors(tmp_path / "v.npy", tmp_path / "ids.txt")
+    with pytest.raises(CrossrecError, match="vectors.image.ids: missing"):
+        check_spec({"image": {"path": "v.npy"}}, "vectors")
+    with pytest.raises(CrossrecError, match="unknown vector file type"):
+        check_spec({"image": {"path": "v.csv"}}, "vectors")
+
+
+def test_items_the_file_lacks_get_the_learned_missing_vector():
+    torch.manual_seed(0)
+    rows = [np.asarray([1.0, 0.0, 2.0]), None, np.asarray([0.0, 1.0, 0.5]), None]
+    cat = Catalogue(4, {"vectors:image": rows})
+    m = SeqRec(SeqRecConfig(dim=8, heads=2, features=["vectors:image"]), None, backbone_trains=False)
+    m.add_catalogue("d", cat)
+    m.add_catalogue("other", Catalogue(2, {}))  # a domain without the file
+    feat = m.features["vectors:image"]
+    v = m.item_matrix("d")
+    assert torch.equal(v[1], feat.missing) and torch.equal(v[3], feat.missing) and not torch.equal(v[0], v[2])
+    assert torch.equal(m.item_matrix("other"), feat.missing.expand(2, -1))
+    v.sum().backward()
+    assert feat.map.weight.grad.abs().sum() > 0 and feat.missing.grad is not None
+    assert not m.transductive  # content vectors score any catalogue that has them
+
+
+def test_vectors_needs_the_files_name():
+    with pytest.raises(CrossrecError, match="'vectors' needs the file's name"):
+        SeqRec(SeqRecConfig(dim=8, heads=2, features=["vectors"]), None, backbone_trains=False)
+
+
+def test_a_domain_declares_vector_files_and_a_run_fuses_them(tmp_path):
+    from tests.conftest import run_inprocess
+
+    table = genre_vectors(1682)
+    (tmp_path / "meta.tsv").write_text("".join(f"{i}\t{' '.join(f'{x:g}' for x in v)}\n" for i, v in table.items()))
+    conf = tmp_path / "conf" / "domain"
+    conf.mkdir(parents=True)
+    movies = (REPO / "crossrec_cli" / "conf" / "domain" / "movies.yaml").read_text()
+    (conf / "films.yaml").write_text(movies.replace("name: movies", "name: films")
+                                     + f"vectors: {{meta: {{path: {tmp_path / 'meta.tsv'}}}}}\n")
+    rec = run_inprocess("finetune", "experiment=smoke", "domain=films", "fusion=gated", "model.features=[text,vectors:meta]",
+                        f"hydra.searchpath=[file://{tmp_path / 'conf'}]", run_dir=tmp_path / "run")
+    assert rec["features"] == ["text", "vectors:meta"] and rec["mode"] == "inductive"
+    gates = rec["fusion_gates"]["films"]
+    assert set(gates) == {"text", "vectors:meta"} and sum(gates.values()) == pytest.approx(1.0, abs=1e-3)
