@@ -109,3 +109,32 @@ def test_a_domain_declares_vector_files_and_a_run_fuses_them(tmp_path):
     assert rec["features"] == ["text", "vectors:meta"] and rec["mode"] == "inductive"
     gates = rec["fusion_gates"]["films"]
     assert set(gates) == {"text", "vectors:meta"} and sum(gates.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_image_vectors_from_a_local_vision_model_and_real_image_files(tmp_path):
+    """A tiny randomly initialised ViT saved locally (no download) pools real PNG files the test
+    writes; the output loads as a domain's vector file."""
+    from PIL import Image
+    from transformers import ViTConfig, ViTImageProcessor, ViTModel
+
+    from crossrec_cli.models.vision import write_image_vectors
+
+    model_dir = tmp_path / "vit"
+    torch.manual_seed(0)
+    ViTModel(ViTConfig(image_size=32, patch_size=8, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=32)).save_pretrained(model_dir, safe_serialization=True)
+    ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(model_dir)
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for item in ("10", "11", "12"):
+        Image.fromarray(rng.integers(0, 255, (40, 30, 3), dtype=np.uint8)).save(images / f"{item}.png")
+    npy, ids = write_image_vectors(model_dir, images, tmp_path / "out" / "vecs", batch_size=2)
+    table = read_vectors(npy, ids)
+    assert list(table) == ["10", "11", "12"] and all(v.shape == (16,) for v in table.values())
+    assert not np.allclose(table["10"], table["11"])  # different images, different vectors
+    again = read_vectors(*write_image_vectors(model_dir, images, tmp_path / "again" / "vecs", batch_size=3))
+    assert all(np.allclose(table[k], again[k], atol=1e-5) for k in table)  # batching does not change a vector
+    (model_dir / "config.json").write_text((model_dir / "config.json").read_text().replace("{", '{"auto_map": {}, ', 1))
+    with pytest.raises(CrossrecError, match="ships its own Python code"):
+        write_image_vectors(model_dir, images, tmp_path / "x" / "vecs")
