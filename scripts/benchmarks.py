@@ -42,7 +42,11 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "sasrec_stride10_b256": ("SASRec, `trainer.window_stride=10 trainer.batch_size=256`",
                              ["finetune", "experiment=sasrec", "trainer.window_stride=10", "trainer.batch_size=256"]),
     "text": ("frozen MiniLM + towers (defaults)", ["finetune"]),
+    "text_dim128": ("frozen MiniLM + towers, `model.dim=128`", ["finetune", "model.dim=128"]),
     "text_id": ("frozen MiniLM + ids `model.item_ids=true`", ["finetune", "model.item_ids=true"]),
+    "text_kg": ("frozen MiniLM + KG, gated `fusion=kg`", ["finetune", "fusion=kg"]),
+    "text_id_kg": ("frozen MiniLM + ids + KG, gated `fusion=kg model.features=[text,id,kg]`",
+                   ["finetune", "fusion=kg", "model.features=[text,id,kg]"]),
     "unisrec_text": ("UniSRec inductive `experiment=unisrec_text`", ["finetune", "experiment=unisrec_text"]),
     "unisrec_text_id": ("UniSRec transductive `experiment=unisrec_text_id`", ["finetune", "experiment=unisrec_text_id"]),
 }
