@@ -51,6 +51,20 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=config_name):
             compose(config_name=config_name, overrides=plain)
+            # (a `_target_` is judged by the target allowlist, later and with its own message)
+            added = [o for o in plain if o.startswith("+") and not o.startswith("++") and "_target_" not in o]
+            if added:  # `+name=...` may add inside a section, never a top-level key nothing reads
+                base = compose(config_name=config_name, overrides=[o for o in plain if o not in added])
+                for o in added:
+                    top = o[1:].split("=", 1)[0].split(".")[0].split("@")[0]
+                    if top not in base:
+                        name = "data stats" if config_name == "data_stats" else config_name
+                        print(CrossrecError(top, f"crossrec {name} has no such key or choice",
+                                            f"check the spelling; `crossrec {name} --cfg job` lists the keys").one_line(),
+                              file=sys.stderr)
+                        sys.exit(2)
+    except SystemExit:
+        raise
     except Exception as exc:  # Hydra's composition and override-parsing errors, YAML errors
         text = str(exc).strip() or type(exc).__name__
         cause = str(exc.__cause__).strip().splitlines()[:1] if exc.__cause__ else []
@@ -76,6 +90,12 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
         hint = f"available: {', '.join(options)}" if options else next(
             (t for t in lines[1:] if not t.startswith(("Config search path", "provider="))),
             f"check `crossrec {config_name} --cfg job`")
+        if "No match in the defaults list" in text:  # a config group this command does not have
+            takers = sorted(f.stem for f in Path(CONF_DIR).glob("*.yaml")
+                            if re.search(rf"^\s*-\s*{re.escape(where)}\s*:", f.read_text(), re.M))
+            name = "data stats" if config_name == "data_stats" else config_name
+            problem = f"crossrec {name} has no {where} choice"
+            hint = f"{where}= applies to: {', '.join('crossrec ' + t for t in takers)}" if takers else hint
         print(f"error: config key {where}: {problem}; {hint}".replace("\n", " "), file=sys.stderr)
         sys.exit(2)
 

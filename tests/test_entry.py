@@ -202,3 +202,16 @@ def test_a_run_written_before_a_key_existed_resumes_while_the_key_keeps_its_neut
     with pytest.raises(SystemExit):
         check_resume_config(changed)
     assert "config key model.features" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, override, message", [
+    ("finetune", "+fusionn=kg", "error: fusionn: crossrec finetune has no such key or choice"),
+    ("pretrain", "fusion=kg", "error: config key fusion: crossrec pretrain has no fusion choice; "
+                              "fusion= applies to: crossrec finetune, crossrec transfer"),
+])
+def test_a_key_or_choice_the_command_does_not_have_is_refused(tmp_path, command, override, message):
+    from tests.conftest import run_cli
+
+    proc = run_cli(command, "experiment=smoke", override, run_dir=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith(message), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "metrics.json").exists()
