@@ -73,6 +73,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.layers": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.heads": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.readout": (lambda v: v in ("last", "mean"), "last or mean", "last"),
+    "model.positions": (lambda v: v in ("end", "start"), "end or start", "end"),
     "model.score": (lambda v: v in ("auto", "cosine", "dot"), "auto, cosine or dot", "auto"),
     "model.features": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
                        "null or a list of item feature names", "[text,id]"),

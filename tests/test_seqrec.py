@@ -90,3 +90,30 @@ def test_unknown_projection_is_a_one_line_error():
 def test_each_projection_maps_the_catalogue_to_dim(projection):
     m = _model(projection=projection)
     assert m.item_matrix("d").shape == (30, 8)
+
+
+class _PassThrough(torch.nn.Module):
+    def forward(self, x, mask=None):
+        return x
+
+
+def test_positions_count_from_the_newest_or_from_the_oldest_item():
+    """end: the newest item always sits at the last position row; start (RecBole): the oldest
+    item of a left-padded history gets position 0 whatever the padding."""
+    torch.manual_seed(0)
+    cfg = SeqRecConfig(dim=8, max_history=4, heads=2, dropout=0.0, item_ids=True)
+    ends = UserTower(cfg)
+    starts = UserTower(SeqRecConfig(**{**cfg.__dict__, "positions": "start"}))
+    starts.load_state_dict(ends.state_dict())
+    h = torch.randn(2, 4, 8)
+    valid = torch.tensor([[False, False, True, True], [True, True, True, True]])
+    seen = {}
+    for name, tower in (("end", ends), ("start", starts)):
+        tower.in_norm = torch.nn.Identity()
+        tower.encoder = _PassThrough()  # the input to the blocks: item + position
+        seen[name] = tower.eval()(h, valid) - h
+    pos = ends.pos.weight
+    close = lambda a, b: torch.allclose(a, b, atol=1e-6)  # noqa: E731
+    assert close(seen["end"][0, 2:], pos[2:]) and close(seen["end"][1], pos)
+    assert close(seen["start"][0, 2:], pos[:2]) and close(seen["start"][1], pos)
+    assert not close(seen["end"][0, 2:], seen["start"][0, 2:])

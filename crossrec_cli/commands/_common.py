@@ -140,7 +140,8 @@ RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "logger", "ev
                "eval.item_chunk", "eval.batch_size")
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
-ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "pretrain.grad_clip": 0.0}
+ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "model.positions": "end",
+              "pretrain.grad_clip": 0.0}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -68,13 +68,14 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         dataset[spec.name] = domain.fingerprint(item_features(mcfg)) | {"split": split.kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
     trainable, total = param_counts(model)
+    gates = {spec.name: model.fusion_gates(spec.name) for spec, _ in domains}
     unseen = [s.name for s, _ in domains if s.name not in trained_on]
     record = metrics_record(
         "evaluate", saved.model.name, "zero-shot" if unseen else model_mode(saved),
         "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
         features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")),
-        trainable_params=trainable, total_params=total,
+        trainable_params=trainable, total_params=total, **({"fusion_gates": gates} if any(gates.values()) else {}),
     )
     path = finish(cfg, record, open_run_logger(cfg))
     Console().print(metrics_table(record))

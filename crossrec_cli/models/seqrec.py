@@ -36,6 +36,7 @@ class SeqRecConfig:
     dropout: float = 0.5
     ffn_dropout: float | None = None  # between the feed-forward's two maps (None: = dropout; RecBole: 0)
     readout: str = "last"  # last (causal transformer) | mean (mean of history vectors)
+    positions: str = "end"  # end: position 0 = the newest item | start: 0 = the oldest item in the window (RecBole)
     score: str = "dot"  # dot | cosine (with temperature) | auto (dot for id-only items, cosine with text)
     temperature: float = 0.07
     item_ids: bool = False  # transductive: add a learned id embedding to the text vector
@@ -79,7 +80,11 @@ class UserTower(nn.Module):
             m = valid.unsqueeze(-1).to(h.dtype)
             return (h * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
         n = h.shape[1]
-        x = self.drop(self.in_norm(h + self.pos.weight[-n:].unsqueeze(0)))
+        if self.cfg.positions == "start":  # left-padded rows: count valid items from the oldest
+            pos = self.pos((valid.long().cumsum(1) - 1).clamp_min(0))
+        else:
+            pos = self.pos.weight[-n:].unsqueeze(0)
+        x = self.drop(self.in_norm(h + pos))
         causal = torch.ones(n, n, dtype=torch.bool, device=h.device).triu(1)
         blocked = causal.unsqueeze(0) | ~valid.unsqueeze(1)  # (B, L, L): True = may not attend
         blocked &= ~torch.eye(n, dtype=torch.bool, device=h.device)  # padded rows see themselves: no NaN
