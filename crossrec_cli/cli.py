@@ -38,6 +38,11 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("crossrec_uid", lambda: _UID)
 
 
+def _shown(config_name: str) -> str:
+    """A command's config name as typed on the command line (data_stats -> data stats)."""
+    return config_name.replace("_", " ")
+
+
 def _precheck(config_name: str, overrides: list[str]) -> None:
     """Compose the config once so a bad override is one line, not Hydra's multi-line report:
     ``error: config key <override key>: ...``, or ``error: <file>:<line>:<col>: ...`` for a
@@ -58,7 +63,7 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
                 for o in added:
                     top = o[1:].split("=", 1)[0].split(".")[0].split("@")[0]
                     if top not in base:
-                        name = "data stats" if config_name == "data_stats" else config_name
+                        name = _shown(config_name)
                         print(CrossrecError(top, f"crossrec {name} has no such key or choice",
                                             f"check the spelling; `crossrec {name} --cfg job` lists the keys").one_line(),
                               file=sys.stderr)
@@ -93,7 +98,7 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
         if "No match in the defaults list" in text:  # a config group this command does not have
             takers = sorted(f.stem for f in Path(CONF_DIR).glob("*.yaml")
                             if re.search(rf"^\s*-\s*{re.escape(where)}\s*:", f.read_text(), re.M))
-            name = "data stats" if config_name == "data_stats" else config_name
+            name = _shown(config_name)
             problem = f"crossrec {name} has no {where} choice"
             hint = f"{where}= applies to: {', '.join('crossrec ' + t for t in takers)}" if takers else hint
         print(f"error: config key {where}: {problem}; {hint}".replace("\n", " "), file=sys.stderr)

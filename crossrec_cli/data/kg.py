@@ -20,15 +20,13 @@ get ``KgItem(None, ())``. Malformed rows are one-line ``path:line`` errors.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from crossrec_cli.data.table import read_delimited, read_text
 from crossrec_cli.errors import CrossrecError
-
-LAYOUTS = ("recbole", "kgcn")
-
 
 @dataclass(frozen=True)
 class KgItem:
@@ -116,21 +114,34 @@ def read_kgcn(triples: Path, links: Path) -> Graph:
     return Graph(kg, _links(pairs, links))  # type: ignore[arg-type]
 
 
-def find_graph(spec: Any, folder: Path) -> Graph | None:
-    """The domain's graph: its ``kg:`` key, else RecBole's ``<stem>.kg`` + ``<stem>.link``."""
+# layout name (``kg: {layout: ...}``) -> reader(triples file, links file)
+LAYOUTS: dict[str, Callable[[Path, Path], Graph]] = {"recbole": read_recbole, "kgcn": read_kgcn}
+
+
+def graph_source(spec: Any, folder: Path) -> tuple[Callable[[Path, Path], Graph], Path, Path] | None:
+    """(reader, triples file, links file) of the domain's graph: its ``kg:`` key, else RecBole's
+    ``<stem>.kg`` + ``<stem>.link`` beside the atomic files; None without a graph."""
     raw = getattr(spec, "kg", None)
     if raw is not None:
         ks = KgSpec.from_dict(raw, f"domain.{spec.name}.kg")
-        paths = folder / ks.triples, folder / ks.links
-        for p in paths:
-            if not p.is_file():
-                raise CrossrecError(str(p), "knowledge-graph file does not exist", f"check kg: in the domain file of {spec.name!r}")
-        return (read_kgcn if ks.layout == "kgcn" else read_recbole)(*paths)
+        return LAYOUTS[ks.layout], folder / ks.triples, folder / ks.links
     if spec.format == "recbole" and spec.dataset:
         kg, link = folder / f"{spec.dataset}.kg", folder / f"{spec.dataset}.link"
         if kg.is_file() and link.is_file():
-            return read_recbole(kg, link)
+            return read_recbole, kg, link
     return None
+
+
+def find_graph(spec: Any, folder: Path) -> Graph | None:
+    """The domain's graph, read and checked (None without one)."""
+    source = graph_source(spec, folder)
+    if source is None:
+        return None
+    reader, *paths = source
+    for path in paths:
+        if not path.is_file():
+            raise CrossrecError(str(path), "knowledge-graph file does not exist", f"check kg: in the domain file of {spec.name!r}")
+    return reader(*paths)
 
 
 def item_graph(item_ids: list[str], graph: Graph) -> list[KgItem]:
@@ -146,20 +157,13 @@ def item_graph(item_ids: list[str], graph: Graph) -> list[KgItem]:
     return out
 
 
-def has_graph(spec: Any, folder: Path) -> bool:
-    if getattr(spec, "kg", None) is not None:
-        return True
-    return spec.format == "recbole" and bool(spec.dataset) and (folder / f"{spec.dataset}.kg").is_file() \
-        and (folder / f"{spec.dataset}.link").is_file()
-
-
 def attach_graph(domain: Any, spec: Any) -> Any:
     """``domain`` with ``item_features["kg"]`` when the domain has a knowledge graph; the files
     are read (and checked) the first time a run uses the feature."""
     from crossrec_cli.data.domain import LazyItems
 
     folder = spec.folder()
-    if not has_graph(spec, folder):
+    if graph_source(spec, folder) is None:
         return domain
     ids = list(domain.item_ids)
     lazy = LazyItems(len(ids), lambda: item_graph(ids, find_graph(spec, folder)))

@@ -14,4 +14,4 @@ def load_domain(spec: DomainSpec) -> Domain:
     from crossrec_cli.data.vectors import attach_vectors
 
     domain = READERS.get(spec.format, "format")(spec)
-    return domain if spec.format == "instruction" else attach_vectors(attach_graph(domain, spec), spec)
+    return attach_vectors(attach_graph(domain, spec), spec)
