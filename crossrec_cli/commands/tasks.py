@@ -32,7 +32,8 @@ from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.io import atomic_write_json, atomic_write_text
 from crossrec_cli.models.backbone import build_backbone
 from crossrec_cli.tasks import TASKS
-from crossrec_cli.tasks.classification import label_data, run_classification, split_indices
+from crossrec_cli.tasks.classification import confusion_png, label_data, run_classification, split_indices
+from crossrec_cli.tasks.classifiers import CLASSIFIERS, ClassifyJob
 from crossrec_cli.tasks.examples import PreferenceData, preference_data, sample
 from crossrec_cli.tasks.metrics import mean_std
 from crossrec_cli.tasks.preference import ScorerSpec, run_preference, run_transfer
@@ -278,40 +279,65 @@ def _cap(n: int | None, have: int) -> int | None:
 # ---- classification ------------------------------------------------------------------------
 
 def classification(cfg: DictConfig, logger: Logger | None = None) -> dict[str, Any]:
+    """Per domain: labels -> a seeded split (stratified for single-label) -> per seed, fit
+    ``task.classifier`` and score valid / test -> reports, confusion matrices, metrics.json."""
     t, device = cfg.task, device_of(cfg)
+    classifier = str(t.get("classifier", "lm"))
+    CLASSIFIERS.get(classifier)  # an unknown name stops here, before any data is read
     method, hparams = adapter_of(cfg, False)
+    if classifier != "lm" and method != "frozen":
+        raise CrossrecError("adapter", f"task.classifier={classifier} trains no language model",
+                            "use adapter=frozen, or task.classifier=lm to train the adapter")
+    uses_lm = classifier in ("lm", "zero_shot")
     dataset: dict[str, dict] = {}
     valid: dict[str, dict] = {}
     test: dict[str, dict] = {}
     per_seed: list[dict] = []
     for spec, domain in load_domains(cfg):
         data = label_data(domain, spec, t.multi_label)
-        parts = split_indices(len(data.texts), tuple(t.split), t.split_seed)
+        strata = None if data.multi_label or not t.get("stratify", True) else data.targets
+        parts = split_indices(len(data.texts), tuple(t.split), t.split_seed, strata)
         runs = []
         for seed in seeds_of(cfg):
             seed_everything(seed)
             p = dict(parts)
             if t.train_samples:
-                p["train"] = np.asarray(sample(list(parts["train"]), t.train_samples, seed), dtype=np.int64)
-            res = run_classification(backbone_for(cfg, seed), data, p, method, hparams, train_settings(cfg, seed, logger),
-                                     cfg.backbone.pooling, t.max_length, t.threshold, device)
+                p["train"] = np.sort(np.asarray(sample(list(parts["train"]), t.train_samples, seed), dtype=np.int64))
+            job = ClassifyJob(data.texts, data.targets, data.names, data.label_texts, data.multi_label, p,
+                              train_settings(cfg, seed, logger),
+                              None if cfg.backbone.kind == "none" else (lambda s=seed: backbone_for(cfg, s)),
+                              method, hparams, cfg.backbone.get("pooling", "mean"), t.max_length, device)
+            res = run_classification(job, classifier, t.threshold)
+            stem = f"{spec.name}.{{split}}.seed{seed}"
             for split, (rep, text) in res.pop("reports").items():
-                stem = run_dir(cfg) / f"classification_report.{spec.name}.{split}.seed{seed}"
-                atomic_write_text(f"{stem}.txt", text)
-                atomic_write_json(f"{stem}.json", rep)
+                atomic_write_text(run_dir(cfg) / f"classification_report.{stem.format(split=split)}.txt", text)
+                atomic_write_json(run_dir(cfg) / f"classification_report.{stem.format(split=split)}.json", rep)
+            for split, counts in res.pop("confusion").items():
+                confusion_png(counts, data.names, run_dir(cfg) / f"confusion_matrix.{stem.format(split=split)}.png",
+                              f"{spec.name} {split} · {classifier} · seed {seed} (rows: true label)")
             runs.append(res)
             per_seed.append({"seed": seed, "domain": spec.name, **res})
-        dataset[spec.name] = domain.fingerprint() | {"labels": data.names, "multi_label": data.multi_label,
-                                                     "label_field": spec.label_field}
+        dataset[spec.name] = domain.fingerprint() | {
+            "labels": data.names, "multi_label": data.multi_label, "label_field": spec.label_field,
+            "items": {k: int(len(v)) for k, v in parts.items()},
+            "label_counts": {n: int(c) for n, c in zip(data.names, _label_counts(data))}}
         for split, out in (("valid", valid), ("test", test)):
             if all(split in r["metrics"] for r in runs):
                 out[spec.name] = mean_std([r["metrics"][split] for r in runs])
+    split_kind = "stratified-item-split" if strata is not None else "random-item-split"
     return metrics_record(
-        "finetune", "classification-head", "inductive", "random-item-split", int(cfg.seed), dataset, valid, test,
-        task="classification", backbone=cfg.backbone.name, adapter=method, seeds=seeds_of(cfg),
+        "finetune", "classification-head" if classifier == "lm" else f"classification-{classifier}",
+        per_seed[-1]["mode"], split_kind, int(cfg.seed), dataset,
+        valid, test, task="classification", classifier=classifier,
+        backbone=cfg.backbone.name if uses_lm else "none", adapter=method if classifier == "lm" else "none",
+        seeds=seeds_of(cfg), train_samples=t.train_samples,
         trainable_params=per_seed[-1]["trainable"], total_params=per_seed[-1]["total"],
         per_seed=[_drop(r, "trainable", "total") for r in per_seed],
     )
+
+
+def _label_counts(data) -> np.ndarray:
+    return data.targets.sum(0) if data.multi_label else np.bincount(data.targets, minlength=len(data.names))
 
 
 # ---- output --------------------------------------------------------------------------------
@@ -320,8 +346,8 @@ def task_table(record: dict[str, Any]) -> Table:
     """Rows (split, domain); the task's metrics as columns, "mean ± std" over seeds."""
     preference = record.get("task") == "preference"
     keys = ["auc", "logloss", "accuracy"] if preference else ["micro_f1", "macro_f1", "accuracy"]
-    table = Table(title=f"{record['command']} · task={record.get('task')} · {record.get('backbone')} · "
-                        f"{record.get('adapter')}")
+    who = [record.get("classifier"), record.get("backbone"), record.get("adapter")]
+    table = Table(title=f"{record['command']} · task={record.get('task')} · " + " · ".join(str(w) for w in who if w))
     for col in ("split", "domain", *keys, "n"):
         table.add_column(col, justify="left" if col in ("split", "domain") else "right", no_wrap=True)
 

@@ -55,6 +55,8 @@ class DomainSpec:
     description: str = ""
     kg: Any = None  # a knowledge graph: {layout: kgcn | recbole, triples: FILE, links: FILE} (data/kg.py)
     vectors: Any = None  # per-item vector files: {name: {path: FILE, ids: FILE}} (data/vectors.py)
+    tags: Any = None  # Last.fm tag text: {max_tags: 10, min_users: 5} (data/tags.py)
+    labels: Any = None  # item labels voted from tags: {column, classes, vote, tie, ...} (data/tags.py)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "domain") -> DomainSpec:
@@ -69,6 +71,14 @@ class DomainSpec:
             from crossrec_cli.data.vectors import check_spec
 
             check_spec(vectors, f"{where}.vectors")
+        for key in ("tags", "labels"):
+            if data.get(key) is not None:
+                from crossrec_cli.data import tags
+
+                if data.get("format") != "lastfm":
+                    raise CrossrecError(f"{where}.{key}", f"format {data.get('format')!r} has no tag files",
+                                        "tags and labels are read from Last.fm tag files (format: lastfm)")
+                (tags.TagSpec if key == "tags" else tags.LabelRule).from_dict(data[key], f"{where}.{key}")
         fraw = data.pop("filters", None)
         if fraw is None:
             fraw = {}

@@ -6,22 +6,17 @@ genres): one sigmoid per label; otherwise one softmax over the distinct values.
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from crossrec_cli.adapters import adapter_loss, adapter_step_hook, apply_adapter, param_counts
 from crossrec_cli.data.domain import Domain, DomainSpec
+from crossrec_cli.data.tags import HIDDEN
 from crossrec_cli.errors import CrossrecError
-from crossrec_cli.models.backbone import Backbone
+from crossrec_cli.tasks.classifiers import CLASSIFIERS, ClassifyJob
 from crossrec_cli.tasks.metrics import label_metrics
-from crossrec_cli.tasks.models import SequenceClassifier
-from crossrec_cli.tasks.train import TrainSettings, fit, plan_steps, predict
 
 
 def column_is_token_seq(spec: DomainSpec, column: str) -> bool:
@@ -43,6 +38,7 @@ class LabelData:
     names: list[str]
     multi_label: bool
     items: np.ndarray  # item indices kept (items with at least one label)
+    label_texts: list[str]  # each label in words (the domain's labels.describe, else the label)
 
 
 def label_data(domain: Domain, spec: DomainSpec, multi_label: bool | None = None) -> LabelData:
@@ -70,50 +66,82 @@ def label_data(domain: Domain, spec: DomainSpec, multi_label: bool | None = None
             targets[r, [index[x] for x in values[i]]] = 1
     else:
         targets = np.array([index[values[i][0]] for i in keep], dtype=np.int64)
-    fields = [f for f in (spec.text_fields or list(domain.item_columns)) if f not in (field, spec.item_field)]
+    fields = [f for f in (spec.text_fields or list(domain.item_columns))
+              if f not in (field, spec.item_field) and not f.endswith(HIDDEN)]
     if not fields:
         raise CrossrecError(f"domain.{spec.name}.text_fields", "no text field besides the label column",
                             "add another text field to classify from")
-    cols = domain.item_columns
+    # a field with its label words left out (data/tags.py, hide_label_words) is read in its place
+    cols = {f: domain.item_columns.get(f + HIDDEN, domain.item_columns[f]) for f in fields}
     texts = [". ".join(cols[f][i] for f in fields if cols[f][i]) or domain.item_ids[i] for i in keep]
-    return LabelData(texts, targets, names, multi, keep)
+    describe = (spec.labels or {}).get("describe", "{label}") if isinstance(spec.labels, dict) else "{label}"
+    return LabelData(texts, targets, names, multi, keep, [describe.format(label=n) for n in names])
 
 
-def split_indices(n: int, fractions: tuple[float, float, float], seed: int) -> dict[str, np.ndarray]:
-    """A seeded random train / valid / test partition of range(n)."""
+def split_indices(n: int, fractions: tuple[float, float, float], seed: int,
+                  strata: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A seeded random train / valid / test partition of range(n). With ``strata`` (one class per
+    row) each class is split by the same fractions on its own, so every split keeps the class
+    balance (a class of 1-2 items lands in train first)."""
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
         raise CrossrecError("task.split", f"expected three fractions summing to 1, got {list(fractions)}",
                             "e.g. [0.8, 0.1, 0.1]")
-    perm = np.random.default_rng(seed).permutation(n)
-    a = round(fractions[0] * n)
-    b = a + round(fractions[1] * n)
-    return {"train": np.sort(perm[:a]), "valid": np.sort(perm[a:b]), "test": np.sort(perm[b:])}
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == c) for c in np.unique(strata)]
+    out: dict[str, list[np.ndarray]] = {"train": [], "valid": [], "test": []}
+    for members in groups:
+        perm = members[rng.permutation(len(members))]
+        a = round(fractions[0] * len(perm))
+        b = a + round(fractions[1] * len(perm))
+        for name, part in zip(out, (perm[:a], perm[a:b], perm[b:])):
+            out[name].append(part)
+    return {name: np.sort(np.concatenate(parts)) for name, parts in out.items()}
 
 
-def run_classification(base: Backbone, data: LabelData, parts: dict[str, np.ndarray], adapter: str,
-                       adapter_hparams: dict, settings: TrainSettings, pooling: str = "mean",
-                       max_length: int = 64, threshold: float = 0.5, device: str = "cpu") -> dict:
-    """Train a classifier head (with the adapter) on ``parts["train"]`` and evaluate the others:
-    {"metrics": {split: micro_f1 / macro_f1 / accuracy}, "reports": {split: (dict, text)}, ...}."""
+def run_classification(job: ClassifyJob, classifier: str = "lm",
+                       threshold: float = 0.5) -> dict:
+    """Fit ``task.classifier`` on ``job.parts["train"]`` and evaluate the other splits:
+    {"metrics": {split: micro_f1 / macro_f1 / accuracy / f1@<label>}, "reports": {split: (dict,
+    text)}, "confusion": {split: (C, C) counts, rows true} (single-label), ...}."""
     start = time.perf_counter()
-    bb = dataclasses.replace(base, model=copy.deepcopy(base.model))
-    train = parts["train"]
-    _, steps = plan_steps(len(train), settings)
-    bb.model = apply_adapter(bb.model, adapter, total_steps=steps, **adapter_hparams)
-    torch.manual_seed(settings.seed)
-    model = SequenceClassifier(bb, len(data.names), pooling, max_length).to(torch.device(device))
-    inputs = [(t, None) for t in data.texts]
-    losses = fit(model, [inputs[i] for i in train], data.targets[train], settings,
-                 step_hook=lambda s: adapter_step_hook(bb.model, s), extra_loss=lambda: adapter_loss(bb.model))
-    metrics, reports = {}, {}
-    for split in ("valid", "test"):
-        idx = parts[split]
-        if not len(idx):
+    fitted = CLASSIFIERS.get(classifier)(job)
+    metrics, reports, confusion = {}, {}, {}
+    for split, idx in job.parts.items():
+        if split == "train" or not len(idx):
             continue
-        prob = predict(model, [inputs[i] for i in idx], multi_label=data.multi_label)
-        pred = (prob >= threshold).astype(np.int64) if data.multi_label else prob.argmax(1)
-        metrics[split], rep, text = label_metrics(data.targets[idx], pred, data.names)
+        scores = fitted.scores[split]
+        pred = (scores >= threshold).astype(np.int64) if job.multi_label else scores.argmax(1)
+        metrics[split], rep, text = label_metrics(job.targets[idx], pred, job.names)
         reports[split] = (rep, text)
-    trainable, total = param_counts(model)
-    return {"metrics": metrics, "reports": reports, "losses": losses, "trainable": trainable, "total": total,
-            "train_examples": len(train), "seconds": round(time.perf_counter() - start, 2)}
+        if not job.multi_label:
+            from sklearn.metrics import confusion_matrix  # type: ignore[import-untyped]
+
+            confusion[split] = confusion_matrix(job.targets[idx], pred, labels=list(range(len(job.names))))
+    return {"metrics": metrics, "reports": reports, "confusion": confusion, "losses": fitted.losses,
+            "mode": fitted.mode, "trainable": fitted.trainable, "total": fitted.total,
+            "train_examples": len(job.parts["train"]), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def confusion_png(counts: np.ndarray, names: list[str], path: Path, title: str) -> Path:
+    """A confusion matrix (rows: true label, normalised per row; cells print the counts)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay  # type: ignore[import-untyped]
+
+    from crossrec_cli.io import atomic_write
+
+    size = 2.5 + 0.45 * len(names)
+    fig, ax = plt.subplots(figsize=(size, size), dpi=100)
+    rows = counts.sum(1, keepdims=True)
+    ConfusionMatrixDisplay(counts / np.maximum(rows, 1), display_labels=names).plot(
+        ax=ax, cmap="Blues", colorbar=False, values_format=".2f", xticks_rotation=45)
+    for text, n in zip(ax.texts, counts.ravel()):  # row share, count beneath
+        text.set_text(f"{text.get_text()}\n{n}" if n else "")
+        text.set_fontsize(7)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+    return path

@@ -27,8 +27,8 @@ def binary_metrics(labels: np.ndarray, prob: np.ndarray) -> dict[str, float]:
 def label_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> tuple[dict[str, float], dict, str]:
     """y_true / y_pred: (n, n_labels) 0/1 indicator matrices (multi-label) or (n,) class indices.
 
-    Returns (``micro_f1``, ``macro_f1``, ``accuracy`` (exact match for multi-label), ``n``),
-    scikit-learn's classification report as a dict and as text."""
+    Returns (``micro_f1``, ``macro_f1``, ``accuracy`` (exact match for multi-label), ``n``,
+    ``f1_<label>`` per label), scikit-learn's classification report as a dict and as text."""
     from sklearn.metrics import accuracy_score, classification_report, f1_score  # type: ignore[import-untyped]
 
     labels = list(range(len(names)))
@@ -39,6 +39,8 @@ def label_metrics(y_true: np.ndarray, y_pred: np.ndarray, names: list[str]) -> t
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "n": len(y_true),
     }
+    per_label = f1_score(y_true, y_pred, average=None, zero_division=0, **({} if y_true.ndim == 2 else kw))
+    metrics |= {f"f1_{name}": float(v) for name, v in zip(names, per_label)}
     report = classification_report(y_true, y_pred, labels=labels, target_names=names, zero_division=0,
                                    output_dict=True)
     text = classification_report(y_true, y_pred, labels=labels, target_names=names, zero_division=0, digits=4)
