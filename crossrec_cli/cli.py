@@ -18,6 +18,7 @@ COMMANDS = {
     "finetune": "train the recommender on one or more domains, early-stopped on valid NDCG",
     "transfer": "source -> target transfer with zero-shot, adapted and control runs",
     "evaluate": "evaluate a baseline or a trained run directory on any domain",
+    "recommend": "top-k items per user from a trained run or a baseline (recommendations.jsonl)",
     "data": "dataset tools: `crossrec data stats domain=X`",
 }
 # a per-process suffix keeps run directories of commands started in the same second apart

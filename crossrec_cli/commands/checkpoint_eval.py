@@ -8,6 +8,7 @@ come from ``<run>/checkpoint/model.safetensors`` (safetensors only, manifest ver
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load
 from crossrec_cli.commands.recsys import (
     _checkpoint_file, build_model, evaluate_model, item_features, model_mode, param_counts,
 )
-from crossrec_cli.data import load_domain, make_split
+from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
@@ -39,13 +40,24 @@ def run_config(run: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
-def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
+@dataclass
+class LoadedRun:
+    model: SeqRec
+    cfg: DictConfig  # the run's saved config with this command's eval / device settings
+    saved: DictConfig  # the run's config.yaml as written
+    trained_on: list[str]
+    domains: list[tuple[DomainSpec, Domain]]
+
+
+def load_run(cfg: DictConfig) -> LoadedRun:
+    """The trained model of ``cfg.run`` with the best weights, its catalogues registered for the
+    command's domains (``domain=``), or the run's own training domains when none is given."""
     run = Path(str(cfg.run)).expanduser()
     saved = run_config(run)
     check_targets(OmegaConf.to_container(saved), list(cfg.get("allowed_targets") or []), where=str(run / "config.yaml"))
     meta_path = run / "checkpoint" / "crossrec.json"
     if not meta_path.is_file():
-        raise CrossrecError(str(meta_path), "run has no finished checkpoint", "evaluate a run that completed training")
+        raise CrossrecError(str(meta_path), "run has no finished checkpoint", "use a run that completed training")
     trained_on = json.loads(meta_path.read_text())["domains"]
     if _domain_given(cfg):
         domains = load_domains(cfg)
@@ -56,10 +68,23 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     # trust_remote_code is this command's choice, never the (possibly edited) run folder's
     mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None,
                                    "backbone": {"trust_remote_code": bool(cfg.backbone.get("trust_remote_code", False))}})
+    unseen = [s.name for s, _ in domains if s.name not in trained_on]
+    if unseen and model_mode(saved) == "transductive":
+        raise CrossrecError(f"domain={unseen[0]}", "a transductive model (item ids) cannot score a domain it was "
+                            f"not trained on (it was trained on {', '.join(trained_on)})",
+                            "use one of its training domains, or an inductive (text) run")
     model = build_model(mcfg, [(s.name, d) for s, d in domains])
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
+    return LoadedRun(model, mcfg, saved, trained_on, domains)
+
+
+def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
+    run = Path(str(cfg.run)).expanduser()
+    loaded = load_run(cfg)
+    model, mcfg, saved, trained_on, domains = (loaded.model, loaded.cfg, loaded.saved, loaded.trained_on,
+                                               loaded.domains)
     dataset, valid, test = {}, {}, {}
     for spec, domain in domains:
         split = make_split(domain, spec.order, spec.order_seed)

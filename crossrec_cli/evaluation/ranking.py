@@ -124,3 +124,30 @@ def read_candidates(path: str | Path, user_index: dict[str, int], item_index: di
     if not out:
         raise CrossrecError(str(path), "file lists no users", "expected user_id<TAB>item ids lines", line=1)
     return out
+
+
+def top_items(
+    user_vecs: torch.Tensor,
+    item_vecs: torch.Tensor,
+    k: int,
+    exclude: list[np.ndarray] | None = None,
+    user_chunk: int = 512,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each user's ``k`` best items: (indices (n, k), scores (n, k)), best first, ties by item
+    order as in ``full_ranks``. ``exclude[i]``: items never recommended to user i (seen items);
+    a user with fewer than ``k`` items left gets index -1 and score -inf in the free slots."""
+    n, n_items = user_vecs.shape[0], item_vecs.shape[0]
+    items = item_vecs.detach().to(torch.float64)
+    k_eff = min(k, n_items)
+    idx = np.full((n, k), -1, dtype=np.int64)
+    val = np.full((n, k), -np.inf, dtype=np.float64)
+    for a in range(0, n, user_chunk):
+        s = (user_vecs[a : a + user_chunk].detach().to(torch.float64) @ items.T).numpy()
+        if exclude is not None:
+            for r, seen in enumerate(exclude[a : a + user_chunk]):
+                s[r, np.asarray(seen, dtype=np.int64)] = -np.inf
+        order = np.argsort(-s, axis=1, kind="stable")[:, :k_eff]  # stable: equal scores keep item order
+        best = np.take_along_axis(s, order, 1)
+        order[np.isneginf(best)] = -1
+        idx[a : a + len(s), :k_eff], val[a : a + len(s), :k_eff] = order, best
+    return idx, val

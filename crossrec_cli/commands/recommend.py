@@ -1,0 +1,146 @@
+"""crossrec recommend: the top-k items for each user of one domain.
+
+Recipe: load the domain -> each user's whole history (every interaction, in the domain's order)
+-> the scorer (a trained run's model, or a baseline fitted on every interaction) -> top-k per user
+-> ``recommendations.jsonl`` + ``recommendations.tsv`` and ``metrics.json`` (catalogue coverage
+and popularity of what was recommended). An inductive (text) run recommends in domains it never
+saw: the zero-shot use case.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig
+from rich.console import Console
+from rich.table import Table
+
+from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything
+from crossrec_cli.data import Domain, EvalSet, Split
+from crossrec_cli.data.split import order_interactions
+from crossrec_cli.data.table import read_text
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.evaluation.beyond import beyond_accuracy
+from crossrec_cli.evaluation.ranking import top_items
+from crossrec_cli.evaluation.report import metrics_record
+from crossrec_cli.io import atomic_write_text
+
+
+def histories(domain: Domain, order: str, seed: int) -> EvalSet:
+    """Every user with an interaction and their whole history, oldest first (``targets`` -1)."""
+    idx = order_interactions(domain.inter_user, domain.inter_time, domain.inter_rating, order, seed)
+    users, items = domain.inter_user[idx], domain.inter_item[idx]
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    us = [int(u[0]) for u in np.split(users, bounds) if len(u)]
+    hs = [h.copy() for h in np.split(items, bounds) if len(h)]
+    return EvalSet(np.asarray(us, dtype=np.int64), hs, np.full(len(us), -1, dtype=np.int64))
+
+
+def chosen_users(value: Any, domain: Domain, everyone: EvalSet) -> EvalSet:
+    """``users=``: null (everyone with an interaction), a list of user ids, or a file of ids."""
+    if value is None:
+        return everyone
+    if isinstance(value, (list, tuple, ListConfig)):
+        ids, where, lines = [str(v) for v in value], "users", None
+    else:
+        path = Path(str(value)).expanduser()
+        rows = read_text(path).splitlines()
+        lines = [n for n, r in enumerate(rows, start=1) if r.strip()]
+        ids, where = [rows[n - 1].strip() for n in lines], str(path)
+        if not ids:
+            raise CrossrecError(where, "file lists no user", "one user id a line", line=1)
+    index = {u: i for i, u in enumerate(domain.user_ids)}
+    row = {int(u): r for r, u in enumerate(everyone.users)}
+    keep = []
+    for n, uid in enumerate(ids):
+        line = lines[n] if lines else None
+        if uid not in index:
+            raise CrossrecError(where, f"unknown user id {uid!r}", f"not a user of domain {domain.name!r}", line=line)
+        keep.append(row[index[uid]])  # every user of a domain has an interaction
+    return EvalSet(everyone.users[keep], [everyone.histories[r] for r in keep], everyone.targets[keep])
+
+
+def scorer(cfg: DictConfig, domain: Domain, users: EvalSet, name: str):
+    """(user vectors of ``users``, item vectors, model name, mode) from ``run=`` or the baseline."""
+    if cfg.get("run"):
+        from crossrec_cli.commands.checkpoint_eval import load_run
+        from crossrec_cli.commands.recsys import model_mode
+        from crossrec_cli.models.seqrec import seqrec_scorer
+
+        loaded = load_run(cfg)  # refuses a transductive run on a domain it never saw
+        user_vecs, item_vecs = seqrec_scorer(loaded.model, name, cfg.eval.batch_size, refresh=loaded.model.backbone_trains)
+        mode = model_mode(loaded.saved) if name in loaded.trained_on else "zero-shot"
+        return user_vecs(users), item_vecs, str(loaded.saved.model.name), mode
+    from crossrec_cli.commands.evaluate import baseline_scorer
+    from crossrec_cli.models.baselines import BASELINES
+
+    if str(cfg.model.name) not in BASELINES:
+        raise CrossrecError("model", f"{cfg.model.name!r} is not a baseline",
+                            f"recommend with a trained model via run=<run dir>; baselines: {', '.join(BASELINES.names())}")
+    # a baseline fitted on every interaction: the whole histories are its training sequences
+    full = Split(users.users, users.histories, users, users, "all interactions")
+    user_vecs, item_vecs = baseline_scorer(cfg, domain, full, {})
+    return user_vecs(users), item_vecs, str(cfg.model.name), "zero-shot"
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    domains = load_domains(cfg)
+    if len(domains) != 1:
+        raise CrossrecError("domain", f"recommend works on one domain, got {[s.name for s, _ in domains]}",
+                            "pass domain=NAME")
+    spec, domain = domains[0]
+    k = cfg.k
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise CrossrecError("k", f"expected a positive integer, got {k!r}", "e.g. k=10")
+    everyone = histories(domain, spec.order, spec.order_seed)
+    users = chosen_users(cfg.get("users"), domain, everyone)
+    user_vecs, item_vecs, model_name, mode = scorer(cfg, domain, users, spec.name)
+    exclude = users.histories if cfg.eval.exclude_seen else None
+    idx, scores = top_items(user_vecs, item_vecs, k, exclude, cfg.eval.user_chunk)
+    out = run_dir(cfg)
+    write_recommendations(out, domain, users, idx, scores)
+    counts = np.bincount(domain.inter_item, minlength=domain.n_items)
+    record = metrics_record(
+        "recommend", model_name, mode, "recommend-all-interactions", int(cfg.seed),
+        {spec.name: domain.fingerprint()}, {}, {}, run=str(cfg.run) if cfg.get("run") else None, k=k,
+        users=len(users), exclude_seen=bool(cfg.eval.exclude_seen),
+        recommendations={"jsonl": str(out / "recommendations.jsonl"), "tsv": str(out / "recommendations.tsv")},
+        beyond_accuracy={spec.name: beyond_accuracy(idx, counts, users.histories, k)},
+    )
+    path = finish(cfg, record, open_run_logger(cfg))
+    Console().print(preview(domain, users, idx, scores))
+    Console().print(f"recommendations: {out / 'recommendations.jsonl'}\nmetrics: {path}")
+    return record
+
+
+def write_recommendations(out: Path, domain: Domain, users: EvalSet, idx: np.ndarray, scores: np.ndarray) -> None:
+    """One JSON line per user, items best first; the same rows as a TSV for spreadsheets."""
+    text = domain.item_text
+    lines, rows = [], ["user\trank\titem\tscore\ttext"]
+    for u, items, vals in zip(users.users.tolist(), idx, scores):
+        uid = domain.user_ids[u]
+        recs = [{"item": domain.item_ids[i], "score": float(v), "text": text[i]} for i, v in zip(items, vals) if i >= 0]
+        lines.append(json.dumps({"user": uid, "items": recs}, ensure_ascii=False))
+        rows += [f"{uid}\t{r}\t{x['item']}\t{x['score']:.6g}\t{_cell(x['text'])}" for r, x in enumerate(recs, start=1)]
+    atomic_write_text(out / "recommendations.jsonl", "\n".join(lines) + "\n")
+    atomic_write_text(out / "recommendations.tsv", "\n".join(rows) + "\n")
+
+
+def _cell(text: str) -> str:
+    return text.replace("\t", " ").replace("\n", " ")
+
+
+def preview(domain: Domain, users: EvalSet, idx: np.ndarray, scores: np.ndarray, n: int = 3) -> Table:
+    table = Table(title=f"recommendations · {domain.name} · first {min(n, len(users))} of {len(users)} users")
+    for col in ("user", "rank", "item", "score", "text"):
+        table.add_column(col, justify="right" if col in ("rank", "score") else "left", overflow="fold")
+    for u, items, vals in list(zip(users.users.tolist(), idx, scores))[:n]:
+        for r, (i, v) in enumerate(zip(items, vals), start=1):
+            if i >= 0:
+                table.add_row(domain.user_ids[u] if r == 1 else "", str(r), domain.item_ids[i], f"{v:.4f}",
+                              domain.item_text[i][:60])
+    return table
