@@ -91,3 +91,38 @@ def test_recommend_zero_shot_from_a_trained_run(tmp_path):
     ids("finetune", *SMOKE, "backbone=none", "model.item_ids=true", run_dir=idrun)
     proc = run_cli("recommend", *SMOKE, f"run={idrun}", "domain=music", run_dir=tmp_path / "x", check=False)
     assert proc.returncode == 2 and "transductive" in proc.stderr
+
+
+# ---- per-group metrics (fairness) -----------------------------------------------------------
+
+def test_group_metrics_by_hand():
+    from crossrec_cli.evaluation.groups import group_metrics, user_groups
+
+    attrs = {"age": {"a": "17", "b": "30", "c": "61", "d": ""}, "gender": {"a": "F", "b": "M", "c": "F"}}
+    spec = {"age": {"bins": [18, 25, 35]}, "gender": None}
+    g = user_groups(["a", "b", "c", "d"], attrs, spec)
+    assert g["age"].tolist() == ["<18", "25-34", "35+", ""] and g["gender"].tolist() == ["F", "M", "F", ""]
+    # examples: user a rank 0, user c rank 1, user b rank 5, user d rank 0 (no group)
+    res = group_metrics(np.array([0, 1, 5, 0]), np.array([0, 2, 1, 3]), g, [2])
+    # F = {a: rank 0, c: rank 1}: recall@2 1, ndcg@2 (1 + 1/log2 3) / 2; M = {b: rank 5}: 0
+    f_ndcg = (1 + 1 / np.log2(3)) / 2
+    assert res["gender"]["F"]["ndcg@2"] == pytest.approx(f_ndcg) and res["gender"]["F"]["examples"] == 2
+    assert res["gender"]["M"]["recall@2"] == 0 and res["gender"]["gap"]["ndcg@2"] == pytest.approx(f_ndcg)
+    assert set(res["age"]) == {"<18", "25-34", "35+", "gap"}
+
+
+def test_evaluate_reports_groups_and_beyond_accuracy(tmp_path):
+    run_inprocess("evaluate", *SMOKE, run_dir=tmp_path)  # popularity on the movies slice
+    m = read_metrics(tmp_path)
+    gender = m["groups"]["movies"]["gender"]
+    assert set(gender) == {"F", "M", "gap"} and gender["F"]["examples"] + gender["M"]["examples"] == 40
+    assert gender["gap"]["ndcg@10"] == pytest.approx(abs(gender["F"]["ndcg@10"] - gender["M"]["ndcg@10"]))
+    ba = m["beyond_accuracy"]["movies"]
+    assert {"coverage@5", "coverage@10", "arp@10", "popularity_lift@10"} <= set(ba)
+    assert ba["popular_share@10"] == 1.0  # popularity only ever recommends the most popular items
+
+
+def test_user_groups_unknown_column_is_one_line(tmp_path):
+    proc = run_cli("evaluate", *SMOKE, "+data.overrides.user_groups={zodiac: null}", run_dir=tmp_path, check=False)
+    err = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(err) == 1 and "user_groups.zodiac" in err[0] and "gender" in err[0]

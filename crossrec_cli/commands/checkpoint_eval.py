@@ -24,6 +24,7 @@ from crossrec_cli.commands.recsys import (
 from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.evaluation.protocol import extras_by_key
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.training.loop import load_trainable_state
@@ -85,11 +86,12 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     loaded = load_run(cfg)
     model, mcfg, saved, trained_on, domains = (loaded.model, loaded.cfg, loaded.saved, loaded.trained_on,
                                                loaded.domains)
-    dataset, valid, test = {}, {}, {}
+    dataset, valid, test, extras = {}, {}, {}, {}
     for spec, domain in domains:
         split = make_split(domain, spec.order, spec.order_seed)
         check_evaluable(split, spec.name)
-        res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains)
+        res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains, spec=spec)
+        extras[spec.name] = res.get("extras", {})
         dataset[spec.name] = domain.fingerprint(item_features(mcfg)) | {"split": split.kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
     trainable, total = param_counts(model)
@@ -101,6 +103,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
         features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")),
         trainable_params=trainable, total_params=total, **({"fusion_gates": gates} if any(gates.values()) else {}),
+        **extras_by_key(extras),
     )
     path = finish(cfg, record, open_run_logger(cfg))
     Console().print(metrics_table(record))

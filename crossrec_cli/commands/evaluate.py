@@ -14,7 +14,7 @@ from crossrec_cli.commands._common import finish, load_domains, open_run_logger,
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
-from crossrec_cli.evaluation.protocol import evaluate_split
+from crossrec_cli.evaluation.protocol import evaluate_split, extras_by_key, groups_of, test_report
 from crossrec_cli.evaluation.ranking import read_candidates
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.models.baselines import BASELINES, BaselineContext
@@ -45,7 +45,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     domains = load_domains(cfg)
     if cfg.eval.candidates and len(domains) != 1:
         raise CrossrecError("eval.candidates", "a candidate file needs exactly one domain", "pass one domain=")
-    dataset, valid, test, cache = {}, {}, {}, {}
+    dataset, valid, test, cache, extras = {}, {}, {}, {}, {}
     for spec, domain in domains:
         split = make_split(domain, spec.order, spec.order_seed)
         check_evaluable(split, spec.name)
@@ -58,11 +58,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                              str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk)
         dataset[spec.name] = domain.fingerprint() | {"split": split.kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
+        if not cfg.eval.candidates:
+            extras[spec.name] = test_report(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen,
+                                            groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk)
     record = metrics_record(
         "evaluate", cfg.model.name, "zero-shot", "candidates" if cfg.eval.candidates else "full", cfg.seed,
         dataset, valid, test, exclude_seen=bool(cfg.eval.exclude_seen),
         backbone=cfg.backbone.name if "backbone" in cache else None,
-        **extra,
+        **extra, **extras_by_key(extras),
     )
     path = finish(cfg, record, open_run_logger(cfg))
     Console().print(metrics_table(record))

@@ -16,7 +16,7 @@ from crossrec_cli.commands._common import run_dir
 from crossrec_cli.data import Domain, DomainSpec, Split
 from crossrec_cli.adapters import ADAPTERS, param_counts
 from crossrec_cli.errors import CrossrecError
-from crossrec_cli.evaluation.protocol import evaluate_split
+from crossrec_cli.evaluation.protocol import evaluate_split, extras_by_key, groups_of, test_report
 from crossrec_cli.evaluation.ranking import read_candidates
 from crossrec_cli.models.build import build_recommender
 from crossrec_cli.models.features import Catalogue
@@ -91,9 +91,11 @@ def model_mode(cfg: DictConfig) -> str:
 
 
 def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domain: Domain | None = None,
-                   refresh: bool | None = None, parts: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
+                   refresh: bool | None = None, parts: tuple[str, ...] = ("valid", "test"),
+                   spec: DomainSpec | None = None) -> dict[str, dict[str, float]]:
     """Valid and test metrics of ``model`` on one domain under the protocol in ``cfg.eval``
-    (``parts=("valid",)``: validation only, for early stopping)."""
+    (``parts=("valid",)``: validation only, for early stopping). With ``spec`` (a final
+    evaluation) also ``"extras"``: beyond-accuracy figures and per-group metrics (test_report)."""
     if not model.can_score(key):
         raise CrossrecError(f"domain={key}", "a transductive model (item ids) cannot score a domain it was not trained on",
                             "evaluate it on its training domains, or train with model.item_ids=false")
@@ -103,8 +105,12 @@ def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domai
     if cfg.eval.candidates and domain is not None:
         cands = read_candidates(cfg.eval.candidates, {u: i for i, u in enumerate(domain.user_ids)},
                                 {t: i for i, t in enumerate(domain.item_ids)})
-    return evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
-                          str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk, parts)
+    res = evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
+                         str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk, parts)
+    if spec is not None and domain is not None and cands is None and "test" in parts:
+        res["extras"] = test_report(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen,
+                                    groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk)
+    return res
 
 
 def check_same_data(out: Path, dataset: dict[str, dict], resuming: bool) -> None:
@@ -172,11 +178,12 @@ def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Spli
 
         save_adapter(model.backbone_model, out / "checkpoint" / "adapter")
     trainable, total = param_counts(model)
-    dataset, valid, test = {}, {}, {}
+    dataset, valid, test, extras = {}, {}, {}, {}
     for spec, domain in domains:
-        res = evaluate_model(cfg, model, spec.name, splits[spec.name], domain)
+        res = evaluate_model(cfg, model, spec.name, splits[spec.name], domain, spec=spec)
         dataset[spec.name] = domain.fingerprint(item_features(cfg)) | {"split": splits[spec.name].kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
+        extras[spec.name] = res.get("extras", {})
     (out / "checkpoint").mkdir(exist_ok=True)
     meta = {"domains": [s.name for s, _ in domains], "best_epoch": prog.best_epoch, "monitor": tc.monitor}
     from crossrec_cli.io import atomic_write_text
@@ -184,4 +191,5 @@ def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Spli
     atomic_write_text(out / "checkpoint" / "crossrec.json", json.dumps(meta, indent=1))
     gates = {spec.name: model.fusion_gates(spec.name) for spec, _ in domains}
     extra = {"fusion_gates": gates} if any(gates.values()) else {}
-    return {"dataset": dataset, "valid": valid, "test": test, "trainable_params": trainable, "total_params": total} | extra
+    return ({"dataset": dataset, "valid": valid, "test": test, "trainable_params": trainable, "total_params": total}
+            | extra | extras_by_key(extras))

@@ -57,6 +57,7 @@ class DomainSpec:
     vectors: Any = None  # per-item vector files: {name: {path: FILE, ids: FILE}} (data/vectors.py)
     tags: Any = None  # Last.fm tag text: {max_tags: 10, min_users: 5} (data/tags.py)
     labels: Any = None  # item labels voted from tags: {column, classes, vote, tie, ...} (data/tags.py)
+    user_groups: Any = None  # per-group test metrics: {column: null | {bins: [...]}} (evaluation/groups.py)
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], where: str = "domain") -> DomainSpec:
@@ -79,6 +80,10 @@ class DomainSpec:
                     raise CrossrecError(f"{where}.{key}", f"format {data.get('format')!r} has no tag files",
                                         "tags and labels are read from Last.fm tag files (format: lastfm)")
                 (tags.TagSpec if key == "tags" else tags.LabelRule).from_dict(data[key], f"{where}.{key}")
+        if data.get("user_groups") is not None:
+            from crossrec_cli.evaluation.groups import check_groups
+
+            check_groups(data["user_groups"], f"{where}.user_groups")
         fraw = data.pop("filters", None)
         if fraw is None:
             fraw = {}
@@ -192,6 +197,7 @@ class Domain:
     inter_rating: np.ndarray
     given_split: Any = None  # crossrec_cli.data.split.Split when the dataset ships its split
     origin: str = ""
+    user_attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> {user id: value}
 
     @property
     def item_text(self) -> list[str]:

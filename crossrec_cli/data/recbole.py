@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from crossrec_cli.data.assemble import RawInteractions, RawItems, assemble
 from crossrec_cli.data.domain import READERS, Domain, DomainSpec
 from crossrec_cli.data.table import read_delimited
@@ -38,7 +40,17 @@ def load(spec: DomainSpec) -> Domain:
     time = table.floats(spec.time_field) if spec.time_field in table.columns else None
     rating = table.floats(spec.rating_field) if spec.rating_field in table.columns else None
     inter = RawInteractions(table.path, users, inter_items, table.lines, time, rating)
-    return assemble(spec, items, inter)
+    domain = assemble(spec, items, inter)
+    if (folder / f"{name}.user").is_file():  # user attributes, as RecBole reads them
+        domain = replace(domain, user_attributes=read_users(spec, folder / f"{name}.user"))
+    return domain
+
+
+def read_users(spec: DomainSpec, path) -> dict[str, dict[str, str]]:
+    """``<stem>.user``: every column but the user id, as {column: {user id: value}}."""
+    table = read_delimited(path, typed=True)
+    ids = table.require(spec.user_field, "user id column")
+    return {c: dict(zip(ids, v)) for c, v in table.columns.items() if c != spec.user_field}
 
 
 READERS.add("recbole", load)

@@ -64,3 +64,57 @@ def evaluate_split(
         out[name] = rank_metrics(ranks, topk)
         out[name]["examples"] = int(len(ranks))
     return out
+
+
+def test_report(
+    user_vectors: UserVectors,
+    item_vecs: torch.Tensor,
+    split: Split,
+    topk: list[int],
+    exclude_seen: bool = False,
+    groups: dict[str, np.ndarray] | None = None,
+    user_chunk: int = 512,
+    item_chunk: int = 65536,
+) -> dict[str, dict]:
+    """What the test users are recommended, beyond hitting their target: ``beyond_accuracy`` of
+    their top-k lists (each k of ``topk``) against the training popularity (evaluation/beyond.py), and with
+    ``groups`` (user column -> label per user index) the test metrics of each group and their gap."""
+    from crossrec_cli.evaluation.beyond import beyond_accuracy
+    from crossrec_cli.evaluation.groups import group_metrics
+    from crossrec_cli.evaluation.ranking import top_items
+
+    ev = split.test
+    if not len(ev):
+        return {}
+    users = user_vectors(ev)
+    exclude = ev.histories if exclude_seen else None
+    k = max(topk)
+    top, _ = top_items(users, item_vecs, k, exclude, user_chunk)
+    counts = split.train_item_counts(item_vecs.shape[0])
+    beyond: dict[str, float] = {}
+    for kk in topk:  # one top-k list, read at every k
+        beyond |= beyond_accuracy(top, counts, ev.histories, kk)
+    out: dict[str, dict] = {"beyond_accuracy": beyond}
+    if groups:
+        ranks = full_ranks(users, item_vecs, ev.targets, exclude, user_chunk, item_chunk)
+        out["groups"] = group_metrics(ranks, ev.users, groups, topk)
+    return out
+
+
+def groups_of(spec, domain) -> dict[str, np.ndarray] | None:
+    """The domain file's ``user_groups`` as labels per user index (None without the key)."""
+    if not spec.user_groups:
+        return None
+    from crossrec_cli.evaluation.groups import user_groups
+
+    return user_groups(domain.user_ids, domain.user_attributes, spec.user_groups, f"domain.{spec.name}.user_groups")
+
+
+def extras_by_key(per_domain: dict[str, dict[str, dict]]) -> dict[str, dict[str, dict]]:
+    """{domain: {"beyond_accuracy": .., "groups": ..}} -> {"beyond_accuracy": {domain: ..}, ...}
+    (the metrics.json layout: one top-level key, keyed by domain like ``test``)."""
+    out: dict[str, dict[str, dict]] = {}
+    for name, parts in per_domain.items():
+        for key, value in parts.items():
+            out.setdefault(key, {})[name] = value
+    return out
