@@ -106,13 +106,13 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
         sys.exit(2)
 
 
-def _selection(overrides: list[str]) -> list[str] | None:
+def _selection(overrides: list[str], group: str = "domain") -> list[str] | None:
     """The names of a ``domain=NAME`` / ``domain=[A,B]`` override (Hydra merges a list selection
     into one node, so the names are read from the override itself); None without one."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     for ov in OverridesParser.create().parse_overrides(list(overrides)):
-        if ov.key_or_group == "domain" and ov.package is None and not ov.is_delete():
+        if ov.key_or_group == group and ov.package is None and not ov.is_delete():
             value = ov.value()
             return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
     return None
@@ -137,7 +137,22 @@ def set_runtime(cfg: Any, run_dir: str | Path, config_dirs: list[Path], override
                        "domains": chosen, "domain_given": given}
         if len(chosen) > 1:
             cfg.domain = {n: read_domain_file(n, config_dirs)[0] for n in chosen}
+        methods = _selection(overrides, "adversarial")
+        if methods and len(methods) > 1 and "adversarial" in cfg:  # several methods: each keeps its own keys
+            cfg.adversarial = {"name": methods, **{n: _group_file("adversarial", n, config_dirs) for n in methods}}
     return cfg
+
+
+def _group_file(group: str, name: str, dirs: list[Path]) -> dict:
+    """``<group>/<name>.yaml`` from the first config directory that has it, without ``name``."""
+    import yaml
+
+    for d in dirs:
+        path = Path(d) / group / f"{name}.yaml"
+        if path.is_file():
+            data = yaml.safe_load(path.read_text()) or {}
+            return {k: v for k, v in data.items() if k != "name"}
+    return {}
 
 
 def _source_dirs(config_sources: Any) -> list[Path]:

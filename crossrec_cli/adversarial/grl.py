@@ -6,14 +6,13 @@ encoder below it learns to make them indistinguishable.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossrec_cli.adversarial.base import ADVERSARIAL
+from crossrec_cli.adversarial.base import ADVERSARIAL, Adversary
 
 
 class GradReverse(torch.autograd.Function):
@@ -58,22 +57,39 @@ def item_alignment_loss(disc: DomainDiscriminator, vectors: list[torch.Tensor]) 
     return F.cross_entropy(logits, y), float((logits.argmax(1) == y).float().mean())
 
 
-@ADVERSARIAL.register("grl")
-def grl(model: Any, domains: list[str], settings: dict[str, Any]) -> Callable[[Any, str], torch.Tensor]:
+class DomainAdversary(Adversary):
     """DANN on item vectors: a discriminator behind gradient reversal tells the domains' items
-    apart; ``settings``: hidden, weight (the reversal scale), items_per_domain per step."""
-    device = model.user.pos.weight.device
-    model.aux = nn.ModuleDict({"disc": DomainDiscriminator(model.cfg.dim, len(domains), int(settings["hidden"]),
-                                                           float(settings["weight"]))}).to(device)
-    k = int(settings["items_per_domain"])
+    apart; its accuracy per epoch is reported (0.5 for two domains: aligned)."""
 
-    def extra(m: Any, _domain: str) -> torch.Tensor:
+    def __init__(self, model: Any, domains: list[str], settings: dict[str, Any]):
+        self.device = model.user.pos.weight.device
+        model.aux = nn.ModuleDict({"disc": DomainDiscriminator(model.cfg.dim, len(domains), int(settings["hidden"]),
+                                                               float(settings["weight"]))}).to(self.device)
+        self.domains, self.k = domains, int(settings["items_per_domain"])
+        self.accuracies: list[float] = []
+
+    def extra_loss(self, m: Any, _domain: str) -> torch.Tensor:
         vecs = []
-        for key in domains:
+        for key in self.domains:
             n = m.n_items(key)
-            idx = torch.randint(n, (min(k, n),), device=device)
+            idx = torch.randint(n, (min(self.k, n),), device=self.device)
             vecs.append(m.item_matrix(key)[idx] if not m.backbone_trains else m.item_matrix(key, idx.unique())[idx])
-        loss, _ = item_alignment_loss(m.aux["disc"], vecs)
+        loss, acc = item_alignment_loss(m.aux["disc"], vecs)
+        self.accuracies.append(acc)
         return loss
 
-    return extra
+    def epoch_metrics(self) -> dict[str, float]:
+        out = {"grl_disc_accuracy": sum(self.accuracies) / len(self.accuracies)} if self.accuracies else {}
+        self.accuracies = []
+        return out
+
+
+@ADVERSARIAL.register("grl")
+def grl(model: Any, domains: list[str], settings: dict[str, Any]) -> DomainAdversary:
+    """``settings``: hidden, weight (the reversal scale), items_per_domain per step."""
+    if len(domains) < 2:
+        from crossrec_cli.errors import CrossrecError
+
+        raise CrossrecError("adversarial", "grl aligns domains and needs at least two",
+                            "train on several domains (domain=[movies,music]) or choose adversarial=fgm / pgd")
+    return DomainAdversary(model, domains, settings)

@@ -141,7 +141,7 @@ RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "logger", "ev
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
 ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "model.positions": "end",
-              "pretrain.grad_clip": 0.0}
+              "pretrain.grad_clip": 0.0, "adversarial.name": "none"}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

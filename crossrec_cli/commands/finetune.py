@@ -14,7 +14,7 @@ from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    build_model, check_same_data, evaluate_model, item_features, load_init, model_mode, resume_dir, save_final, train_config,
+    adversary_of, build_model, check_same_data, evaluate_model, item_features, load_init, model_mode, resume_dir, save_final, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -39,6 +39,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     tc = train_config(cfg, splits)
     model = build_model(cfg, [(s.name, d) for s, d in domains], tc, splits)
     load_init(cfg, model)
+    adversary = adversary_of(cfg, model, [s.name for s, _ in domains])
     logger = open_run_logger(cfg)
 
     def valid_only(m):
@@ -48,7 +49,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
     try:
         prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
-                   show_progress=bool(cfg.progress))
+                   show_progress=bool(cfg.progress), adversary=adversary)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
@@ -59,6 +60,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "finetune", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed,
         result["dataset"], result["valid"], result["test"],
         backbone=cfg.backbone.name, adapter=cfg.adapter.name, features=item_features(cfg), fusion=str(cfg.model.fusion),
+        adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         trainable_params=result["trainable_params"], total_params=result["total_params"],
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
         seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),

@@ -74,6 +74,19 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
     return model
 
 
+def adversary_of(cfg: DictConfig, model: SeqRec, domains: list[str]):
+    """``adversarial=<name>`` (its config file's keys as settings) or ``adversarial=[a,b]`` (the
+    command line layer keeps each file under its name): the training step's adversary or None."""
+    from crossrec_cli.adversarial import build_adversary
+
+    node = cfg.get("adversarial")
+    if node is None:
+        return None
+    raw = OmegaConf.to_container(node, resolve=True)
+    name = raw.pop("name")
+    return build_adversary(name, model, domains, raw)
+
+
 def device(cfg: DictConfig) -> torch.device:
     from crossrec_cli.models.backbone import resolve_device
 

@@ -12,14 +12,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from crossrec_cli.adversarial import build_adversary
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, prefixed, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    build_model, evaluate_model, item_features, load_best, load_init, load_matching, model_mode, param_counts, train_config,
+    adversary_of, build_model, evaluate_model, item_features, load_best, load_init, load_matching, model_mode, param_counts, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -49,7 +48,7 @@ def _phase(cfg, model, splits, valid_splits, tc, out: Path, logger, extra=None) 
     resume = bool(cfg.get("resume")) and ckpt.latest_verified(out / "checkpoints") is not None
     try:
         prog = fit(model, splits, tc, valid, out, log_metrics=prefixed(logger, out.name), show_progress=bool(cfg.progress),
-                   extra_loss=extra, resume=resume)
+                   adversary=extra, resume=resume)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "transfer", "status": "interrupted", "seed": cfg.seed, "phase": out.name,
@@ -134,8 +133,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # (a) source
     seed_everything(cfg.seed)
     model = build_model(cfg, catalogues, tc, splits_src)
-    settings = {k: v for k, v in OmegaConf.to_container(cfg.adversarial, resolve=True).items() if k != "name"}
-    extra = build_adversary(str(cfg.adversarial.name), model, keys, settings)
+    extra = adversary_of(cfg, model, keys)
     phases = {}
     if cfg.get("init_from"):
         load_init(cfg, model)
@@ -182,7 +180,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         {tname: adapted["valid"], **{k: v["valid"] for k, v in after.items()}},
         {tname: adapted["test"], **{k: v["test"] for k, v in after.items()}},
         source=names(cfg.source), target=tname, target_fraction=float(cfg.target_fraction),
-        adversarial=cfg.adversarial.name, backbone=cfg.backbone.name, adapter=cfg.adapter.name,
+        adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
+        backbone=cfg.backbone.name, adapter=cfg.adapter.name,
         features=used, fusion=str(cfg.model.fusion), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete",
     )

@@ -194,7 +194,9 @@ class SeqRec(nn.Module):
                 ft, fs = fresh[fresh < nt], fresh[fresh >= nt] - nt
             dom = self.domain_emb.weight
             return torch.cat([self.item_matrix(t, ft) + dom[0], self.item_matrix(src, fs) + dom[1]])
-        return self.fusion([f(key, fresh) for f in self.features.values()], key)
+        out = self.fusion([f(key, fresh) for f in self.features.values()], key)
+        perturb = getattr(self, "item_perturb", None)  # adversarial training (adversarial/perturb.py)
+        return perturb(key, out) if perturb is not None else out
 
     @torch.no_grad()
     def fusion_gates(self, key: str) -> dict[str, float] | None:

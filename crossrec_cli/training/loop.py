@@ -21,6 +21,7 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import collate, epoch_order, windows
+from crossrec_cli.adversarial.base import Adversary
 from crossrec_cli.training.engine import LoopSettings, Objective, Progress
 from crossrec_cli.training.engine import run as run_loop
 from crossrec_cli.training.losses import LOSSES
@@ -115,9 +116,9 @@ class NextItem(Objective):
 
     def __init__(self, model: SeqRec, wins: dict[str, list], tc: TrainConfig, evaluate: Evaluate, run_dir: Path,
                  log_metrics: Callable[[dict[str, float], int], None] | None,
-                 extra_loss: Callable[[SeqRec, str], torch.Tensor] | None):
+                 adversary: Adversary | None):
         self.model, self.wins, self.tc, self.evaluate, self.run_dir = model, wins, tc, evaluate, run_dir
-        self.log_metrics, self.extra_loss = log_metrics, extra_loss
+        self.log_metrics, self.adversary = log_metrics, adversary
 
     def plan(self, epoch: int) -> list[tuple[str, np.ndarray]]:
         return plan(self.wins, self.tc, epoch)
@@ -131,9 +132,14 @@ class NextItem(Objective):
     def loss(self, batch: tuple[str, np.ndarray], prog: Progress) -> tuple[torch.Tensor, float]:
         model, (key, idx) = self.model, batch
         inp, tgt = collate([self.wins[key][i] for i in idx], model.cfg.max_history)
-        loss = batch_loss(model, key, inp, tgt, self.tc)
-        if self.extra_loss is not None:
-            loss = loss + self.extra_loss(model, key)
+        adv = self.adversary
+        if adv is None:
+            loss = batch_loss(model, key, inp, tgt, self.tc)
+        else:  # FGM / PGD recompute the loss on perturbed inputs; GRL adds its own
+            loss = adv.step_loss(model, key, lambda: batch_loss(model, key, inp, tgt, self.tc))
+            extra = adv.extra_loss(model, key)
+            if extra is not None:
+                loss = loss + extra
         aux = model.feature_loss(key)  # item features' own losses (the KG's TransE)
         if aux is not None:
             loss = loss + aux
@@ -155,10 +161,13 @@ class NextItem(Objective):
         score = float(np.mean([m[tc.monitor] for m in valid.values()]))
         rec = {"epoch": prog.epoch + 1, "loss": prog.mean_loss(), f"valid_{tc.monitor}": score,
                "train_seconds": prog.epoch_seconds, "eval_seconds": eval_seconds, "valid": valid}
+        adv = self.adversary.epoch_metrics() if self.adversary is not None else {}
+        rec |= adv  # e.g. the GRL discriminator's accuracy, FGM's loss gap
         log.info("epoch %d loss %.4f valid %s %.4f (%.1fs train)", rec["epoch"], rec["loss"], tc.monitor, score,
                  prog.epoch_seconds)
         if self.log_metrics:
-            self.log_metrics({"train/epoch_loss": rec["loss"], f"valid/{tc.monitor}": score}, prog.step)
+            self.log_metrics({"train/epoch_loss": rec["loss"], f"valid/{tc.monitor}": score,
+                              **{f"train/{k}": v for k, v in adv.items()}}, prog.step)
         if score > prog.best:
             prog.best, prog.best_epoch, prog.bad_epochs = score, prog.epoch + 1, 0
             state = trainable_state(model)
@@ -197,19 +206,19 @@ def fit(
     log_metrics: Callable[[dict[str, float], int], None] | None = None,
     resume: bool = False,
     show_progress: bool = True,
-    extra_loss: Callable[[SeqRec, str], torch.Tensor] | None = None,
+    adversary: Adversary | None = None,
 ) -> Progress:
     """Train with early stopping on the mean valid ``tc.monitor`` over domains.
 
     Writes ``run_dir/checkpoints/step-N`` (atomic, verified; the newest ``keep_last`` kept) and
     the best weights to ``run_dir/checkpoint/model.safetensors``. ``resume`` continues from the
-    newest verified checkpoint with identical data order, RNG and counters. ``extra_loss(model,
-    domain)`` is added to every step's loss (e.g. domain-adversarial alignment); its parameters
-    must belong to ``model`` so they are optimised and checkpointed with it.
+    newest verified checkpoint with identical data order, RNG and counters. ``adversary``
+    (adversarial/) adds to or recomputes every step's loss (domain-adversarial alignment, FGM /
+    PGD); what it trains must belong to ``model`` so it is optimised and checkpointed with it.
     """
     wins = {k: windows(s, model.cfg.max_history, tc.window_stride) for k, s in splits.items()}
     if not any(wins.values()):
         raise CrossrecError("domain", "no training sequence has two or more items", "check the data and filters")
-    objective = NextItem(model, wins, tc, evaluate, run_dir, log_metrics, extra_loss)
+    objective = NextItem(model, wins, tc, evaluate, run_dir, log_metrics, adversary)
     settings = LoopSettings(tc.epochs, tc.grad_clip, tc.checkpoint_every, tc.keep_last, show_progress)
     return run_loop(objective, make_optimizer(model, tc), settings, run_dir / "checkpoints", resume, log_metrics)
