@@ -80,3 +80,72 @@ def test_grl_on_one_domain_is_refused(tmp_path):
     proc = run_cli("finetune", *SMOKE, "adversarial=grl", run_dir=tmp_path, check=False)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "needs at least two" in err[0]
+
+
+# ---- robustness evaluation ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def movies():
+    import yaml
+
+    from crossrec_cli.data import DomainSpec, load_domain
+    from tests.test_tags import REPO
+
+    spec = DomainSpec.from_dict(yaml.safe_load((REPO / "crossrec_cli/conf/domain/movies.yaml").read_text()))
+    return spec, load_domain(spec)
+
+
+def test_text_perturbations_on_real_titles(movies):
+    from crossrec_cli.evaluation.robustness import perturbed_texts
+
+    spec, d = movies
+    clean = d.item_text
+    shuffled = perturbed_texts(d, spec, "shuffle", None, 0)
+    assert all(sorted(a.split()) == sorted(b.split()) for a, b in zip(clean, shuffled))
+    assert sum(a != b for a, b in zip(clean, shuffled)) > 0.9 * len(clean)
+    assert perturbed_texts(d, spec, "shuffle", None, 0) == shuffled  # seeded
+    typo = perturbed_texts(d, spec, "typos", "1.0", 0)  # every letter hit: no word survives intact
+    assert all(w not in t.split() for t, c in zip(typo[:50], clean[:50]) for w in c.split() if len(w) > 3 and w.isalpha())
+    dropped = perturbed_texts(d, spec, "drop", "class", 0)
+    assert "Comedy" not in dropped[0] and dropped[0].startswith(d.item_columns["movie_title"][0])
+    assert perturbed_texts(d, spec, "title_only", None, 0) == [t or c for t, c in zip(d.item_columns["movie_title"], clean)]
+
+
+def test_evaluate_robustness_block(tmp_path):
+    run = tmp_path / "ft"
+    run_inprocess("finetune", *SMOKE, run_dir=run)
+    out = tmp_path / "ev"
+    run_inprocess("evaluate", *SMOKE, f"run={run}", "robustness=[shuffle,fgsm:0.2]", run_dir=out)
+    rob = read_metrics(out)["robustness"]["movies"]
+    assert set(rob) == {"shuffle", "fgsm:0.2"} and rob["fgsm:0.2"]["metrics"]["examples"] == 40
+    proc = run_cli("evaluate", *SMOKE, "robustness=[shuffle]", run_dir=tmp_path / "base", check=False)
+    assert proc.returncode == 2 and "re-score a trained model" in proc.stderr
+
+
+def test_fgsm_items_raise_the_test_loss(tmp_path):
+    import torch.nn.functional as F
+
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands.checkpoint_eval import load_run
+    from crossrec_cli.data import make_split
+    from crossrec_cli.evaluation.robustness import fgsm_items
+    from crossrec_cli.models.seqrec import pad_histories
+
+    run = tmp_path / "ft"
+    run_inprocess("finetune", *SMOKE, "trainer.epochs=2", run_dir=run)
+    loaded = load_run(compose("evaluate", [*SMOKE, f"run={run}"], tmp_path / "c"))
+    model, (spec, dom) = loaded.model, loaded.domains[0]
+    test = make_split(dom, spec.order, spec.order_seed).test
+    model.eval()
+
+    def loss(items):
+        with torch.no_grad():
+            users = model.user_states(items, pad_histories(test.histories, model.cfg.max_history))[:, -1]
+            return F.cross_entropy(model.logits(users, items), torch.as_tensor(test.targets)).item()
+
+    with torch.no_grad():
+        clean = model.item_matrix(spec.name)
+    pushed = fgsm_items(model, spec.name, test, 0.05)
+    moved = (pushed - clean).norm(dim=-1) / clean.norm(dim=-1)
+    torch.testing.assert_close(moved, torch.full_like(moved, 0.05), atol=1e-4, rtol=1e-3)
+    assert loss(pushed) > loss(clean)

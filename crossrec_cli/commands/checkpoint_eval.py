@@ -8,6 +8,7 @@ come from ``<run>/checkpoint/model.safetensors`` (safetensors only, manifest ver
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from crossrec_cli.evaluation.protocol import extras_by_key
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.training.loop import load_trainable_state
+
+log = logging.getLogger("crossrec")
 
 
 def _domain_given(cfg: DictConfig) -> bool:
@@ -81,6 +84,41 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     return LoadedRun(model, mcfg, saved, trained_on, domains)
 
 
+def robustness(cfg: DictConfig, mcfg: DictConfig, model: SeqRec, spec: DomainSpec, domain: Domain, split,
+               clean: dict[str, float]) -> dict[str, dict]:
+    """``robustness=[...]``: the test split again under each perturbation (evaluation/robustness.py):
+    {perturbation: {"metrics": ..., "drop": relative change per metric}}, the clean metrics kept."""
+    from crossrec_cli.evaluation import robustness as rb
+    from crossrec_cli.models.features import Catalogue
+
+    topk, out = list(mcfg.eval.topk), {}
+    specs = rb.parse(list(cfg.robustness))
+    if any(name != "fgsm" for name, _ in specs) and "text" not in model.features:
+        raise CrossrecError("robustness", "text perturbations need a model that reads item text",
+                            "use fgsm:EPS alone for this run, or a run with a backbone")
+    if model.backbone_trains and any(name == "fgsm" for name, _ in specs):
+        model.refresh(spec.name)
+    cache = model.cache_vectors
+    for name, arg in specs:
+        label = f"{name}:{arg}" if arg else name
+        if name == "fgsm":
+            items = rb.fgsm_items(model, spec.name, split.test, float(arg or 0.1), mcfg.eval.batch_size)
+            got = rb.score_with_items(model, items, split.test, topk, bool(mcfg.eval.exclude_seen), mcfg.eval.batch_size)
+        else:
+            texts = rb.perturbed_texts(domain, spec, name, arg, int(cfg.seed))
+            model.cache_vectors = False  # perturbed texts never go to the disk cache
+            model.add_catalogue(spec.name, Catalogue(domain.n_items, {**domain.item_features, "text": texts}))
+            try:
+                got = evaluate_model(mcfg, model, spec.name, split, refresh=True, parts=("test",))["test"]
+            finally:
+                model.cache_vectors = cache
+                model.add_catalogue(spec.name, Catalogue.of(domain))
+        out[label] = {"metrics": got, "drop": rb.relative_drop(clean, got)}
+        log.info("robustness %s: test ndcg@10 %.4f (%+.1f%%)", label, got.get("ndcg@10", float("nan")),
+                 100 * out[label]["drop"].get("ndcg@10", float("nan")))
+    return out
+
+
 def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     run = Path(str(cfg.run)).expanduser()
     loaded = load_run(cfg)
@@ -92,6 +130,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         check_evaluable(split, spec.name)
         res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains, spec=spec)
         extras[spec.name] = res.get("extras", {})
+        if cfg.get("robustness"):
+            extras[spec.name]["robustness"] = robustness(cfg, mcfg, model, spec, domain, split, res["test"])
         dataset[spec.name] = domain.fingerprint(item_features(mcfg)) | {"split": split.kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
     trainable, total = param_counts(model)

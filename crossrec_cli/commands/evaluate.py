@@ -38,6 +38,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         from crossrec_cli.commands.checkpoint_eval import evaluate_run
 
         return evaluate_run(cfg)
+    if cfg.get("robustness"):
+        raise CrossrecError("robustness", "perturbations re-score a trained model", "pass run=<a finetune run dir>")
     if str(cfg.model.name) not in BASELINES:
         raise CrossrecError("model", f"{cfg.model.name!r} is not a baseline",
                             f"evaluate a trained model with run=<run dir>; baselines: {', '.join(BASELINES.names())}")
