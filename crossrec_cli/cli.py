@@ -19,6 +19,7 @@ COMMANDS = {
     "transfer": "source -> target transfer with zero-shot, adapted and control runs",
     "evaluate": "evaluate a baseline or a trained run directory on any domain",
     "recommend": "top-k items per user from a trained run or a baseline (recommendations.jsonl)",
+    "explain": "why a trained run recommends what it does: attributions, attention, HTML page",
     "data": "dataset tools: `crossrec data stats domain=X`",
 }
 # a per-process suffix keeps run directories of commands started in the same second apart
