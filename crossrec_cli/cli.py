@@ -21,6 +21,7 @@ COMMANDS = {
     "recommend": "top-k items per user from a trained run or a baseline (recommendations.jsonl)",
     "explain": "why a trained run recommends what it does: attributions, attention, HTML page",
     "data": "dataset tools: `crossrec data stats domain=X`",
+    "report": "collect every metrics.json under a folder: CSV, table, HTML with plots",
 }
 # a per-process suffix keeps run directories of commands started in the same second apart
 _UID = uuid.uuid4().hex[:6]
@@ -266,6 +267,11 @@ def main(argv: list[str] | None = None) -> None:
     if cmd not in COMMANDS:
         print(f"error: command {cmd!r}: unknown command; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
         sys.exit(2)
+    if cmd == "report":  # not a Hydra app: a folder and two flags
+        from crossrec_cli.commands.report import main as report
+
+        report(argv)
+        return
     config_name = cmd
     if cmd == "data":
         if not argv or argv[0] != "stats":
