@@ -228,12 +228,23 @@ def _launch(config_name: str) -> None:
     run = recipe(config_name)
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
-    def app(cfg: Any) -> None:
+    def app(cfg: Any) -> float | None:
         hc = HydraConfig.get()
         set_runtime(cfg, hc.runtime.output_dir, _source_dirs(hc.runtime.config_sources), list(hc.overrides.task))
-        run_recipe(cfg, run)
+        return objective(cfg, run_recipe(cfg, run))
 
     app()
+
+
+def objective(cfg: Any, record: Any) -> float | None:
+    """What an optimising sweeper maximises: the mean over domains of the validation metric
+    named by ``trainer.monitor`` (never a test metric); None when the run has none."""
+    monitor = (cfg.get("trainer") or {}).get("monitor") if hasattr(cfg, "get") else None
+    valid = record.get("valid") if isinstance(record, dict) else None
+    if not monitor or not valid:
+        return None
+    vals = [m[monitor] for m in valid.values() if isinstance(m, dict) and monitor in m]
+    return float(sum(vals) / len(vals)) if vals else None
 
 
 # short spellings an issue or the README promised, rewritten to the full key

@@ -48,6 +48,15 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "text_id_kg": ("frozen MiniLM + ids + KG, gated `fusion=kg model.features=[text,id,kg]`",
                    ["finetune", "fusion=kg", "model.features=[text,id,kg]"]),
     "unisrec_text": ("UniSRec inductive `experiment=unisrec_text`", ["finetune", "experiment=unisrec_text"]),
+    # music with the transfer experiment's trainer (sampled softmax, 1,024 negatives) and centred LM
+    # vectors: artist name + tags (the bundled text) against the name alone
+    "text_sampled": ("frozen MiniLM, name + tags, sampled softmax `trainer.loss=sampled trainer.n_negatives=1024 "
+                     "trainer.patience=5 model.text_norm=center`",
+                     ["finetune", "trainer.loss=sampled", "trainer.n_negatives=1024", "trainer.patience=5",
+                      "model.text_norm=center"]),
+    "text_sampled_names": ("the same, artist name only `+data.overrides.text_fields=[name]` (music)",
+                           ["finetune", "trainer.loss=sampled", "trainer.n_negatives=1024", "trainer.patience=5",
+                            "model.text_norm=center", "+data.overrides.text_fields=[name]"]),
     "unisrec_text_id": ("UniSRec transductive `experiment=unisrec_text_id`", ["finetune", "experiment=unisrec_text_id"]),
 }
 
@@ -112,17 +121,23 @@ def table(out: Path) -> None:
         ref = _reference_runs(domain)
         if ref:
             lines.append(_reference_row(ref))
+        shas: dict[str, list[str]] = {}
         for model, (label, _) in MODELS.items():
             runs = sorted((ROOT / domain / model).glob("seed*"))
             ms = [m for m in (_metrics(r / "metrics.json", domain) for r in runs) if m]
             if not ms:
                 continue
-            fp = fp or json.loads((runs[0] / "metrics.json").read_text())["dataset"][domain]
+            fp = json.loads((runs[0] / "metrics.json").read_text())["dataset"][domain]
+            shas.setdefault(fp["sha256"][:16], []).append(model)
             kept = [m["ndcg@10"] for m in (_metrics(r / "seen_removed" / "metrics.json", domain) for r in runs) if m]
             lines.append(_row(label, [m["valid_ndcg@10"] for m in ms], ms, kept))
         if fp:
+            if len(shas) == 1:
+                digest = f"sha256 `{next(iter(shas))}`"
+            else:  # the same interactions, item text changed between runs (the fingerprint covers both)
+                digest = "; ".join(f"sha256 `{h}` for {', '.join(ms)}" for h, ms in shas.items())
             lines += ["", f"Data: {fp['users']:,} users, {fp['items']:,} items, {fp['interactions']:,} interactions, "
-                          f"sha256 `{fp['sha256'][:16]}`.", ""]
+                          f"{digest}.", ""]
     lines += _transfer() + _genre_split() + _preference()
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")

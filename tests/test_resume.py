@@ -149,3 +149,36 @@ def test_pretrain_killed_and_resumed_matches_uninterrupted(tmp_path):
     b = load_file(str(ref / "checkpoint" / "backbone" / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
     assert _strip(read_metrics(out))["history"] == _strip(read_metrics(ref))["history"]
+
+
+def test_resume_true_without_a_checkpoint_starts_fresh_and_resume_dir_does_not(tmp_path):
+    """A requeued job stopped before its first checkpoint runs from the start (with a warning);
+    naming a folder that holds no checkpoint stays an error."""
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    proc = run_cli(*ARGS, "resume=true", run_dir=fresh)
+    assert "holds no checkpoint yet" in proc.stdout + proc.stderr and read_metrics(fresh)["status"] == "complete"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli(*ARGS, f"resume={empty}", check=False)
+    assert proc.returncode == 2 and "nothing to resume" in proc.stderr
+
+
+def test_resume_true_inside_a_multirun_resumes_each_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    first = run_cli(ARGS[0], "-m", *ARGS[1:], "seed=0,1", "resume=true", f"hydra.sweep.dir={sweep}")
+    assert (first.stdout + first.stderr).count("holds no checkpoint yet") == 2
+    again = run_cli(ARGS[0], "-m", *ARGS[1:], "seed=0,1", "resume=true", f"hydra.sweep.dir={sweep}")
+    log = again.stdout + again.stderr
+    assert "holds no checkpoint yet" not in log and log.count("resumed from") == 2
+    for job in ("0", "1"):
+        assert read_metrics(sweep / job)["status"] == "complete"
+
+
+def test_entry_point_returns_the_validation_monitor():
+    from crossrec_cli.cli import objective
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"trainer": {"monitor": "ndcg@10"}})
+    rec = {"valid": {"a": {"ndcg@10": 0.2}, "b": {"ndcg@10": 0.4}}, "test": {"a": {"ndcg@10": 0.9}}}
+    assert objective(cfg, rec) == pytest.approx(0.3) and objective(cfg, None) is None

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
@@ -175,12 +175,25 @@ def check_resume_config(cfg: DictConfig) -> None:
         sys.exit(2)
 
 
+def has_checkpoint(folder: Path) -> bool:
+    """Whether any ``checkpoints/`` folder under ``folder`` (a run, or a transfer's phases) holds
+    a verified checkpoint."""
+    from crossrec_cli.training import checkpoint as ckpt
+
+    return any(ckpt.latest_verified(c) is not None for c in folder.rglob("checkpoints") if c.is_dir())
+
+
 def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
     """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
         check_common(plain)
         check_targets(plain, list(cfg.get("allowed_targets") or []))
+        if cfg.get("resume") is True and not has_checkpoint(run_dir(cfg)):
+            # a requeued job that was stopped before its first checkpoint: run it from the start
+            log.warning("resume=true: %s holds no checkpoint yet; starting the run from the beginning", run_dir(cfg))
+            with open_dict(cfg):
+                cfg.resume = None
         if cfg.get("resume"):
             check_resume_config(cfg)
         write_config(cfg)
