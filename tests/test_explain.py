@@ -107,3 +107,20 @@ def test_explanation_page_in_headless_chromium(trained, tmp_path):
 
     img = mpimg.imread(shot)
     assert img.shape[0] == 1400 and (img[..., :3] < 0.5).mean() > 0.005  # text and bars were drawn
+
+
+def test_kg_paths_direct_and_through_a_shared_entity():
+    from crossrec_cli.data.kg import KgItem
+    from crossrec_cli.explain.attribution import kg_paths
+
+    # rows of the bundled ml-100k graph: Private Benjamin (m.0fp4r1) and two history films that
+    # share its language (m.02h40lc, English); one film linked to it directly; one unlinked item
+    kg = [KgItem("m.0fp4r1", (("film.film.language", "m.02h40lc"), ("film.film.sequel", "m.0direct"))),
+          KgItem("m.01gc7", (("film.film.language", "m.02h40lc"),)),
+          KgItem("m.0direct", ()),
+          KgItem(None, ())]
+    paths = kg_paths(kg, 0, [1, 2, 3], order=np.array([1, 0, 2]))
+    assert paths == [{"history_index": 1, "path": ["m.0fp4r1", "film.film.sequel", "m.0direct"]},
+                     {"history_index": 0, "path": ["m.0fp4r1", "film.film.language", "m.02h40lc",
+                                                   "film.film.language", "m.01gc7"]}]
+    assert kg_paths(kg, 3, [0, 1], order=np.array([0, 1])) == []  # an item without an entity

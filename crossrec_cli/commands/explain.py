@@ -45,7 +45,12 @@ def explain_user(scorer, domain, history: list[int], items: list[int], cfg: Dict
         rows = [{"item": domain.item_ids[h], "text": text[h], "contribution": float(c),
                  "ablation": None if loo is None else float(loo[j])} for j, (h, c) in enumerate(zip(hist, contrib))]
         best = hist[int(np.argmax(contrib))]
-        recs.append({"item": domain.item_ids[item], "text": text[item], "score": score, "completeness_gap": gap,
+        paths = []
+        if "kg" in scorer.model.features and "kg" in domain.item_features:
+            paths = at.kg_paths(domain.item_features["kg"], item, hist, np.argsort(-contrib, kind="stable"))
+            for p in paths:
+                p["history_item"] = domain.item_ids[hist[p.pop("history_index")]]
+        recs.append({"kg_paths": paths, "item": domain.item_ids[item], "text": text[item], "score": score, "completeness_gap": gap,
                      "history": rows, "deletion": faith,
                      "tokens": at.token_attributions(scorer, user_vec, text[item]),
                      "top_history_item": {"item": domain.item_ids[best], "text": text[best],

@@ -8,12 +8,15 @@
 - ``token_attributions``: integrated gradients on the backbone's input token embeddings of an
   item's text (captum LayerIntegratedGradients; baseline: every non-special token -> padding), for
   a model whose item vector is its text alone.
+- ``kg_paths``: with a knowledge graph, the item - relation - entity - relation - history item
+  paths that link a recommendation to the history.
 - ``deletion``: faithfulness; the score after removing the k most-attributed history items
   against removing k random ones (Samek et al.'s deletion curve).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,3 +161,32 @@ def token_attributions(scorer: Scorer, user: torch.Tensor, text: str, n_steps: i
     per_token = attr[0].sum(-1).detach().numpy()
     tokens = bb.tokenizer.convert_ids_to_tokens(ids[0].tolist())
     return [(t, float(a)) for t, a, s in zip(tokens, per_token, special.tolist()) if not s]
+
+
+def kg_paths(kg: Sequence, candidate: int, history: list[int], order: np.ndarray, limit: int = 5) -> list[dict]:
+    """Knowledge-graph paths that link a recommended item to history items: a direct edge
+    (item -r-> history item) or one shared neighbour (item -r1-> entity <-r2- history item),
+    history items taken in ``order`` (most contributing first), at most ``limit`` paths.
+    ``kg``: the domain's per-item ``KgItem`` (entity, ((relation, neighbour), ...))."""
+    cand = kg[candidate]
+    if cand.entity is None:
+        return []
+    out_edges: dict[str, list[str]] = {}
+    for rel, nb in cand.edges:
+        out_edges.setdefault(nb, []).append(rel)
+    paths = []
+    for j in order:
+        h = history[int(j)]
+        item = kg[h]
+        if item.entity is None or h == candidate:
+            continue
+        if item.entity in out_edges:
+            paths.append({"history_index": int(j), "path": [cand.entity, out_edges[item.entity][0], item.entity]})
+        else:
+            for rel, nb in item.edges:
+                if nb in out_edges and nb != cand.entity:
+                    paths.append({"history_index": int(j), "path": [cand.entity, out_edges[nb][0], nb, rel, item.entity]})
+                    break
+        if len(paths) >= limit:
+            break
+    return paths

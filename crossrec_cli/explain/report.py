@@ -78,7 +78,10 @@ def explanation_html(data: dict[str, Any]) -> str:
             f"<section class='rec' id='rec-{n}'><h2>{n}. {html.escape(rec['text'])}</h2>"
             f"<p>score {rec['score']:.4f} · item {html.escape(str(rec['item']))} · completeness gap "
             f"{rec['completeness_gap']:.2e}</p><h3>Item text, token by token</h3>{_tokens_html(rec.get('tokens'))}"
-            f"<h3>History items that raise (green) or lower (red) the score</h3>"
+            + (("<h3>Knowledge-graph paths to the history</h3><ul class='kg'>" + "".join(
+                f"<li>{html.escape(' → '.join(p['path']))} (history item {html.escape(str(p['history_item']))})</li>"
+                for p in rec["kg_paths"]) + "</ul>") if rec.get("kg_paths") else "")
+            + f"<h3>History items that raise (green) or lower (red) the score</h3>"
             f"<table class='history'><tr><th>history item</th><th>IG</th><th>leave-one-out</th><th></th></tr>{rows}</table>"
             f"</section>")
     if data.get("attention_png"):
