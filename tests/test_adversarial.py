@@ -149,3 +149,11 @@ def test_fgsm_items_raise_the_test_loss(tmp_path):
     moved = (pushed - clean).norm(dim=-1) / clean.norm(dim=-1)
     torch.testing.assert_close(moved, torch.full_like(moved, 0.05), atol=1e-4, rtol=1e-3)
     assert loss(pushed) > loss(clean)
+
+
+def test_pretrain_fgm_perturbs_token_embeddings_and_refuses_grl(tmp_path):
+    run_inprocess("pretrain", *SMOKE, "adversarial=fgm", run_dir=tmp_path / "pre")
+    m = read_metrics(tmp_path / "pre")
+    assert m["adversarial"] == "fgm" and m["history"][0]["fgm_loss_gap"] > 0  # pushed views score worse
+    proc = run_cli("pretrain", *SMOKE, "adversarial=grl", run_dir=tmp_path / "grl", check=False)
+    assert proc.returncode == 2 and "pretrain trains the backbone alone" in proc.stderr

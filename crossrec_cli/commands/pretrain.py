@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from crossrec_cli.adapters import ADAPTERS
@@ -22,6 +22,19 @@ from crossrec_cli.models.backbone import build_backbone, resolve_device
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.pretrain import OBJECTIVES, neighbor_pairs, pretrain_item_tower
+
+
+def pretrain_adversary(cfg: DictConfig, domains: list[str]):
+    """``adversarial=fgm | pgd`` perturbs the backbone's token embeddings; grl aligns the
+    recommender's item vectors, which pretraining does not have."""
+    from crossrec_cli.adversarial import build_adversary
+
+    raw = OmegaConf.to_container(cfg.adversarial, resolve=True)
+    name = raw.pop("name")
+    if "grl" in ([name] if isinstance(name, str) else name):
+        raise CrossrecError("adversarial", "grl aligns the recommender's item vectors; pretrain trains the backbone "
+                            "alone", "use adversarial=fgm or pgd here, grl in finetune / transfer")
+    return build_adversary(name, None, domains, raw)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -52,13 +65,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     steps = min(steps, p.max_steps or steps) * p.epochs
     backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=max(1, steps), **hp)
     trainable, total = param_counts(backbone.model)
+    adversary = pretrain_adversary(cfg, list(data))
     logger = open_run_logger(cfg)
     try:
         history = pretrain_item_tower(backbone, data, p.objective, p.epochs, p.batch_size, p.lr, p.temperature,
                                       b.max_length, b.pooling, cfg.seed, p.max_steps, checkpoints=out / "checkpoints",
                                       resume=bool(cfg.get("resume")), checkpoint_every=int(p.checkpoint_every),
                                       log_metrics=logger, grad_clip=float(p.get("grad_clip") or 0.0),
-                                      progress=bool(cfg.get("progress", False)))
+                                      progress=bool(cfg.get("progress", False)), adversary=adversary)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "pretrain", "status": "interrupted", "seed": cfg.seed,
@@ -73,6 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "pretrain", f"pretrain-{p.objective}", "inductive", "none", cfg.seed,
         {s.name: d.fingerprint() for s, d in domains}, {}, {},
         backbone=b.name, adapter=cfg.adapter.name, trainable_params=trainable, total_params=total,
+        adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         history=history, seconds_per_epoch=sum(h["seconds"] for h in history) / max(1, len(history)),
         wall_seconds=time.perf_counter() - t0, status="complete",
     )

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
@@ -87,14 +89,25 @@ def _plan(domains, objective: str, batch_size: int, seed: int, epoch: int, max_s
     return [batches[i] for i in rng.permutation(len(batches))][: max_steps or None]
 
 
+class _Trained:
+    """The backbone as an adversary sees a model whose backbone trains (its input embeddings)."""
+
+    backbone_trains = True
+
+    def __init__(self, backbone: Backbone):
+        self.backbone_model = backbone.model
+
+
 class Pretrain(EngineObjective):
     """InfoNCE of an objective's two views, batches never mixing domains."""
 
     loss_name = "pretrain/loss"
 
     def __init__(self, backbone: Backbone, domains: dict[str, tuple[list[str], np.ndarray]], objective: str,
-                 batch_size: int, tau: float, max_length: int, pooling: str, seed: int, max_steps: int | None):
+                 batch_size: int, tau: float, max_length: int, pooling: str, seed: int, max_steps: int | None,
+                 adversary: Any = None):
         self.backbone, self.domains, self.objective = backbone, domains, objective
+        self.adversary = adversary  # FGM / PGD on the token embeddings (adversarial/perturb.py)
         self.batch_size, self.tau, self.max_length, self.pooling = batch_size, tau, max_length, pooling
         self.seed, self.max_steps = seed, max_steps
         self.trainable = [n for n, p in backbone.model.named_parameters() if p.requires_grad]
@@ -104,17 +117,24 @@ class Pretrain(EngineObjective):
 
     def loss(self, batch, prog):
         name, idx = batch
-        a, b = OBJECTIVES.get(self.objective).views(self.backbone, self.domains[name][0], idx, self.max_length,
-                                                   self.pooling)
-        if len(a) < 2:
+        if len(idx) < 2:
             return None, 1.0
-        return info_nce(a, b, self.tau) + adapter_loss(self.backbone.model), 1.0
+
+        def closure() -> torch.Tensor:
+            a, b = OBJECTIVES.get(self.objective).views(self.backbone, self.domains[name][0], idx, self.max_length,
+                                                       self.pooling)
+            return info_nce(a, b, self.tau)
+
+        loss = closure() if self.adversary is None else self.adversary.step_loss(_Trained(self.backbone), name, closure)
+        return loss + adapter_loss(self.backbone.model), 1.0
 
     def after_step(self, step: int) -> None:
         adapter_step_hook(self.backbone.model, step)
 
     def end_epoch(self, prog):
         rec = super().end_epoch(prog)
+        if self.adversary is not None:
+            rec |= self.adversary.epoch_metrics()
         log.info("pretrain epoch %d loss %.4f (%d steps, %.1fs)", rec["epoch"], rec["loss"], rec["steps"], rec["seconds"])
         return rec
 
@@ -131,7 +151,7 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
                         seed: int, max_steps: int | None = None, checkpoints: Path | None = None,
                         resume: bool = False, checkpoint_every: int = 0,
                         log_metrics: Callable[[dict[str, float], int], None] | None = None,
-                        grad_clip: float = 0.0, progress: bool = False) -> list[dict]:
+                        grad_clip: float = 0.0, progress: bool = False, adversary: Any = None) -> list[dict]:
     """Train ``backbone.model`` in place. ``domains[name] = (item texts, neighbour pairs)``.
 
     Returns per-epoch records {epoch, loss, steps, seconds}. Batches never mix domains, so
@@ -146,7 +166,7 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
         raise ValueError("the backbone has no trainable parameters (adapter=frozen?)")
     opt = torch.optim.AdamW(params, lr=lr)
     backbone.model.train()
-    task = Pretrain(backbone, domains, objective, batch_size, tau, max_length, pooling, seed, max_steps)
+    task = Pretrain(backbone, domains, objective, batch_size, tau, max_length, pooling, seed, max_steps, adversary)
     settings = LoopSettings(epochs, grad_clip, checkpoint_every, keep_last=2, progress=progress, label="pretrain")
     prog = run(task, opt, settings, checkpoints, resume and checkpoints is not None, log_metrics)
     backbone.model.eval()
