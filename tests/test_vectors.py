@@ -34,11 +34,19 @@ def _write_all(tmp_path: Path, table: dict[str, np.ndarray]) -> dict[str, tuple[
     from safetensors.numpy import save_file
 
     save_file({"vectors": mat}, str(tmp_path / "v.safetensors"))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"item_id": ids, "vector": [table[i].tolist() for i in ids]}), tmp_path / "list.parquet")
+    pq.write_table(pa.table({"item_id": ids, **{f"g{k}": mat[:, k] for k in range(mat.shape[1])}}),
+                   tmp_path / "cols.parquet")
     return {"tsv": (tmp_path / "v.tsv", None), "npy": (tmp_path / "v.npy", tmp_path / "ids.txt"),
-            "safetensors": (tmp_path / "v.safetensors", tmp_path / "ids.txt")}
+            "safetensors": (tmp_path / "v.safetensors", tmp_path / "ids.txt"),
+            "parquet (list column)": (tmp_path / "list.parquet", None),
+            "parquet (a column per dimension)": (tmp_path / "cols.parquet", None)}
 
 
-def test_the_three_layouts_read_the_same_real_vectors(tmp_path):
+def test_every_layout_reads_the_same_real_vectors(tmp_path):
     table = genre_vectors()
     files = _write_all(tmp_path, table)
     for name, (path, ids) in files.items():
@@ -138,3 +146,15 @@ def test_image_vectors_from_a_local_vision_model_and_real_image_files(tmp_path):
     (model_dir / "config.json").write_text((model_dir / "config.json").read_text().replace("{", '{"auto_map": {}, ', 1))
     with pytest.raises(CrossrecError, match="ships its own Python code"):
         write_image_vectors(model_dir, images, tmp_path / "x" / "vecs")
+
+
+def test_a_bad_parquet_row_names_the_file_and_row(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"item_id": ["1", "2", "3"], "vector": [[1.0, 0.0], [0.0, 1.0], [1.0]]}), tmp_path / "a.parquet")
+    with pytest.raises(CrossrecError, match=r"a\.parquet: row 3 \(item '3'\) has 1 values, row 1 has 2"):
+        read_vectors(tmp_path / "a.parquet", None)
+    pq.write_table(pa.table({"item_id": ["1", "2"], "x": [1.0, float("nan")]}), tmp_path / "b.parquet")
+    with pytest.raises(CrossrecError, match=r"row 2 \(item '2'\) has a non-finite value"):
+        read_vectors(tmp_path / "b.parquet", None)

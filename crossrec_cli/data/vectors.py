@@ -6,6 +6,8 @@ has no row for it)::
       image: {path: clip.npy, ids: clip_ids.txt}      # .npy (n, d) + one item id per line
       audio: {path: audio.safetensors, ids: ids.txt}  # tensor "vectors" (n, d) + the ids file
       meta: {path: meta.tsv}                          # item_id<TAB>v1 v2 ... (no header)
+      clip: {path: clip.parquet}                      # first column the item id, then one list
+                                                      # column or one numeric column per dimension
 
 Paths are relative to the domain folder (or absolute). Files are read the first time a run uses
 the feature (``model.features=[text,vectors:image]``); a malformed row, a wrong count, a
@@ -23,7 +25,7 @@ import numpy as np
 from crossrec_cli.data.table import read_text
 from crossrec_cli.errors import CrossrecError
 
-SUFFIXES = (".npy", ".safetensors", ".tsv", ".txt")
+SUFFIXES = (".npy", ".safetensors", ".tsv", ".txt", ".parquet")
 
 
 def check_spec(raw: Any, where: str) -> dict[str, dict[str, str]]:
@@ -99,6 +101,8 @@ def read_vectors(path: Path, ids_path: Path | None) -> dict[str, np.ndarray]:
             line = next(i for i, v in enumerate(ids, start=1) if v in seen or seen.add(v))  # type: ignore[func-returns-value]
             raise CrossrecError(str(ids_path), f"item {ids[line - 1]!r} listed twice", "one row per item", line=line)
         return dict(zip(ids, mat))
+    if path.suffix == ".parquet":
+        return _read_parquet(path)
     out: dict[str, np.ndarray] = {}
     dim = None
     for line, text in enumerate(read_text(path).splitlines(), start=1):
@@ -121,6 +125,52 @@ def read_vectors(path: Path, ids_path: Path | None) -> dict[str, np.ndarray]:
             raise CrossrecError(str(path), f"item {iid!r} listed twice", "one row per item", line=line)
         out[iid] = vec
     return out
+
+
+def _read_parquet(path: Path) -> dict[str, np.ndarray]:
+    """Parquet (pyarrow): the first column holds the item ids; the vector is either the one
+    remaining list column or the remaining numeric columns, one per dimension. Errors name the
+    file, the (1-based) row and the column."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise CrossrecError(str(path), "reading .parquet needs pyarrow", "pip install 'crossrec[parquet]'") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow's own errors: not a parquet file, corrupt footer, ...
+        raise CrossrecError(str(path), f"cannot read: {str(exc).splitlines()[0]}", "write it with pyarrow or pandas") from None
+    if table.num_columns < 2:
+        raise CrossrecError(str(path), f"{table.num_columns} column(s)", "expected the item id column, then the vector")
+    ids = [str(v) for v in table.column(0).to_pylist()]
+    rest = table.schema.names[1:]
+    try:
+        if len(rest) == 1 and str(table.schema.field(1).type).startswith(("list", "large_list", "fixed_size_list")):
+            rows = table.column(1).to_pylist()
+            if any(r is None for r in rows):
+                i = next(k for k, r in enumerate(rows) if r is None)
+                raise CrossrecError(str(path), f"row {i + 1} (item {ids[i]!r}): no vector in column {rest[0]!r}",
+                                    "fill or drop that row")
+            sizes = {len(r) for r in rows}
+            if len(sizes) > 1:
+                first = len(rows[0])
+                i = next(k for k, r in enumerate(rows) if len(r) != first)
+                raise CrossrecError(str(path), f"row {i + 1} (item {ids[i]!r}) has {len(rows[i])} values, row 1 has "
+                                    f"{first}", "every vector has the same size")
+            mat = np.asarray(rows, dtype=np.float32)
+        else:
+            mat = np.stack([np.asarray(table.column(c).to_numpy(zero_copy_only=False), dtype=np.float32)
+                            for c in rest], axis=1)
+    except (TypeError, ValueError) as exc:
+        raise CrossrecError(str(path), f"a vector value is not a number ({exc})", "numeric columns only") from None
+    bad = np.argwhere(~np.isfinite(mat))
+    if len(bad):
+        raise CrossrecError(str(path), f"row {bad[0][0] + 1} (item {ids[bad[0][0]]!r}) has a non-finite value",
+                            "fix or drop that row")
+    if len(set(ids)) != len(ids):
+        seen: set[str] = set()
+        i = next(k for k, v in enumerate(ids) if v in seen or seen.add(v))  # type: ignore[func-returns-value]
+        raise CrossrecError(str(path), f"row {i + 1}: item {ids[i]!r} listed twice", "one row per item")
+    return dict(zip(ids, mat))
 
 
 def attach_vectors(domain: Any, spec: Any) -> Any:
