@@ -69,11 +69,6 @@ def collect(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _metric_key(row: dict[str, Any], split: str, metric: str) -> str | None:
-    keys = [k for k in row if k.startswith(f"{split}/") and k.endswith(f"/{metric}")]
-    return keys[0] if len(keys) == 1 else None
-
-
 def value(row: dict[str, Any], split: str, metric: str) -> float:
     """The run's ``split`` ``metric``, averaged over its domains."""
     vals = [v for k, v in row.items() if k.startswith(f"{split}/") and k.endswith(f"/{metric}")]

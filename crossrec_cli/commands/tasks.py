@@ -33,7 +33,8 @@ from crossrec_cli.io import atomic_write_json, atomic_write_text
 from crossrec_cli.models.backbone import build_backbone
 from crossrec_cli.tasks import TASKS
 from crossrec_cli.tasks.classification import confusion_png, label_data, run_classification, split_indices
-from crossrec_cli.tasks.classifiers import CLASSIFIERS, ClassifyJob
+from crossrec_cli.adapters import ADAPTERS
+from crossrec_cli.tasks.classifiers import CLASSIFIERS, ClassifyJob, reads_backbone, trains_adapter
 from crossrec_cli.tasks.examples import PreferenceData, preference_data, sample
 from crossrec_cli.tasks.metrics import mean_std
 from crossrec_cli.tasks.preference import ScorerSpec, run_preference, run_transfer
@@ -283,12 +284,12 @@ def classification(cfg: DictConfig, logger: Logger | None = None) -> dict[str, A
     ``task.classifier`` and score valid / test -> reports, confusion matrices, metrics.json."""
     t, device = cfg.task, device_of(cfg)
     classifier = str(t.get("classifier", "lm"))
-    CLASSIFIERS.get(classifier)  # an unknown name stops here, before any data is read
+    fit = CLASSIFIERS.get(classifier)  # an unknown name stops here, before any data is read
     method, hparams = adapter_of(cfg, False)
-    if classifier != "lm" and method != "frozen":
+    if not trains_adapter(fit) and ADAPTERS.get(method).trains_backbone(method):
         raise CrossrecError("adapter", f"task.classifier={classifier} trains no language model",
                             "use adapter=frozen, or task.classifier=lm to train the adapter")
-    uses_lm = classifier in ("lm", "zero_shot")
+    uses_lm = reads_backbone(fit)
     dataset: dict[str, dict] = {}
     valid: dict[str, dict] = {}
     test: dict[str, dict] = {}
@@ -329,7 +330,7 @@ def classification(cfg: DictConfig, logger: Logger | None = None) -> dict[str, A
         "finetune", "classification-head" if classifier == "lm" else f"classification-{classifier}",
         per_seed[-1]["mode"], split_kind, int(cfg.seed), dataset,
         valid, test, task="classification", classifier=classifier,
-        backbone=cfg.backbone.name if uses_lm else "none", adapter=method if classifier == "lm" else "none",
+        backbone=cfg.backbone.name if uses_lm else "none", adapter=method if trains_adapter(fit) else "none",
         seeds=seeds_of(cfg), train_samples=t.train_samples,
         trainable_params=per_seed[-1]["trainable"], total_params=per_seed[-1]["total"],
         per_seed=[_drop(r, "trainable", "total") for r in per_seed],

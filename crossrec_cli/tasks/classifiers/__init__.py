@@ -24,6 +24,16 @@ from crossrec_cli.tasks.train import TrainSettings
 CLASSIFIERS: Registry = Registry("classifier", "task.classifier", "crossrec_cli.tasks.classifiers")
 
 
+def reads_backbone(fit) -> bool:
+    """Whether a registered classifier encodes text with the language model (``fit.reads_backbone``)."""
+    return bool(getattr(fit, "reads_backbone", False))
+
+
+def trains_adapter(fit) -> bool:
+    """Whether it trains the run's ``adapter=`` (``fit.trains_adapter``); the others need frozen."""
+    return bool(getattr(fit, "trains_adapter", False))
+
+
 @dataclass
 class ClassifyJob:
     texts: list[str]  # one input text per labelled item

@@ -26,3 +26,6 @@ def fit(job: ClassifyJob) -> Fitted:
               for split, idx in job.parts.items() if split != "train"}
     trainable, total = param_counts(model)
     return Fitted(scores, trainable=trainable, total=total, losses=losses)
+
+
+fit.reads_backbone, fit.trains_adapter = True, True

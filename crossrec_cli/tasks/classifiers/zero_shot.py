@@ -31,3 +31,6 @@ def fit(job: ClassifyJob) -> Fitted:
         scores[split] = cos
     total = sum(p.numel() for p in bb.model.parameters())
     return Fitted(scores, mode="zero-shot", total=int(total))
+
+
+fit.reads_backbone, fit.trains_adapter = True, False
