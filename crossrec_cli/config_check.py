@@ -55,6 +55,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "eval.item_chunk": (lambda v: _int(v, 1), "a positive integer", "65536"),
     "eval.batch_size": (lambda v: _int(v, 1), "a positive integer", "256"),
     "eval.cache_vectors": (lambda v: isinstance(v, bool), "true or false", "true"),
+    "eval.score_dtype": (lambda v: v in ("float32", "float64"), "float32 or float64", "float32"),
+    "eval.valid_users": (lambda v: v is None or _int(v, 1), "null or a positive integer", "2000"),
     "trainer.epochs": (lambda v: _int(v, 1), "an integer >= 1", "20"),
     "trainer.batch_size": (lambda v: _int(v, 1), "an integer >= 1", "64"),
     "trainer.lr": (_positive, "a number > 0", "1e-3"),

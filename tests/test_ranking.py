@@ -77,8 +77,9 @@ def test_exclude_is_per_example():
     assert ranks_of([4, 4], exclude=[np.array([1]), np.array([0])]) == [1, 2]
 
 
+@pytest.mark.parametrize("score_dtype", ["float32", "float64"])
 @pytest.mark.parametrize("user_chunk,item_chunk", [(1, 2), (3, 1), (2, 7), (64, 64)])
-def test_chunked_equals_unchunked_and_brute_force(user_chunk, item_chunk):
+def test_chunked_equals_unchunked_and_brute_force(user_chunk, item_chunk, score_dtype):
     # small integer vectors: exact float arithmetic and many ties across chunk borders
     g = torch.Generator().manual_seed(0)
     items = torch.randint(-2, 3, (23, 3), generator=g).float()
@@ -88,9 +89,9 @@ def test_chunked_equals_unchunked_and_brute_force(user_chunk, item_chunk):
     exclude = [rng.choice(23, size=int(rng.integers(0, 8)), replace=False) for _ in range(11)]
     exclude[0] = np.append(exclude[0], targets[0])  # a target inside its own history
     for ex in (None, exclude):
-        whole = full_ranks(users, items, targets, ex)
+        whole = full_ranks(users, items, targets, ex, score_dtype=score_dtype)
         chunked = full_ranks(
-            users, items, targets, ex, user_chunk=user_chunk, item_chunk=item_chunk
+            users, items, targets, ex, user_chunk=user_chunk, item_chunk=item_chunk, score_dtype=score_dtype
         )
         assert chunked.tolist() == whole.tolist()
         assert whole.tolist() == reference_ranks(users, items, targets, ex)
@@ -104,9 +105,39 @@ def test_duplicate_item_vectors_tie_by_item_order():
     items = base.repeat_interleave(2, dim=0)  # (50, 64)
     users = torch.randn(40, 64, generator=g, dtype=torch.float64)
     even = np.arange(0, 50, 2)[np.arange(40) % 25]
-    r_even = full_ranks(users, items, even)
-    r_odd = full_ranks(users, items, even + 1)
-    assert (r_odd - r_even).tolist() == [1] * 40
+    for dtype in ("float32", "float64"):
+        r_even = full_ranks(users, items, even, score_dtype=dtype)
+        r_odd = full_ranks(users, items, even + 1, score_dtype=dtype)
+        assert (r_odd - r_even).tolist() == [1] * 40
+
+
+@pytest.mark.parametrize("item_chunk", [65536, 37])
+def test_float32_scores_give_the_float64_ranks_on_near_ties(item_chunk):
+    # Each item has neighbours whose float64 scores differ from its own by 1e-9 .. 1e-6 of the
+    # score: float32 (7 digits) cannot order them, float64 can. The float32 path must recheck
+    # exactly those and return the float64 ranks, with and without seen items removed.
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    users = torch.randn(30, 16, generator=g, dtype=torch.float64)
+    steps = torch.tensor([0.0, 1e-9, -1e-8, 1e-7, -1e-6, 3e-6])
+    items = (base.unsqueeze(1) * (1 + steps.view(1, -1, 1).double())).reshape(-1, 16)  # (240, 16)
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 240, size=30)
+    exclude = [rng.choice(240, size=20, replace=False) for _ in range(30)]
+    for ex in (None, exclude):
+        exact = full_ranks(users, items, targets, ex, score_dtype="float64", item_chunk=item_chunk)
+        fast = full_ranks(users, items, targets, ex, score_dtype="float32", item_chunk=item_chunk)
+        assert fast.tolist() == exact.tolist() == reference_ranks(users, items, targets, ex)
+    # and the test is not vacuous: ranking in float32 alone orders some of those pairs wrongly
+    s32 = users.float() @ items.float().T
+    t32 = s32.gather(1, torch.as_tensor(targets).unsqueeze(1))
+    naive = ((s32 > t32) | ((s32 == t32) & (torch.arange(240) < torch.as_tensor(targets).unsqueeze(1)))).sum(1)
+    assert naive.tolist() != full_ranks(users, items, targets, score_dtype="float64").tolist()
+
+
+def test_unknown_score_dtype_is_refused():
+    with pytest.raises(CrossrecError, match="eval.score_dtype"):
+        full_ranks(ONE_USER, ITEMS, np.array([0]), score_dtype="float16")
 
 
 # ----- candidate lists -------------------------------------------------------------------------
@@ -246,3 +277,28 @@ def test_early_stopping_ranks_the_validation_split_only():
     out = evaluate_split(users, ITEMS, tiny_split(), [1, 3], parts=("valid",))
     assert set(out) == {"valid"} and seen == [0 + 3]  # valid targets 0 and 3 only
     assert out["valid"] == evaluate_split(constant_users, ITEMS, tiny_split(), [1, 3])["valid"]
+
+
+def test_valid_users_ranks_a_fixed_seeded_sample_of_validation_examples():
+    """eval.valid_users=N: early stopping ranks the same N validation examples at every epoch."""
+    n = 40
+    split = Split(np.arange(n), [np.array([0, 1])] * n,
+                  EvalSet(np.arange(n), [np.array([0])] * n, np.arange(n) % 5),
+                  EvalSet(np.arange(n), [np.array([0])] * n, np.arange(n) % 5), "leave-one-out")
+    seen: list[list[int]] = []
+
+    def users(ev: EvalSet) -> torch.Tensor:
+        seen.append(ev.users.tolist())
+        return torch.ones(len(ev), 1)
+
+    a = evaluate_split(users, ITEMS, split, [1, 3], parts=("valid",), valid_users=7, seed=3)
+    b = evaluate_split(users, ITEMS, split, [1, 3], parts=("valid",), valid_users=7, seed=3)
+    evaluate_split(users, ITEMS, split, [1, 3], parts=("valid",), valid_users=7, seed=4)
+    assert a == b and a["valid"]["examples"] == 7
+    assert seen[0] == seen[1] and seen[0] == sorted(seen[0]) and len(set(seen[0])) == 7
+    assert seen[2] != seen[0]  # another seed, another sample
+    # the sample's metrics are the metrics of exactly those examples: only target item 1 ranks first
+    assert a["valid"]["recall@1"] == pytest.approx(float(np.mean(split.valid.targets[seen[0]] == 1)))
+    # a sample at least as large as the split is the whole split
+    full = evaluate_split(constant_users, ITEMS, split, [1, 3], parts=("valid",))
+    assert evaluate_split(constant_users, ITEMS, split, [1, 3], parts=("valid",), valid_users=n) == full

@@ -137,11 +137,12 @@ def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
 
 # keys that may change between an interrupted run and its resumption (they do not change results)
 RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "logger", "eval.cache_vectors", "eval.user_chunk",
-               "eval.item_chunk", "eval.batch_size")
+               "eval.item_chunk", "eval.batch_size", "eval.score_dtype")
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
 ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "model.positions": "end",
-              "pretrain.grad_clip": 0.0, "adversarial.name": "none"}
+              "pretrain.grad_clip": 0.0, "adversarial.name": "none",
+              "eval.valid_users": None}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

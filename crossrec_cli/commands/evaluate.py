@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, seed_everything
+from crossrec_cli.commands.recsys import ranking_options
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
@@ -57,12 +58,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             cands = read_candidates(cfg.eval.candidates, {u: i for i, u in enumerate(domain.user_ids)},
                                     {t: i for i, t in enumerate(domain.item_ids)})
         res = evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
-                             str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk)
+                             str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk,
+                             **ranking_options(cfg))
         dataset[spec.name] = domain.fingerprint() | {"split": split.kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
         if not cfg.eval.candidates:
             extras[spec.name] = test_report(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen,
-                                            groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk)
+                                            groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk,
+                                            **ranking_options(cfg))
     record = metrics_record(
         "evaluate", cfg.model.name, "zero-shot", "candidates" if cfg.eval.candidates else "full", cfg.seed,
         dataset, valid, test, exclude_seen=bool(cfg.eval.exclude_seen),

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    adversary_of, build_model, check_same_data, evaluate_model, item_features, load_init, model_mode, resume_dir, save_final, train_config,
+    adversary_of, build_model, early_stopping_sample, check_same_data, evaluate_model, item_features, load_init, model_mode, resume_dir, save_final, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
         seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),
         wall_seconds=time.perf_counter() - t_start, history=_history(prog.history),
-        status="complete", **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups") if k in result},
+        status="complete", **early_stopping_sample(cfg), **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups") if k in result},
     )
     path = finish(cfg, record, logger)
     if prog.history:

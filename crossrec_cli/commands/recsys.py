@@ -93,6 +93,19 @@ def device(cfg: DictConfig) -> torch.device:
     return resolve_device(str(cfg.device))
 
 
+def ranking_options(cfg: DictConfig) -> dict[str, Any]:
+    """How ``full_ranks`` scores (``eval.score_dtype`` on the run's ``device``); the ranks are
+    the same either way."""
+    return {"score_dtype": str(cfg.eval.get("score_dtype", "float32")), "device": device(cfg)}
+
+
+def early_stopping_sample(cfg: DictConfig) -> dict[str, int]:
+    """metrics.json's ``valid_users`` when early stopping ranked a sample of the validation
+    examples (the epochs' ``history`` metrics are on that sample)."""
+    n = cfg.eval.get("valid_users")
+    return {"valid_users": int(n)} if n else {}
+
+
 def item_features(cfg: DictConfig) -> list[str]:
     """The run's item features (``model.features``, or what the backbone and item_ids imply)."""
     return feature_names(cfg.model, cfg.backbone.get("kind", "encoder") != "none")
@@ -118,11 +131,14 @@ def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domai
     if cfg.eval.candidates and domain is not None:
         cands = read_candidates(cfg.eval.candidates, {u: i for i, u in enumerate(domain.user_ids)},
                                 {t: i for i, t in enumerate(domain.item_ids)})
+    sample = cfg.eval.get("valid_users") if parts == ("valid",) else None  # early stopping only
     res = evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
-                         str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk, parts)
+                         str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk, parts,
+                         valid_users=sample, seed=int(cfg.seed), **ranking_options(cfg))
     if spec is not None and domain is not None and cands is None and "test" in parts:
         res["extras"] = test_report(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen,
-                                    groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk)
+                                    groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk,
+                                    **ranking_options(cfg))
     return res
 
 

@@ -30,6 +30,15 @@ def restrict_to_candidates(evalset: EvalSet, candidates: dict[int, np.ndarray], 
     return sub, cands
 
 
+def sample_examples(evalset: EvalSet, n: int, seed: int) -> EvalSet:
+    """A seeded sample of ``n`` examples in their original order (all of them when n >= len)."""
+    if n >= len(evalset):
+        return evalset
+    keep = np.zeros(len(evalset), dtype=bool)
+    keep[np.random.default_rng([seed, 1009]).choice(len(evalset), size=n, replace=False)] = True
+    return evalset.subset(keep)
+
+
 def evaluate_split(
     user_vectors: UserVectors,
     item_vecs: torch.Tensor,
@@ -41,17 +50,27 @@ def evaluate_split(
     user_chunk: int = 512,
     item_chunk: int = 65536,
     parts: tuple[str, ...] = ("valid", "test"),
+    *,
+    score_dtype: str = "float32",
+    device: torch.device | str | None = None,
+    valid_users: int | None = None,
+    seed: int = 0,
 ) -> dict[str, dict[str, float]]:
     """``{"valid": metrics, "test": metrics}``; each example's own history is the model input.
     ``parts=("valid",)`` ranks the validation split only (early stopping never touches test).
 
     With ``candidates`` the test examples are ranked within their user's list (listed users
     only); validation always ranks the full catalogue (it drives early stopping).
+    ``score_dtype`` / ``device``: how ``full_ranks`` scores (the ranks are the same).
+    ``valid_users=N`` ranks a fixed sample of N validation examples (the same N for every
+    call with the same ``seed``: the early-stopping signal of large domains, cheaply).
     """
     out: dict[str, dict[str, float]] = {}
     for name, evalset in (("valid", split.valid), ("test", split.test)):
         if name not in parts:
             continue
+        if name == "valid" and valid_users is not None:
+            evalset = sample_examples(evalset, valid_users, seed)
         if name == "test" and candidates is not None:
             sub, cands = restrict_to_candidates(evalset, candidates, candidates_source)
             ranks = candidate_ranks(user_vectors(sub), item_vecs, sub.targets, cands)
@@ -60,7 +79,8 @@ def evaluate_split(
                 out[name] = {}
                 continue
             exclude = evalset.histories if exclude_seen else None
-            ranks = full_ranks(user_vectors(evalset), item_vecs, evalset.targets, exclude, user_chunk, item_chunk)
+            ranks = full_ranks(user_vectors(evalset), item_vecs, evalset.targets, exclude, user_chunk, item_chunk,
+                               score_dtype, device)
         out[name] = rank_metrics(ranks, topk)
         out[name]["examples"] = int(len(ranks))
     return out
@@ -75,6 +95,9 @@ def test_report(
     groups: dict[str, np.ndarray] | None = None,
     user_chunk: int = 512,
     item_chunk: int = 65536,
+    *,
+    score_dtype: str = "float32",
+    device: torch.device | str | None = None,
 ) -> dict[str, dict]:
     """What the test users are recommended, beyond hitting their target: ``beyond_accuracy`` of
     their top-k lists (each k of ``topk``) against the training popularity (evaluation/beyond.py), and with
@@ -96,7 +119,7 @@ def test_report(
         beyond |= beyond_accuracy(top, counts, ev.histories, kk)
     out: dict[str, dict] = {"beyond_accuracy": beyond}
     if groups:
-        ranks = full_ranks(users, item_vecs, ev.targets, exclude, user_chunk, item_chunk)
+        ranks = full_ranks(users, item_vecs, ev.targets, exclude, user_chunk, item_chunk, score_dtype, device)
         out["groups"] = group_metrics(ranks, ev.users, groups, topk)
     return out
 

@@ -38,6 +38,38 @@ def _better(s: torch.Tensor, ts: torch.Tensor, cols: torch.Tensor, t: torch.Tens
     return better
 
 
+def _better_pairs(s: torch.Tensor, ts: torch.Tensor, c: torch.Tensor, t: torch.Tensor, items: torch.Tensor,
+                  tol: torch.Tensor) -> torch.Tensor:
+    """``_better`` for single (score, target score, column, target, tolerance) pairs, all 1-D."""
+    better = ((s > ts) | ((s == ts) & (c < t))) & (c != t)
+    near = (s != ts) & ((s - ts).abs() <= tol)
+    if near.any():
+        twin = near.clone()
+        twin[near] = (items[c[near]] == items[t[near]]).all(-1)
+        better[twin] = c[twin] < t[twin]
+    return better
+
+
+def _exclusions(exclude: list[np.ndarray], targets: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(example, item) pairs to remove, the target never among them; sorted by example."""
+    lens = np.fromiter((len(e) for e in exclude), dtype=np.int64, count=len(exclude))
+    rows = np.repeat(np.arange(len(exclude)), lens)
+    cols = np.concatenate([np.asarray(e, dtype=np.int64) for e in exclude]) if len(rows) else rows
+    keep = cols != targets.numpy()[rows]
+    return rows[keep], cols[keep]
+
+
+def _unit_roundoff(dev: torch.device) -> float:
+    """The float32 product's unit roundoff on ``dev``: TF32 / bf16 matmuls round far coarser."""
+    if dev.type == "cuda":
+        prec = torch.get_float32_matmul_precision()
+        return {"highest": 2.0**-24, "high": 2.0**-11}.get(prec, 2.0**-8)
+    return 2.0**-24
+
+
+SCORE_DTYPES = ("float32", "float64")
+
+
 def full_ranks(
     user_vecs: torch.Tensor,
     item_vecs: torch.Tensor,
@@ -45,22 +77,49 @@ def full_ranks(
     exclude: list[np.ndarray] | None = None,
     user_chunk: int = 512,
     item_chunk: int = 65536,
+    score_dtype: str = "float32",
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """0-based rank of ``targets[i]`` under scores ``user_vecs[i] @ item_vecs.T``.
 
     user_vecs: (n, d); item_vecs: (N, d); targets: (n,). ``exclude[i]`` lists items removed
     from example i's ranking (its seen items; the target itself is never removed). Peak memory
     is user_chunk x item_chunk scores, never n x N.
+
+    ``score_dtype="float64"`` scores every item in float64. ``"float32"`` (the default, on
+    ``device``) scores in float32 and recomputes in float64 only the items whose float32 score is
+    within the float32 rounding bound of the target's: every other item is on the same side of
+    the target in both, so the ranks are the float64 ranks at a fraction of the cost.
     """
+    if score_dtype not in SCORE_DTYPES:
+        raise CrossrecError("eval.score_dtype", f"unknown value {score_dtype!r}", f"one of {', '.join(SCORE_DTYPES)}")
     n, n_items = user_vecs.shape[0], item_vecs.shape[0]
-    items = item_vecs.detach().to(torch.float64)
+    items = item_vecs.detach().to("cpu", torch.float64)
     tgt = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     item_norm = items.norm(dim=1).max() if n_items else torch.tensor(0.0, dtype=torch.float64)
     ranks = np.zeros(n, dtype=np.int64)
+    ex_rows, ex_cols = _exclusions(exclude, tgt) if exclude is not None else (None, None)
+    fast = score_dtype == "float32"
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if fast:
+        items_s = item_vecs.detach().to(dev, torch.float32)
+        # |float32 dot - exact| <= gamma |u| |v| (d products and sums, plus rounding the inputs to
+        # float32); two such scores differ from their exact difference by at most twice that
+        gamma = (items.shape[1] + 2) * _unit_roundoff(dev)
+        gamma = 2 * gamma / (1 - gamma)
     for a in range(0, n, user_chunk):
-        u = user_vecs[a : a + user_chunk].detach().to(torch.float64)
+        u = user_vecs[a : a + user_chunk].detach().to("cpu", torch.float64)
         t_idx = tgt[a : a + user_chunk]
-        tol = NEAR_TIE * u.norm(dim=1, keepdim=True) * item_norm
+        unorm = u.norm(dim=1, keepdim=True)
+        tol = NEAR_TIE * unorm * item_norm
+        if ex_rows is not None:
+            lo, hi = np.searchsorted(ex_rows, [a, a + len(u)])
+            rows_c, cols_c = torch.as_tensor(ex_rows[lo:hi] - a), torch.as_tensor(ex_cols[lo:hi])
+        if fast:
+            ranks[a : a + len(u)] = _ranks_fast(u, items, items_s, t_idx, tol, gamma * unorm * item_norm,
+                                                rows_c if ex_rows is not None else None,
+                                                cols_c if ex_rows is not None else None, item_chunk, dev)
+            continue
         t_score = None
         if n_items > item_chunk:  # several chunks: the target's score from its own vectors
             t_score = (u * items[t_idx]).sum(-1, keepdim=True)
@@ -69,15 +128,50 @@ def full_ranks(
             s = u @ items[b : b + item_chunk].T
             if t_score is None:  # one chunk: read the target's score from the same product
                 t_score = s.gather(1, t_idx.unsqueeze(1)).clone()
-            if exclude is not None:
-                for r, seen_r in enumerate(exclude[a : a + user_chunk]):
-                    seen = torch.as_tensor(seen_r, dtype=torch.long)
-                    seen = seen[(seen >= b) & (seen < b + s.shape[1]) & (seen != t_idx[r])]
-                    s[r, seen - b] = -torch.inf
+            if ex_rows is not None:
+                inside = (cols_c >= b) & (cols_c < b + s.shape[1])
+                s[rows_c[inside], cols_c[inside] - b] = -torch.inf
             cols = torch.arange(b, b + s.shape[1])
             count += _better(s, t_score, cols, t_idx, items, tol).sum(1)
         ranks[a : a + len(u)] = count.numpy()
     return ranks
+
+
+def _ranks_fast(u: torch.Tensor, items: torch.Tensor, items_s: torch.Tensor, t_idx: torch.Tensor, tol: torch.Tensor,
+                band: torch.Tensor, ex_rows: torch.Tensor | None, ex_cols: torch.Tensor | None, item_chunk: int,
+                dev: torch.device) -> np.ndarray:
+    """One user chunk of ``full_ranks``'s float32 path. u, items, tol, band: float64 on the CPU
+    (band: the float32 error bound per row); items_s: float32 on ``dev``."""
+    n_items = items.shape[0]
+    us = u.to(dev, torch.float32)
+    td = t_idx.to(dev)
+    t_score = (us * items_s[td]).sum(-1, keepdim=True) if n_items > item_chunk else None
+    width = (band + tol).to(dev, torch.float32)  # also holds every float64 near-tie
+    count = torch.zeros(len(u), dtype=torch.long, device=dev)
+    pairs_r, pairs_c = [], []
+    for b in range(0, n_items, item_chunk):
+        s = us @ items_s[b : b + item_chunk].T
+        if t_score is None:
+            t_score = s.gather(1, td.unsqueeze(1)).clone()
+        if ex_rows is not None:
+            inside = (ex_cols >= b) & (ex_cols < b + s.shape[1])
+            s[ex_rows[inside].to(dev), (ex_cols[inside] - b).to(dev)] = -torch.inf
+        diff = s - t_score
+        count += (diff > width).sum(1)
+        r, j = (diff.abs() <= width).nonzero(as_tuple=True)
+        pairs_r.append(r.cpu())
+        pairs_c.append(j.cpu() + b)
+    count = count.cpu()
+    r, c = torch.cat(pairs_r), torch.cat(pairs_c)
+    t = t_idx[r]
+    keep = c != t  # the target's own column
+    r, c, t = r[keep], c[keep], t[keep]
+    if len(r):  # the near-ties, in float64 exactly as the float64 path decides them
+        s64 = (u[r] * items[c]).sum(-1)
+        ts64 = (u[r] * items[t]).sum(-1)
+        better = _better_pairs(s64, ts64, c, t, items, tol[r, 0])
+        count.index_add_(0, r, better.long())
+    return count.numpy()
 
 
 def candidate_ranks(
