@@ -120,7 +120,27 @@ def _selection(overrides: list[str], group: str = "domain") -> list[str] | None:
     return None
 
 
-def set_runtime(cfg: Any, run_dir: str | Path, config_dirs: list[Path], overrides: list[str]) -> Any:
+def concurrent_jobs(hc: Any) -> int:
+    """How many runs the launcher runs at once on this machine (``num_threads=auto`` divides
+    the cores among them): joblib's ``n_jobs``; submitit_local: every job at once, or
+    cores / ``cpus_per_task``; a Slurm job has its own CPUs; the basic launcher runs one by one."""
+    from hydra.types import RunMode
+
+    from crossrec_cli.commands._common import cores
+
+    launcher = hc.launcher if hc.mode == RunMode.MULTIRUN else {}
+    target = str(launcher.get("_target_", ""))
+    if target.endswith("JoblibLauncher"):
+        n = int(launcher.get("n_jobs") or -1)
+        return n if n > 0 else max(1, cores() + 1 + n)  # joblib: -1 = one job per core
+    if target.endswith("LocalLauncher"):  # submitit_local
+        cpus = launcher.get("cpus_per_task")
+        return max(1, cores() // int(cpus)) if cpus else cores()
+    return 1
+
+
+def set_runtime(cfg: Any, run_dir: str | Path, config_dirs: list[Path], overrides: list[str],
+                concurrent: int = 1) -> Any:
     """Fill ``cfg.runtime`` for the recipes: ``run_dir``, ``config_dirs`` (domain file lookup,
     search path first), ``domains`` (the selection as a list) and ``domain_given`` (whether the
     command line chose it). With several domains ``cfg.domain`` becomes ``{name: that domain's
@@ -136,7 +156,7 @@ def set_runtime(cfg: Any, run_dir: str | Path, config_dirs: list[Path], override
         chosen = [str(node.name)] if node is not None and node.get("name") is not None else []
     with open_dict(cfg):
         cfg.runtime = {"run_dir": str(run_dir), "config_dirs": [str(d) for d in config_dirs],
-                       "domains": chosen, "domain_given": given}
+                       "domains": chosen, "domain_given": given, "concurrent_jobs": concurrent}
         if len(chosen) > 1:
             cfg.domain = {n: read_domain_file(n, config_dirs)[0] for n in chosen}
         methods = _selection(overrides, "adversarial")
@@ -230,7 +250,8 @@ def _launch(config_name: str) -> None:
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
     def app(cfg: Any) -> float | None:
         hc = HydraConfig.get()
-        set_runtime(cfg, hc.runtime.output_dir, _source_dirs(hc.runtime.config_sources), list(hc.overrides.task))
+        set_runtime(cfg, hc.runtime.output_dir, _source_dirs(hc.runtime.config_sources), list(hc.overrides.task),
+                    concurrent_jobs(hc))
         return objective(cfg, run_recipe(cfg, run))
 
     app()

@@ -48,6 +48,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "seed": (lambda v: _int(v, 0) and v < 2**32, "an integer in [0, 2**32)", "0"),  # numpy's seed range
     "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", v) is not None,
                "auto, cpu, cuda or cuda:N", "auto"),
+    "num_threads": (lambda v: v == "auto" or _int(v, 1), "auto or a positive integer", "auto"),
     "eval.topk": (_topk, "a non-empty list of positive integers", "[10,50]"),
     "eval.exclude_seen": (lambda v: isinstance(v, bool), "true or false", "false"),
     "eval.candidates": (lambda v: v is None or isinstance(v, str), "null or a file path", "null"),
@@ -65,6 +66,9 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "trainer.window_stride": (lambda v: v is None or _int(v, 1), "null or an integer >= 1", "null"),
     "trainer.monitor": (lambda v: _monitor(v), "<ranking metric>@K, e.g. recall@K, ndcg@K or mrr@K", "ndcg@10"),
     "target_fraction": (lambda v: _positive(v) and v <= 1, "a number in (0, 1]", "0.1"),
+    "trainer.precision": (lambda v: v in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16", "bf16"),
+    "pretrain.precision": (lambda v: v in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16", "bf16"),
+    "trainer.compile": (lambda v: isinstance(v, bool), "true or false", "false"),
     "trainer.keep_last": (lambda v: _int(v, 1), "an integer >= 1", "2"),
     "model.dim": (lambda v: _int(v, 1), "a positive integer", "64"),
     "model.max_history": (lambda v: _int(v, 1), "a positive integer", "50"),

@@ -5,6 +5,7 @@ selection as a list) before it calls a recipe; a test fills it with ``cli.compos
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import traceback
@@ -131,18 +132,22 @@ def finish(cfg: DictConfig, record: dict[str, Any], logger: Logger) -> Path:
 
 def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
     path = run_dir(cfg) / "metrics.json"
+    record.setdefault("num_threads", torch.get_num_threads())  # what its seconds were measured with
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        record.setdefault("peak_gpu_memory_mib", round(torch.cuda.max_memory_allocated() / 2**20, 1))
     atomic_write_json(path, record)
     return path
 
 
 # keys that may change between an interrupted run and its resumption (they do not change results)
-RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "logger", "eval.cache_vectors", "eval.user_chunk",
+RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "num_threads", "logger", "eval.cache_vectors", "eval.user_chunk",
                "eval.item_chunk", "eval.batch_size", "eval.score_dtype")
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
 ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "model.positions": "end",
               "pretrain.grad_clip": 0.0, "adversarial.name": "none",
-              "eval.valid_users": None}
+              "eval.valid_users": None,
+              "trainer.precision": "fp32", "trainer.compile": False, "pretrain.precision": "fp32", "task.train.precision": None}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -184,6 +189,23 @@ def has_checkpoint(folder: Path) -> bool:
     return any(ckpt.latest_verified(c) is not None for c in folder.rglob("checkpoints") if c.is_dir())
 
 
+def cores() -> int:
+    """CPU cores this process may use (a cluster's CPU binding included)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def set_threads(num_threads: int | str, concurrent_jobs: int = 1) -> int:
+    """``num_threads``: N, or auto = cores / jobs running at once (at least 1). Two jobs with a
+    thread per core each oversubscribe the cores: epochs then swing 4x."""
+    n = int(num_threads) if num_threads != "auto" else max(1, cores() // max(1, concurrent_jobs))
+    if n != torch.get_num_threads():
+        torch.set_num_threads(n)
+    return n
+
+
 def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
     """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
     try:
@@ -197,6 +219,7 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
                 cfg.resume = None
         if cfg.get("resume"):
             check_resume_config(cfg)
+        set_threads(cfg.get("num_threads", "auto"), int((cfg.get("runtime") or {}).get("concurrent_jobs", 1)))
         write_config(cfg)
         return recipe(cfg)
     except CrossrecError as exc:

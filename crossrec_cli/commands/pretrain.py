@@ -72,7 +72,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                       b.max_length, b.pooling, cfg.seed, p.max_steps, checkpoints=out / "checkpoints",
                                       resume=bool(cfg.get("resume")), checkpoint_every=int(p.checkpoint_every),
                                       log_metrics=logger, grad_clip=float(p.get("grad_clip") or 0.0),
-                                      progress=bool(cfg.get("progress", False)), adversary=adversary)
+                                      progress=bool(cfg.get("progress", False)), adversary=adversary,
+                                      precision=str(p.get("precision") or "fp32"))
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "pretrain", "status": "interrupted", "seed": cfg.seed,

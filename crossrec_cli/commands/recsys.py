@@ -71,6 +71,8 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
     dev = device(cfg)
     model.to(dev)
     model.cache_vectors = bool(cfg.eval.cache_vectors)
+    if tc is not None and tc.compile:  # in place: the state dict keeps its keys
+        model.user.compile()
     return model
 
 

@@ -100,7 +100,7 @@ def train_settings(cfg: DictConfig, seed: int, logger: Logger | None = None) -> 
     trainer = cfg.get("trainer") or {}
     fallback = {"lr": "backbone_lr", "head_lr": "lr"}
     values = {}
-    for key in ("epochs", "batch_size", "lr", "head_lr", "weight_decay", "grad_clip", "min_steps"):
+    for key in ("epochs", "batch_size", "lr", "head_lr", "weight_decay", "grad_clip", "min_steps", "precision"):
         v = t.get(key)
         if v is None:
             v = trainer.get(fallback.get(key, key))

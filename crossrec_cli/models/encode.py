@@ -38,10 +38,17 @@ def tokenize(backbone: Backbone, texts: list[str], max_length: int) -> dict[str,
     )
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU batch on ``device``: through pinned memory without blocking when it is a GPU."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def forward_pool(backbone: Backbone, texts: list[str], max_length: int, pooling: str) -> torch.Tensor:
     """Encode texts with gradients (if enabled): (len(texts), hidden)."""
     device = next(backbone.model.parameters()).device
-    batch = {k: v.to(device) for k, v in tokenize(backbone, texts, max_length).items()}
+    batch = {k: to_device(v, device) for k, v in tokenize(backbone, texts, max_length).items()}
     out = backbone.model(**batch, output_hidden_states=backbone.kind == "decoder")
     hidden = out.hidden_states[-1] if backbone.kind == "decoder" else out.last_hidden_state
     mask = batch["attention_mask"]

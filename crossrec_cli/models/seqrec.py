@@ -245,6 +245,12 @@ class SeqRec(nn.Module):
             return F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / self.cfg.temperature
         return users @ items.T
 
+    def logit_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(u, i) with ``u @ i.T == logits(users, items)``: what a fused softmax loss multiplies."""
+        if self.score == "cosine":
+            return F.normalize(users, dim=-1) / self.cfg.temperature, F.normalize(items, dim=-1)
+        return users, items
+
     def scoring_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors whose dot product ranks like ``logits`` (for the chunked evaluator)."""
         if self.score == "cosine":

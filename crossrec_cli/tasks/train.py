@@ -37,6 +37,7 @@ class TrainSettings:
     seed: int = 0
     log_metrics: Callable[[dict[str, float], int], None] | None = None  # the run's logger
     progress: bool = False  # rich progress bars
+    precision: str | None = None  # fp32 | bf16 | fp16 (training/engine.PRECISIONS); None: fp32
 
 
 def plan_steps(n: int, s: TrainSettings) -> tuple[int, int]:
@@ -110,7 +111,7 @@ def fit(model: nn.Module, inputs: Sequence[Any], targets: np.ndarray, s: TrainSe
     epochs, _ = plan_steps(len(inputs), s)
     model.train()
     prog = run(Supervised(model, inputs, targets, s, step_hook, extra_loss), opt,
-               LoopSettings(epochs, s.grad_clip, progress=s.progress, label="task"), log_metrics=s.log_metrics)
+               LoopSettings(epochs, s.grad_clip, progress=s.progress, label="task", precision=s.precision or "fp32"), log_metrics=s.log_metrics)
     history = [rec["loss"] for rec in prog.history]
     log.info("trained on %d examples: %d epochs, %d steps, loss %.4f -> %.4f",
              len(inputs), epochs, prog.step, history[0], history[-1])

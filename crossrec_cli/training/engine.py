@@ -9,12 +9,15 @@ is, what its loss is and what an epoch end does; the loop does the rest the same
 - resumable checkpoints (``checkpoints``: every ``checkpoint_every`` steps and at each epoch end;
   weights, optimiser, RNG, counters and the objective's extra tensors; atomic and verified) and
   ``resume`` from the newest verified one, with identical data order, RNG and counters;
+- ``precision``: fp32, or the loss under ``torch.autocast`` in bf16 / fp16 (fp16 with a
+  GradScaler, whose state the checkpoints keep);
 - SIGTERM / SIGINT: the current step finishes, a checkpoint is written (when the run keeps
   them) and the process exits with EXIT_PREEMPTED.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -67,6 +70,19 @@ class LoopSettings:
     keep_last: int = 2
     progress: bool = False  # rich progress bars
     label: str = "train"  # progress bar / log label
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the dtype autocast computes the loss in
+
+
+# trainer.precision -> the autocast dtype (None: plain float32)
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(precision: str, device_type: str):
+    """The context a step's forward pass runs in."""
+    if precision not in PRECISIONS:
+        raise CrossrecError("trainer.precision", f"unknown value {precision!r}", f"one of {', '.join(PRECISIONS)}")
+    dtype = PRECISIONS[precision]
+    return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 class Objective:
@@ -115,11 +131,14 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
     from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
 
     prog = prog or Progress()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    device_type = params[0].device.type if params else "cpu"
+    autocast(s.precision, device_type)  # an unknown precision stops here
+    scaler = torch.amp.GradScaler(device_type, enabled=s.precision == "fp16")  # off: every call passes through
     if resume:
         if checkpoints is None:
             raise CrossrecError("resume", "this training keeps no checkpoints", "run it again without resume=")
-        prog = restore(objective, opt, checkpoints)
-    params = [p for g in opt.param_groups for p in g["params"]]
+        prog = restore(objective, opt, checkpoints, scaler)
     bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
               TextColumn("{task.fields[info]}"), disable=not s.progress, transient=False)
     # signals are trapped only where a checkpoint can be written for resume=
@@ -132,14 +151,17 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
             b_task = bar.add_task(f"epoch {prog.epoch + 1}", total=len(batches), completed=prog.batch, info="")
             while prog.batch < len(batches):
                 t0 = time.perf_counter()
-                loss, weight = objective.loss(batches[prog.batch], prog)
+                with autocast(s.precision, device_type):
+                    loss, weight = objective.loss(batches[prog.batch], prog)
                 value = 0.0
                 if loss is not None:
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    scaler.scale(loss).backward()
                     if s.grad_clip:
+                        scaler.unscale_(opt)
                         torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-                    opt.step()
+                    scaler.step(opt)  # skipped by fp16's scaler when a gradient overflowed
+                    scaler.update()
                     objective.after_step(prog.step)
                     value = float(loss.detach())
                 prog.batch += 1
@@ -152,7 +174,7 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
                 if log_metrics:
                     log_metrics({objective.loss_name: value}, prog.step)
                 if checkpoints is not None and (stop.stop or (s.checkpoint_every and prog.step % s.checkpoint_every == 0)):
-                    save(objective, opt, prog, checkpoints, s.keep_last)
+                    save(objective, opt, prog, checkpoints, s.keep_last, scaler)
                 if stop.stop:
                     log.warning("signal %s at step %d%s", stop.signal, prog.step,
                                 ": checkpoint written, resume with resume=<run dir>" if checkpoints else "")
@@ -167,7 +189,7 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
             prog.epoch_loss = prog.epoch_seconds = prog.epoch_weight = 0.0
             bar.update(ep_task, completed=prog.epoch)
             if checkpoints is not None:
-                save(objective, opt, prog, checkpoints, s.keep_last)
+                save(objective, opt, prog, checkpoints, s.keep_last, scaler)
     return prog
 
 
@@ -184,7 +206,8 @@ class _NoStop:
         pass
 
 
-def save(objective: Objective, opt: torch.optim.Optimizer, prog: Progress, root: Path, keep_last: int) -> Path:
+def save(objective: Objective, opt: torch.optim.Optimizer, prog: Progress, root: Path, keep_last: int,
+         scaler: torch.amp.GradScaler | None = None) -> Path:
     """A resumable checkpoint ``root/step-N``: weights, optimiser, RNG, counters, extra tensors."""
     o_t, o_s = flatten(opt.state_dict(), "opt")
     r_t, r_s = flatten(rng_state(), "rng")
@@ -195,13 +218,16 @@ def save(objective: Objective, opt: torch.optim.Optimizer, prog: Progress, root:
         "rng.safetensors": lambda p: save_file(r_t, p),
         "extra.safetensors": lambda p: save_file(extra or {"_": torch.zeros(0)}, p),
         "state.json": lambda p: Path(p).write_text(json.dumps(
-            {"progress": asdict(prog), "optimizer": o_s, "rng": r_s}, indent=1)),
+            {"progress": asdict(prog), "optimizer": o_s, "rng": r_s,
+             **({"grad_scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {})},
+            indent=1)),
     }, meta={"step": prog.step, "epoch": prog.epoch})
     ckpt.prune(root, keep_last, protect={root.parent / "checkpoint"})
     return folder
 
 
-def restore(objective: Objective, opt: torch.optim.Optimizer, root: Path) -> Progress:
+def restore(objective: Objective, opt: torch.optim.Optimizer, root: Path,
+            scaler: torch.amp.GradScaler | None = None) -> Progress:
     for tmp in Path(root).glob(".tmp-step-*"):  # half-written by a killed run: never visible, now removed
         shutil.rmtree(tmp, ignore_errors=True)
     folder = ckpt.latest_verified(root)
@@ -211,6 +237,8 @@ def restore(objective: Objective, opt: torch.optim.Optimizer, root: Path) -> Pro
     objective.load_weights(read_safetensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
     opt.load_state_dict(unflatten(st["optimizer"], read_safetensors(folder / "optimizer.safetensors")))
     set_rng_state(unflatten(st["rng"], read_safetensors(folder / "rng.safetensors")))
+    if scaler is not None and scaler.is_enabled() and "grad_scaler" in st:
+        scaler.load_state_dict(st["grad_scaler"])
     objective.load_extra_tensors({k: v for k, v in read_safetensors(folder / "extra.safetensors").items() if k != "_"})
     log.info("resumed from %s (step %d)", folder, st["progress"]["step"])
     return Progress(**st["progress"])

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 from crossrec_cli.adapters import adapter_loss, adapter_step_hook
 from crossrec_cli.data.split import Split
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.models.encode import to_device
 from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import collate, epoch_order, windows
@@ -48,6 +49,8 @@ class TrainConfig:
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     keep_last: int = 2
     window_stride: int | None = None  # targets per training window (None: max_history, no overlap)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; fp16 with a GradScaler)
+    compile: bool = False  # torch.compile the user tower
     seed: int = 0
 
 
@@ -93,7 +96,7 @@ def plan(wins: dict[str, list], tc: TrainConfig, epoch: int) -> list[tuple[str, 
 def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc: TrainConfig) -> torch.Tensor:
     """The ``trainer.loss`` of each target given the history before it (training/losses.py)."""
     dev = model.user.pos.weight.device
-    inp, tgt = inp.to(dev), tgt.to(dev)
+    inp, tgt = to_device(inp, dev), to_device(tgt, dev)
     n_items = model.n_targets(key)
     mask = (tgt >= 0) & (tgt < n_items)  # merged histories: source items are context only
     targets = tgt[mask]
@@ -220,5 +223,6 @@ def fit(
     if not any(wins.values()):
         raise CrossrecError("domain", "no training sequence has two or more items", "check the data and filters")
     objective = NextItem(model, wins, tc, evaluate, run_dir, log_metrics, adversary)
-    settings = LoopSettings(tc.epochs, tc.grad_clip, tc.checkpoint_every, tc.keep_last, show_progress)
+    settings = LoopSettings(tc.epochs, tc.grad_clip, tc.checkpoint_every, tc.keep_last, show_progress,
+                            precision=tc.precision)
     return run_loop(objective, make_optimizer(model, tc), settings, run_dir / "checkpoints", resume, log_metrics)

@@ -30,9 +30,60 @@ class NextItemLoss:
 LOSSES: Registry[NextItemLoss] = Registry("next-item loss", "trainer.loss", "crossrec_cli.training")
 
 
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy of ``users @ items.T`` without the (T, N) logits in memory:
+    targets in chunks of ``chunk`` rows, each chunk's gradient (softmax - one-hot) turned into
+    the gradients of ``users`` and ``items`` at once. The full-softmax step over a large
+    catalogue is 3 products and a softmax; the plain path also writes, zero-fills and re-reads
+    (T, N) tensors 4 times (scripts/profile_train.py measures the difference)."""
+
+    @staticmethod
+    def forward(ctx, users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        n = len(targets)
+        grads = any(ctx.needs_input_grad[:2])
+        g_users = torch.empty_like(users) if grads else None
+        g_items = torch.zeros_like(items) if grads else None
+        total = users.new_zeros((), dtype=torch.float64)
+        for a in range(0, n, chunk):
+            u, t = users[a : a + chunk], targets[a : a + chunk]
+            z = u @ items.T  # (c, N)
+            z_t = z.gather(1, t.unsqueeze(1)).squeeze(1)
+            top = z.max(1).values
+            e = z.sub_(top.unsqueeze(1)).exp_()  # in place: one pass over the scores
+            norm = e.sum(1)
+            total += (top + norm.log() - z_t).double().sum()  # log-sum-exp - target score
+            if grads:
+                p = e.mul_((1.0 / (norm * n)).unsqueeze(1))  # softmax / n
+                p[torch.arange(len(t), device=p.device), t] -= 1.0 / n
+                g_users[a : a + chunk] = p @ items
+                g_items.addmm_(p.T, u)
+        if grads:
+            ctx.save_for_backward(g_users, g_items)
+        return (total / max(n, 1)).to(users.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        g_users, g_items = ctx.saved_tensors
+        return g_users * grad, g_items * grad, None, None
+
+
+def linear_cross_entropy(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
+                         max_elements: int = 1 << 22) -> torch.Tensor:
+    """``F.cross_entropy(users @ items.T, targets)``; users (T, d), items (N, d), targets (T,).
+    Peak extra memory is about ``max_elements`` scores."""
+    chunk = max(1, min(len(targets), max_elements // max(1, items.shape[0])))
+    with torch.autocast(users.device.type, enabled=False):  # bf16 / fp16 runs: the softmax in float32
+        return LinearCrossEntropy.apply(_at_least_float32(users), _at_least_float32(items), targets, chunk)
+
+
+def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 class FullSoftmax(NextItemLoss):
     def __call__(self, model, users, items, targets, n_items, negatives):
-        return F.cross_entropy(model.logits(users, items[:n_items]), targets)
+        u, i = model.logit_vectors(users, items[:n_items])
+        return linear_cross_entropy(u, i, targets)
 
 
 class SampledSoftmax(NextItemLoss):

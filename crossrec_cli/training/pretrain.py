@@ -151,7 +151,8 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
                         seed: int, max_steps: int | None = None, checkpoints: Path | None = None,
                         resume: bool = False, checkpoint_every: int = 0,
                         log_metrics: Callable[[dict[str, float], int], None] | None = None,
-                        grad_clip: float = 0.0, progress: bool = False, adversary: Any = None) -> list[dict]:
+                        grad_clip: float = 0.0, progress: bool = False, adversary: Any = None,
+                        precision: str = "fp32") -> list[dict]:
     """Train ``backbone.model`` in place. ``domains[name] = (item texts, neighbour pairs)``.
 
     Returns per-epoch records {epoch, loss, steps, seconds}. Batches never mix domains, so
@@ -167,7 +168,8 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
     opt = torch.optim.AdamW(params, lr=lr)
     backbone.model.train()
     task = Pretrain(backbone, domains, objective, batch_size, tau, max_length, pooling, seed, max_steps, adversary)
-    settings = LoopSettings(epochs, grad_clip, checkpoint_every, keep_last=2, progress=progress, label="pretrain")
+    settings = LoopSettings(epochs, grad_clip, checkpoint_every, keep_last=2, progress=progress, label="pretrain",
+                            precision=precision)
     prog = run(task, opt, settings, checkpoints, resume and checkpoints is not None, log_metrics)
     backbone.model.eval()
     return prog.history
