@@ -1,14 +1,17 @@
-"""Top-k indexes: FAISS flat equals exact search, seen items are never returned and short results
-are refilled, IVF / HNSW recall on clustered data."""
+"""Top-k indexes (eval.index / eval.faiss): FAISS flat equals exact search, seen items are never
+returned and short results are refilled, IVF / HNSW recall on clustered data, and the config's
+one-line errors; recommend with eval.index=faiss end to end."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import read_metrics, run_inprocess
 
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.index import auto_nlist, build_index
@@ -16,6 +19,7 @@ from crossrec_cli.evaluation.ranking import top_items
 
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None,
                                  reason="faiss-cpu is not installed (pip install crossrec[faiss])")
+SMOKE = ("experiment=smoke", "model=text_zeroshot")
 
 
 def _random(n_items=600, n_users=50, d=16, seed=0):
@@ -115,3 +119,45 @@ def test_faiss_missing_is_one_line(monkeypatch):
         build_index(torch.ones(3, 2), "flat")
     assert str(err.value) == ("error: eval.index: faiss is not installed; "
                               "pip install crossrec[faiss] (faiss-cpu), or eval.index=exact")
+
+
+@pytest.mark.parametrize("command, override, start", [
+    ("recommend", "eval.index=approx", "error: eval.index: expected exact or faiss"),
+    ("recommend", "eval.faiss.kind=lsh", "error: eval.faiss.kind: expected flat, ivf or hnsw"),
+    ("recommend", "eval.faiss.nprobe=0", "error: eval.faiss.nprobe: expected a positive integer"),
+    ("recommend", "eval.faiss.nlist=many", "error: eval.faiss.nlist: expected null or a positive integer"),
+    ("recommend", "eval.faiss.hnsw_m=1", "error: eval.faiss.hnsw_m: expected an integer >= 2"),
+    ("recommend", "+eval.faiss.efsearch=64", "error: eval.faiss.efsearch: unknown key for eval.faiss"),
+    ("evaluate", "eval.index=faiss", "error: eval.index: crossrec evaluate ranks exactly: metrics always rank"),
+    ("finetune", "eval.index=faiss", "error: eval.index: crossrec finetune ranks exactly: metrics always rank"),
+])
+def test_bad_index_settings_are_one_line(tmp_path, capsys, command, override, start):
+    from crossrec_cli.cli import compose, recipe
+    from crossrec_cli.commands._common import run_recipe
+
+    cfg = compose(command, ["experiment=smoke", override], tmp_path)
+    with pytest.raises(SystemExit) as stop:  # refused before the recipe starts
+        run_recipe(cfg, recipe(command))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and err[0].startswith(start), err
+
+
+@needs_faiss
+def test_recommend_with_faiss_end_to_end(tmp_path):
+    exact = run_inprocess("recommend", *SMOKE, "k=8", run_dir=tmp_path / "exact")
+    flat = run_inprocess("recommend", *SMOKE, "k=8", "eval.index=faiss", run_dir=tmp_path / "flat")
+    hnsw = run_inprocess("recommend", *SMOKE, "k=8", "eval.index=faiss", "eval.faiss.kind=hnsw",
+                         "eval.faiss.ef_search=16", run_dir=tmp_path / "hnsw")
+    assert exact["index"] == {"index": "exact"}
+    assert flat["index"]["kind"] == "flat" and read_metrics(tmp_path / "flat")["index"]["index"] == "faiss"
+    assert hnsw["index"]["kind"] == "hnsw" and hnsw["index"]["ef_search"] == 16
+
+    def lists(name):
+        rows = [json.loads(x) for x in (tmp_path / name / "recommendations.jsonl").read_text().splitlines()]
+        return {r["user"]: [x["item"] for x in r["items"]] for r in rows}
+
+    want = lists("exact")
+    assert len(want) == 40 and all(len(v) == 8 for v in want.values())
+    assert lists("flat") == want  # flat FAISS: the exact lists (seen items excluded by default)
+    got = lists("hnsw")
+    assert _recall(list(got.values()), [want[u] for u in got]) >= 0.9 and all(len(v) == 8 for v in got.values())
