@@ -14,9 +14,9 @@ A FAISS index only proposes candidates. Each user's search asks for k + its seen
 margin; seen items are dropped, and the rest are rescored in float64 by the same product as the
 exact path and ordered by (score, item order). So a score does not depend on the index (up to
 float64 rounding), and a flat index returns ``top_items``'s lists up to float32 near-ties at the
-k-th place. A user left with
-fewer than k candidates while the catalogue holds more (IVF probed too few lists, HNSW's graph
-search ended early) is ranked again by exact search, so every user gets k items when possible.
+k-th place. A user left with fewer than k candidates while the catalogue holds more (IVF probed
+too few lists, HNSW's graph search ended early) is ranked again by exact search, so every user
+gets k items when possible.
 """
 
 from __future__ import annotations
@@ -112,8 +112,10 @@ class _Faiss:
         short = []
         for a in range(0, n, user_chunk):
             u = users[a : a + user_chunk]
-            seen = [np.unique(np.asarray(s, dtype=np.int64)) for s in exclude[a : a + len(u)]] if exclude is not None else None
-            want = min(n_items, keep + max((len(s) for s in seen), default=0) if seen else keep)
+            seen = None
+            if exclude is not None:
+                seen = [np.unique(np.asarray(s, dtype=np.int64)) for s in exclude[a : a + len(u)]]
+            want = min(n_items, keep + max((len(s) for s in seen or []), default=0))
             _, cand = self.index.search(np.ascontiguousarray(u.numpy(), dtype=np.float32), want)
             cand = _drop(cand, seen, keep)
             i, v = _rescore(u, self.item_vecs, cand, k)
