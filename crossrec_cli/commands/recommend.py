@@ -2,9 +2,10 @@
 
 Recipe: load the domain -> each user's whole history (every interaction, in the domain's order)
 -> the scorer (a trained run's model, or a baseline fitted on every interaction) -> top-k per user
-(exact, or a FAISS index with ``eval.index=faiss``) -> ``recommendations.jsonl`` + ``recommendations.tsv`` and ``metrics.json`` (catalogue coverage
-and popularity of what was recommended). An inductive (text) run recommends in domains it never
-saw: the zero-shot use case.
+(exact, or a FAISS index with ``eval.index=faiss``) -> ``recommendations.jsonl`` +
+``recommendations.tsv`` and ``metrics.json`` (catalogue coverage and popularity of what was
+recommended, the index used). An inductive (text) run recommends in domains it never saw: the
+zero-shot use case.
 """
 
 from __future__ import annotations
