@@ -58,6 +58,13 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "eval.cache_vectors": (lambda v: isinstance(v, bool), "true or false", "true"),
     "eval.score_dtype": (lambda v: v in ("float32", "float64"), "float32 or float64", "float32"),
     "eval.valid_users": (lambda v: v is None or _int(v, 1), "null or a positive integer", "2000"),
+    "eval.index": (lambda v: v in ("exact", "faiss"), "exact or faiss", "exact"),
+    "eval.faiss.kind": (lambda v: v in ("flat", "ivf", "hnsw"), "flat, ivf or hnsw", "flat"),
+    "eval.faiss.nlist": (lambda v: v is None or _int(v, 1), "null or a positive integer", "null"),
+    "eval.faiss.nprobe": (lambda v: _int(v, 1), "a positive integer", "16"),
+    "eval.faiss.hnsw_m": (lambda v: _int(v, 2), "an integer >= 2", "32"),
+    "eval.faiss.ef_construction": (lambda v: _int(v, 1), "a positive integer", "40"),
+    "eval.faiss.ef_search": (lambda v: _int(v, 1), "a positive integer", "128"),
     "trainer.epochs": (lambda v: _int(v, 1), "an integer >= 1", "20"),
     "trainer.batch_size": (lambda v: _int(v, 1), "an integer >= 1", "64"),
     "trainer.lr": (_positive, "a number > 0", "1e-3"),
@@ -104,9 +111,10 @@ def _lookup(cfg: dict[str, Any], key: str) -> tuple[bool, Any]:
     return True, node
 
 
-def check_common(cfg: dict[str, Any]) -> None:
+def check_common(cfg: dict[str, Any], command: str | None = None) -> None:
     """Check ``seed``, ``eval`` and, when present, ``trainer`` and ``model`` of a resolved config
-    (``OmegaConf.to_container(cfg, resolve=True)``); the first bad value is a CrossrecError."""
+    (``OmegaConf.to_container(cfg, resolve=True)``); the first bad value is a CrossrecError.
+    ``command``: the recipe's name, for the keys only some commands honour (``eval.index``)."""
     for key in ("eval", "trainer", "model"):
         if key in cfg and not isinstance(cfg[key], dict):
             raise CrossrecError(key, f"expected a config section, got {cfg[key]!r}", "set its keys, e.g. eval.topk=[10]")
@@ -115,6 +123,7 @@ def check_common(cfg: dict[str, Any]) -> None:
         if present and not ok(value):
             raise CrossrecError(key, f"expected {expected}, got {value!r}", f"e.g. {key}={example}")
     _known_keys(cfg)
+    _index(cfg, command)
     monitor, topk = _lookup(cfg, "trainer.monitor")[1], _lookup(cfg, "eval.topk")[1]
     if monitor is not None and topk is not None and int(monitor.split("@")[1]) not in topk:
         raise CrossrecError("trainer.monitor", f"{monitor} is not computed: eval.topk is {topk}",
@@ -142,6 +151,24 @@ def _known_keys(cfg: dict[str, Any]) -> None:
         if unknown:
             raise CrossrecError(f"{section}.{unknown[0]}", f"unknown key for {what}",
                                 f"known keys: {', '.join(sorted(known))}")
+
+
+# commands whose top-k lists may come from an approximate index: they write lists, not metrics
+INDEX_COMMANDS = ("recommend",)
+FAISS_KEYS = ("kind", "nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search")
+
+
+def _index(cfg: dict[str, Any], command: str | None) -> None:
+    """``eval.index=faiss`` is honoured by ``recommend`` and refused everywhere else: a metric
+    ranks every item exactly, so an approximate index would change the numbers it reports."""
+    index = _lookup(cfg, "eval.index")[1]
+    if index not in (None, "exact") and command is not None and command not in INDEX_COMMANDS:
+        raise CrossrecError("eval.index", f"crossrec {command} ranks exactly: metrics always rank every item exactly",
+                            f"eval.index={index} applies to crossrec {' / '.join(INDEX_COMMANDS)}; drop it here")
+    faiss = _lookup(cfg, "eval.faiss")[1]
+    if isinstance(faiss, dict) and set(faiss) - set(FAISS_KEYS):
+        unknown = min(set(faiss) - set(FAISS_KEYS))
+        raise CrossrecError(f"eval.faiss.{unknown}", "unknown key for eval.faiss", f"known keys: {', '.join(FAISS_KEYS)}")
 
 
 TARGET_PREFIXES = ("crossrec_cli.", "torch.optim.")

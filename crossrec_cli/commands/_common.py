@@ -140,8 +140,8 @@ def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
 
 
 # keys that may change between an interrupted run and its resumption (they do not change results)
-RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "num_threads", "logger", "eval.cache_vectors", "eval.user_chunk",
-               "eval.item_chunk", "eval.batch_size", "eval.score_dtype")
+RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "num_threads", "logger", "eval.cache_vectors",
+               "eval.user_chunk", "eval.item_chunk", "eval.batch_size", "eval.score_dtype", "eval.index", "eval.faiss")
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
 ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "model.positions": "end",
@@ -210,7 +210,7 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
     """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
     try:
         plain = OmegaConf.to_container(cfg, resolve=True)
-        check_common(plain)
+        check_common(plain, recipe.__module__.rpartition(".")[2])  # crossrec_cli.commands.<command>
         check_targets(plain, list(cfg.get("allowed_targets") or []))
         if cfg.get("resume") is True and not has_checkpoint(run_dir(cfg)):
             # a requeued job that was stopped before its first checkpoint: run it from the start

@@ -2,9 +2,10 @@
 
 Recipe: load the domain -> each user's whole history (every interaction, in the domain's order)
 -> the scorer (a trained run's model, or a baseline fitted on every interaction) -> top-k per user
--> ``recommendations.jsonl`` + ``recommendations.tsv`` and ``metrics.json`` (catalogue coverage
-and popularity of what was recommended). An inductive (text) run recommends in domains it never
-saw: the zero-shot use case.
+(exact, or a FAISS index with ``eval.index=faiss``) -> ``recommendations.jsonl`` +
+``recommendations.tsv`` and ``metrics.json`` (catalogue coverage and popularity of what was
+recommended, the index used). An inductive (text) run recommends in domains it never saw: the
+zero-shot use case.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from crossrec_cli.data.split import order_interactions
 from crossrec_cli.data.table import read_text
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.beyond import beyond_accuracy
-from crossrec_cli.evaluation.ranking import top_items
+from crossrec_cli.evaluation.index import TopK, build_index
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.io import atomic_write_text
 
@@ -100,21 +101,35 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     users = chosen_users(cfg.get("users"), domain, everyone)
     user_vecs, item_vecs, model_name, mode = scorer(cfg, domain, users, spec.name)
     exclude = users.histories if cfg.eval.exclude_seen else None
-    idx, scores = top_items(user_vecs, item_vecs, k, exclude, cfg.eval.user_chunk)
+    index = top_k_index(cfg.eval, item_vecs)
+    idx, scores = index.search(user_vecs, k, exclude, cfg.eval.user_chunk)
     out = run_dir(cfg)
     write_recommendations(out, domain, users, idx, scores)
     counts = np.bincount(domain.inter_item, minlength=domain.n_items)
     record = metrics_record(
         "recommend", model_name, mode, "recommend-all-interactions", int(cfg.seed),
         {spec.name: domain.fingerprint()}, {}, {}, run=str(cfg.run) if cfg.get("run") else None, k=k,
-        users=len(users), exclude_seen=bool(cfg.eval.exclude_seen),
+        users=len(users), exclude_seen=bool(cfg.eval.exclude_seen), index=index.describe(),
         recommendations={"jsonl": str(out / "recommendations.jsonl"), "tsv": str(out / "recommendations.tsv")},
         beyond_accuracy={spec.name: beyond_accuracy(idx, counts, users.histories, k)},
     )
     path = finish(cfg, record, open_run_logger(cfg))
     Console().print(preview(domain, users, idx, scores))
-    Console().print(f"recommendations: {out / 'recommendations.jsonl'}\nmetrics: {path}")
+    used = index.describe()
+    settings = ", ".join(f"{key}={v}" for key, v in used.items() if key not in ("index", "kind"))
+    Console().print(f"index: {used['index']} {used.get('kind', '')}{f' ({settings})' if settings else ''}\n"
+                    f"recommendations: {out / 'recommendations.jsonl'}\nmetrics: {path}")
     return record
+
+
+def top_k_index(ev: DictConfig, item_vecs) -> TopK:
+    """``eval.index=exact``: ``top_items``; ``faiss``: the ``eval.faiss.kind`` index, with its own keys."""
+    if ev.index == "exact":
+        return build_index(item_vecs, "exact")
+    f = ev.faiss
+    options = {"flat": {}, "ivf": {"nlist": f.nlist, "nprobe": f.nprobe},
+               "hnsw": {"hnsw_m": f.hnsw_m, "ef_construction": f.ef_construction, "ef_search": f.ef_search}}
+    return build_index(item_vecs, str(f.kind), **options[str(f.kind)])
 
 
 def write_recommendations(out: Path, domain: Domain, users: EvalSet, idx: np.ndarray, scores: np.ndarray) -> None:
