@@ -269,16 +269,15 @@ def restore(objective: Objective, opt: torch.optim.Optimizer, root: Path) -> Pro
     objective.load_weights(read_safetensors(folder / "model.safetensors"), str(folder / "model.safetensors"))
     opt.load_state_dict(unflatten(st["optimizer"], read_safetensors(folder / "optimizer.safetensors")))
     set_rng_state(unflatten(st["rng"], read_safetensors(folder / "rng.safetensors")))
-    ranks = st.get("rank_rng") or []
-    if 0 < distributed.rank() < len(ranks):  # the run had this process: its own generators
-        set_rng_state(ranks[distributed.rank()] | {"torch": torch.tensor(ranks[distributed.rank()]["torch"],
-                                                                          dtype=torch.uint8)})
+    ranks, rank = st.get("rank_rng") or [], distributed.rank()
+    if 0 < rank < len(ranks):  # the run had this process: its own generators
+        set_rng_state(ranks[rank] | {"torch": torch.frombuffer(bytearray.fromhex(ranks[rank]["torch"]), dtype=torch.uint8)})
     objective.load_extra_tensors({k: v for k, v in read_safetensors(folder / "extra.safetensors").items() if k != "_"})
     log.info("resumed from %s (step %d)", folder, st["progress"]["step"])
     return Progress(**st["progress"])
 
 
 def _rng_json() -> dict[str, Any]:
-    """This process's RNG state as JSON values."""
+    """This process's RNG state as JSON values (torch's bytes as hex)."""
     state = rng_state()
-    return state | {"torch": state["torch"].tolist()}
+    return state | {"torch": state["torch"].numpy().tobytes().hex()}
