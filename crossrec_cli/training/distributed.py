@@ -121,7 +121,7 @@ def wrap(module: torch.nn.Module, loss) -> torch.nn.Module:
     """``loss(part, prog)`` as the forward of a DistributedDataParallel module over ``module``
     (the parameters it trains), so that its backward averages the gradients of every process.
     Unused parameters are found every step: a batch holds one domain, and the others' item
-    tables and heads get no gradient."""
+    tables and heads get no gradient (with one domain torch warns once that it found none)."""
     from torch.nn.parallel import DistributedDataParallel
 
     step = _Step(module, loss)
@@ -131,6 +131,8 @@ def wrap(module: torch.nn.Module, loss) -> torch.nn.Module:
 
 
 class _Step(torch.nn.Module):
+    """The objective's loss as a module's forward (DDP syncs gradients of what forward ran)."""
+
     def __init__(self, module: torch.nn.Module, loss) -> None:
         super().__init__()
         self.module = module
