@@ -290,6 +290,31 @@ def _resume_overrides(argv: list[str]) -> list[str]:
     return argv
 
 
+def _one_of_several(argv: list[str]) -> list[str]:
+    """Under torchrun (``WORLD_SIZE`` > 1) rank 0's Hydra makes the run directory and the
+    recipe tells the others where it is (``_common.join_processes``); every other process runs
+    Hydra in a scratch folder of its own, so only rank 0 writes ``.hydra/`` and the log file.
+    Sweeps (``-m``) run in one process."""
+    from crossrec_cli.training import distributed
+
+    if not distributed.launched():
+        return argv
+    if any(a in ("-m", "--multirun") for a in argv):
+        print("error: config key torchrun: a sweep (-m) runs in one process; launch it without torchrun, "
+              "or run each job under torchrun", file=sys.stderr)
+        sys.exit(2)
+    if distributed.is_main():
+        return argv
+    import atexit
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix=f"crossrec-rank{distributed.rank()}-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    return [a for a in argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={scratch}",
+                                                                        "hydra.output_subdir=null"]
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -315,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     argv = _resume_overrides(_aliases(argv))
     if not any(a.startswith("-") for a in argv):
         _precheck(config_name, argv)
+    argv = _one_of_several(argv)
     sys.argv = [f"crossrec-{cmd}", *argv]
     _launch(config_name)
 

@@ -22,6 +22,7 @@ from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import atomic_write_json, atomic_write_text
+from crossrec_cli.training import distributed
 from crossrec_cli.training.loggers import Logger, flat_metrics, open_logger
 
 log = logging.getLogger("crossrec")
@@ -109,9 +110,10 @@ def write_config(cfg: DictConfig) -> None:
 
 
 def open_run_logger(cfg: DictConfig) -> Logger:
-    """The ``logger=`` of this run (``none`` for a command without a logger group)."""
+    """The ``logger=`` of this run (``none`` for a command without a logger group, and for
+    every process but rank 0 of several: rank 0 logs the run)."""
     node = cfg.get("logger")
-    if node is None:
+    if node is None or not distributed.is_main():
         return Logger()
     options = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
     return open_logger(str(node.name), run_dir(cfg), OmegaConf.to_container(cfg, resolve=True), **options)
@@ -131,11 +133,13 @@ def finish(cfg: DictConfig, record: dict[str, Any], logger: Logger) -> Path:
 
 
 def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
+    """``metrics.json`` of the run (written by rank 0 of several processes)."""
     path = run_dir(cfg) / "metrics.json"
     record.setdefault("num_threads", torch.get_num_threads())  # what its seconds were measured with
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         record.setdefault("peak_gpu_memory_mib", round(torch.cuda.max_memory_allocated() / 2**20, 1))
-    atomic_write_json(path, record)
+    if distributed.is_main():
+        atomic_write_json(path, record)
     return path
 
 
@@ -209,6 +213,8 @@ def set_threads(num_threads: int | str, concurrent_jobs: int = 1) -> int:
 def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
     """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
     try:
+        if distributed.launched():
+            join_processes(cfg, recipe)
         plain = OmegaConf.to_container(cfg, resolve=True)
         check_common(plain, recipe.__module__.rpartition(".")[2])  # crossrec_cli.commands.<command>
         check_targets(plain, list(cfg.get("allowed_targets") or []))
@@ -220,7 +226,8 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
         if cfg.get("resume"):
             check_resume_config(cfg)
         set_threads(cfg.get("num_threads", "auto"), int((cfg.get("runtime") or {}).get("concurrent_jobs", 1)))
-        write_config(cfg)
+        if distributed.is_main():
+            write_config(cfg)
         return recipe(cfg)
     except CrossrecError as exc:
         if cfg.get("debug", False):
@@ -228,3 +235,21 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
         print(exc.one_line(), file=sys.stderr)
         sys.stderr.flush()
         sys.exit(2)
+    finally:
+        distributed.close()
+
+
+def join_processes(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> None:
+    """One of several processes (torchrun): refuse a command that cannot share its work (its
+    module does not set ``RUNS_DISTRIBUTED``), join the process group, and take rank 0's run
+    directory (each process's Hydra chose its own)."""
+    from crossrec_cli.models.backbone import resolve_device
+
+    module = sys.modules[recipe.__module__]
+    if not getattr(module, "RUNS_DISTRIBUTED", False):
+        name = recipe.__module__.rsplit(".", 1)[-1].replace("_", " ")
+        raise CrossrecError("torchrun", f"crossrec {name} runs in one process only",
+                            "launch it without torchrun (or with --nproc_per_node 1)")
+    distributed.init(resolve_device(str(cfg.device)))
+    with open_dict(cfg):
+        cfg.runtime.run_dir = distributed.broadcast(str(cfg.runtime.run_dir))

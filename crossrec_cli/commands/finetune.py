@@ -2,30 +2,40 @@
 
 Recipe: domains -> splits -> backbone + adapter + towers -> fit (early stopping on valid
 NDCG@10, best weights kept) -> reload best -> valid/test per domain -> metrics.json + curve.
+Under torchrun every process trains its share of each batch; rank 0 validates, tests and writes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
 from omegaconf import DictConfig
 from rich.console import Console
 
-from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
+from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     adversary_of, build_model, early_stopping_sample, check_same_data, evaluate_model, item_features, load_init, model_mode, resume_dir, save_final, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.training import distributed
 from crossrec_cli.training.loop import fit
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.plots import training_curve
 
+RUNS_DISTRIBUTED = True  # torchrun: see training/distributed.py
+log = logging.getLogger("crossrec")
+
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.task.name != "recommendation":
+        if distributed.launched():
+            raise CrossrecError("task", f"task={cfg.task.name} trains in one process only",
+                                "launch it without torchrun (or with --nproc_per_node 1)")
         from crossrec_cli.commands.tasks import run_task
 
         return run_task(cfg, "finetune")
@@ -40,13 +50,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, [(s.name, d) for s, d in domains], tc, splits)
     load_init(cfg, model)
     adversary = adversary_of(cfg, model, [s.name for s, _ in domains])
+    if distributed.is_main() and distributed.world_size() > 1 and {"fgm", "pgd"} & set(names(cfg.adversarial.name)):
+        log.warning("adversarial=%s with %d processes: each perturbs its part of a batch along that part's own "
+                    "gradient, so steps differ slightly from one process's", cfg.adversarial.name, distributed.world_size())
     logger = open_run_logger(cfg)
 
     def valid_only(m):
         return {k: evaluate_model(cfg, m, k, s, parts=("valid",))["valid"] for k, s in splits.items()}
 
     dataset = {s.name: d.fingerprint(item_features(cfg)) for s, d in domains}
-    check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
+    if distributed.is_main():
+        check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
     try:
         prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
                    show_progress=bool(cfg.progress), adversary=adversary)
@@ -55,6 +69,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_metrics(cfg, {"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
                            "resume": f"crossrec finetune resume={out}"})
         raise
+    if not distributed.is_main():  # rank 0 tests the best weights and writes the run's results
+        return {"command": "finetune", "status": "complete", "rank": distributed.rank()}
     result = save_final(cfg, model, out, splits, domains, prog, tc)
     record = metrics_record(
         "finetune", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed,

@@ -2,7 +2,8 @@
 
 Recipe: domains -> item texts (+ history neighbours) -> backbone + adapter -> InfoNCE epochs ->
 merged backbone saved as a plain model folder in ``checkpoint/backbone`` that
-``finetune/transfer init_from=<this run>`` start from.
+``finetune/transfer init_from=<this run>`` start from. Under torchrun every process encodes its
+share of each batch and the InfoNCE scores the whole batch; rank 0 writes the run's results.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.models.backbone import build_backbone, resolve_device
 from crossrec_cli.training import checkpoint as ckpt
+from crossrec_cli.training import distributed
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.pretrain import OBJECTIVES, neighbor_pairs, pretrain_item_tower
+
+RUNS_DISTRIBUTED = True  # torchrun: see training/distributed.py
 
 
 def pretrain_adversary(cfg: DictConfig, domains: list[str]):
@@ -79,6 +83,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             write_metrics(cfg, {"command": "pretrain", "status": "interrupted", "seed": cfg.seed,
                            "resume": f"crossrec pretrain resume={out}"})
         raise
+    if not distributed.is_main():  # rank 0 writes the pretrained backbone and the metrics
+        return {"command": "pretrain", "status": "complete", "rank": distributed.rank()}
     model = backbone.model.merge_and_unload() if hasattr(backbone.model, "merge_and_unload") else backbone.model
     ckpt.write_checkpoint(out / "checkpoint", {
         "backbone": lambda path: (model.save_pretrained(path, safe_serialization=True),

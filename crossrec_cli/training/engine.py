@@ -12,7 +12,12 @@ is, what its loss is and what an epoch end does; the loop does the rest the same
 - ``precision``: fp32, or the loss under ``torch.autocast`` in bf16 / fp16 (fp16 with a
   GradScaler, whose state the checkpoints keep);
 - SIGTERM / SIGINT: the current step finishes, a checkpoint is written (when the run keeps
-  them) and the process exits with EXIT_PREEMPTED.
+  them) and the process exits with EXIT_PREEMPTED;
+- several processes (``torchrun``, training/distributed.py): each step every process computes
+  its ``Objective.shard`` of the same global batch under DistributedDataParallel, so the step
+  is the one-process step on the whole batch; ``end_epoch`` (validation, early stopping) runs
+  on rank 0 and its outcome is broadcast; rank 0 writes the checkpoints, with every process's
+  RNG state, and every process resumes from them.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from safetensors.torch import save_file
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import read_safetensors
 from crossrec_cli.training import checkpoint as ckpt
+from crossrec_cli.training import distributed
 from crossrec_cli.training.preempt import EXIT_PREEMPTED, StopFlag
 from crossrec_cli.training.state import flatten, rng_state, set_rng_state, unflatten
 
@@ -85,8 +91,17 @@ def autocast(precision: str, device_type: str):
     return torch.autocast(device_type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
+@dataclass
+class Shard:
+    """One process's part of a global batch when several processes share each step."""
+
+    batch: Any  # the part, in the form of a ``plan()`` batch
+    share: float  # the part's weight in the batch's loss: the shares of the parts add up to 1
+    context: Any = None  # what the objective's loss needs to know of the whole batch
+
+
 class Objective:
-    """One kind of training. ``module`` holds every parameter the optimiser trains."""
+    """One kind of training. ``module()`` holds every parameter the optimiser trains."""
 
     loss_name = "train/loss"  # the logger's key for the per-step loss
 
@@ -99,8 +114,20 @@ class Objective:
 
     def loss(self, batch: Any, prog: Progress) -> tuple[torch.Tensor | None, float]:
         """(the batch's loss, its weight in the epoch's mean loss); None: nothing to learn from
-        this batch (the step still counts)."""
+        this batch (the step still counts). ``batch``: a ``plan()`` batch, or a ``Shard`` of one."""
         raise NotImplementedError
+
+    def module(self) -> torch.nn.Module:
+        """What holds every parameter the optimiser trains (DDP wraps it)."""
+        raise CrossrecError("torchrun", f"{type(self).__name__} training runs in one process only",
+                            "launch it without torchrun (or with --nproc_per_node 1)")
+
+    def shard(self, batch: Any, rank: int, world: int) -> Shard:
+        """Process ``rank``'s part of a global batch shared by ``world`` processes: the parts'
+        losses, each times its ``share``, add up to the whole batch's loss (the engine sums their
+        gradients), and a part's loss is None exactly when the whole batch's is."""
+        raise CrossrecError("torchrun", f"{type(self).__name__} training runs in one process only",
+                            "launch it without torchrun (or with --nproc_per_node 1)")
 
     def after_step(self, step: int) -> None:
         """After ``optimizer.step()`` of step number ``step`` (0-based)."""
@@ -139,8 +166,11 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
         if checkpoints is None:
             raise CrossrecError("resume", "this training keeps no checkpoints", "run it again without resume=")
         prog = restore(objective, opt, checkpoints, scaler)
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    # several processes: the loss is the forward of a DDP module, whose backward averages gradients
+    step_loss = distributed.wrap(objective.module(), objective.loss) if world > 1 else objective.loss
     bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-              TextColumn("{task.fields[info]}"), disable=not s.progress, transient=False)
+              TextColumn("{task.fields[info]}"), disable=not (s.progress and main), transient=False)
     # signals are trapped only where a checkpoint can be written for resume=
     with (StopFlag() if checkpoints is not None else _NoStop()) as stop, bar:
         ep_task = bar.add_task(f"{s.label} epochs", total=s.epochs, completed=prog.epoch, info="")
@@ -151,12 +181,16 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
             b_task = bar.add_task(f"epoch {prog.epoch + 1}", total=len(batches), completed=prog.batch, info="")
             while prog.batch < len(batches):
                 t0 = time.perf_counter()
+                batch = batches[prog.batch]
+                part = objective.shard(batch, rank, world) if world > 1 else batch
                 with autocast(s.precision, device_type):
-                    loss, weight = objective.loss(batches[prog.batch], prog)
+                    loss, weight = step_loss(part, prog)
                 value = 0.0
                 if loss is not None:
+                    if world > 1:  # this process's part of the batch's loss; DDP averages the
+                        loss = loss * part.share  # gradients, x world makes that their sum
                     opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
+                    scaler.scale(loss * world if world > 1 else loss).backward()
                     if s.grad_clip:
                         scaler.unscale_(opt)
                         torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
@@ -164,6 +198,10 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
                     scaler.update()
                     objective.after_step(prog.step)
                     value = float(loss.detach())
+                stopping = stop.stop
+                if world > 1:  # the whole batch's loss; a signal to any process stops them all here
+                    value, signals = distributed.sum_floats(value, float(stop.stop))
+                    stopping = signals > 0
                 prog.batch += 1
                 prog.step += 1
                 prog.epoch_loss += value * weight
@@ -171,18 +209,21 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
                 prog.epoch_batches += 1
                 prog.epoch_seconds += time.perf_counter() - t0
                 bar.update(b_task, advance=1, info=f"loss {prog.mean_loss():.4f}")
-                if log_metrics:
+                if log_metrics and main:
                     log_metrics({objective.loss_name: value}, prog.step)
-                if checkpoints is not None and (stop.stop or (s.checkpoint_every and prog.step % s.checkpoint_every == 0)):
+                if checkpoints is not None and (stopping or (s.checkpoint_every and prog.step % s.checkpoint_every == 0)):
                     save(objective, opt, prog, checkpoints, s.keep_last, scaler)
-                if stop.stop:
+                if stopping:
+                    distributed.barrier()  # no process exits before rank 0's checkpoint is written
                     log.warning("signal %s at step %d%s", stop.signal, prog.step,
                                 ": checkpoint written, resume with resume=<run dir>" if checkpoints else "")
                     if on_preempt is not None:
                         on_preempt()
                     raise SystemExit(EXIT_PREEMPTED)
             bar.remove_task(b_task)
-            rec = objective.end_epoch(prog)
+            rec = objective.end_epoch(prog) if main else None  # validation runs once, on rank 0
+            if world > 1:
+                rec = _from_main(prog, rec)
             prog.history.append(rec)
             prog.epoch += 1
             prog.batch = prog.epoch_batches = 0
@@ -191,6 +232,15 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
             if checkpoints is not None:
                 save(objective, opt, prog, checkpoints, s.keep_last, scaler)
     return prog
+
+
+def _from_main(prog: Progress, rec: dict[str, Any] | None) -> dict[str, Any]:
+    """Rank 0's epoch record and early-stopping state, on every process."""
+    keys = ("best", "best_epoch", "bad_epochs", "done")
+    got = distributed.broadcast({"rec": rec, **{k: getattr(prog, k) for k in keys}})
+    for k in keys:
+        setattr(prog, k, got[k])
+    return got["rec"]
 
 
 class _NoStop:
@@ -207,8 +257,15 @@ class _NoStop:
 
 
 def save(objective: Objective, opt: torch.optim.Optimizer, prog: Progress, root: Path, keep_last: int,
-         scaler: torch.amp.GradScaler | None = None) -> Path:
-    """A resumable checkpoint ``root/step-N``: weights, optimiser, RNG, counters, extra tensors."""
+         scaler: torch.amp.GradScaler | None = None) -> Path | None:
+    """A resumable checkpoint ``root/step-N``: weights, optimiser, RNG, counters, extra tensors
+    (and fp16's loss scale). Several processes: every one calls it, rank 0 writes it (None
+    elsewhere), with each process's RNG state."""
+    ranks = None
+    if distributed.active():
+        ranks = distributed.gather(_rng_json())
+        if not distributed.is_main():
+            return None
     o_t, o_s = flatten(opt.state_dict(), "opt")
     r_t, r_s = flatten(rng_state(), "rng")
     state, extra = objective.weights(), objective.extra_tensors()
@@ -218,8 +275,8 @@ def save(objective: Objective, opt: torch.optim.Optimizer, prog: Progress, root:
         "rng.safetensors": lambda p: save_file(r_t, p),
         "extra.safetensors": lambda p: save_file(extra or {"_": torch.zeros(0)}, p),
         "state.json": lambda p: Path(p).write_text(json.dumps(
-            {"progress": asdict(prog), "optimizer": o_s, "rng": r_s,
-             **({"grad_scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {})},
+            {"progress": asdict(prog), "optimizer": o_s, "rng": r_s} | ({"rank_rng": ranks} if ranks else {})
+            | ({"grad_scaler": scaler.state_dict()} if scaler is not None and scaler.is_enabled() else {}),
             indent=1)),
     }, meta={"step": prog.step, "epoch": prog.epoch})
     ckpt.prune(root, keep_last, protect={root.parent / "checkpoint"})
@@ -228,8 +285,8 @@ def save(objective: Objective, opt: torch.optim.Optimizer, prog: Progress, root:
 
 def restore(objective: Objective, opt: torch.optim.Optimizer, root: Path,
             scaler: torch.amp.GradScaler | None = None) -> Progress:
-    for tmp in Path(root).glob(".tmp-step-*"):  # half-written by a killed run: never visible, now removed
-        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in Path(root).glob(".tmp-step-*") if distributed.is_main() else ():
+        shutil.rmtree(tmp, ignore_errors=True)  # half-written by a killed run: never visible, now removed
     folder = ckpt.latest_verified(root)
     if folder is None:
         raise CrossrecError(str(root), "no verified checkpoint to resume from", "start a new run without resume=")
@@ -239,6 +296,15 @@ def restore(objective: Objective, opt: torch.optim.Optimizer, root: Path,
     set_rng_state(unflatten(st["rng"], read_safetensors(folder / "rng.safetensors")))
     if scaler is not None and scaler.is_enabled() and "grad_scaler" in st:
         scaler.load_state_dict(st["grad_scaler"])
+    ranks, rank = st.get("rank_rng") or [], distributed.rank()
+    if 0 < rank < len(ranks):  # the run had this process: its own generators
+        set_rng_state(ranks[rank] | {"torch": torch.frombuffer(bytearray.fromhex(ranks[rank]["torch"]), dtype=torch.uint8)})
     objective.load_extra_tensors({k: v for k, v in read_safetensors(folder / "extra.safetensors").items() if k != "_"})
     log.info("resumed from %s (step %d)", folder, st["progress"]["step"])
     return Progress(**st["progress"])
+
+
+def _rng_json() -> dict[str, Any]:
+    """This process's RNG state as JSON values (torch's bytes as hex)."""
+    state = rng_state()
+    return state | {"torch": state["torch"].numpy().tobytes().hex()}

@@ -23,7 +23,8 @@ from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import collate, epoch_order, windows
 from crossrec_cli.adversarial.base import Adversary
-from crossrec_cli.training.engine import LoopSettings, Objective, Progress
+from crossrec_cli.training import distributed
+from crossrec_cli.training.engine import LoopSettings, Objective, Progress, Shard
 from crossrec_cli.training.engine import run as run_loop
 from crossrec_cli.training.losses import LOSSES
 
@@ -93,8 +94,11 @@ def plan(wins: dict[str, list], tc: TrainConfig, epoch: int) -> list[tuple[str, 
     return batches[: tc.max_steps_per_epoch] if tc.max_steps_per_epoch else batches
 
 
-def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc: TrainConfig) -> torch.Tensor:
-    """The ``trainer.loss`` of each target given the history before it (training/losses.py)."""
+def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc: TrainConfig,
+               batch_targets: torch.Tensor | None = None) -> torch.Tensor:
+    """The ``trainer.loss`` of each target given the history before it (training/losses.py).
+    ``batch_targets``: the targets of the whole global batch when these rows are one process's
+    part of it, so that a loss with in-batch negatives (sampled) scores the same candidates."""
     dev = model.user.pos.weight.device
     inp, tgt = to_device(inp, dev), to_device(tgt, dev)
     n_items = model.n_targets(key)
@@ -102,6 +106,8 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     targets = tgt[mask]
     loss = LOSSES.get(tc.loss)
     negatives = loss.negatives(n_items, tc.n_negatives, dev)
+    if negatives is not None and batch_targets is not None:
+        negatives = torch.cat([negatives, batch_targets.to(dev)])
     fresh = None
     if model.backbone_trains:  # encode only the unique items this batch touches
         parts = [inp[inp >= 0], targets] + ([negatives] if negatives is not None else [])
@@ -132,14 +138,34 @@ class NextItem(Objective):
                 self.model.refresh(key)  # stale vectors for items outside the batch
         self.model.train()
 
-    def loss(self, batch: tuple[str, np.ndarray], prog: Progress) -> tuple[torch.Tensor, float]:
-        model, (key, idx) = self.model, batch
+    def module(self) -> torch.nn.Module:
+        return self.model
+
+    def shard(self, batch: tuple[str, np.ndarray], rank: int, world: int) -> Shard:
+        """Process ``rank``'s contiguous slice of the batch's windows. A loss is a mean over the
+        batch's targets (the full softmax's), so a slice's share is its fraction of the targets:
+        the shares then weight the slices' mean losses into the whole batch's mean. A process
+        whose slice is empty (a batch of fewer windows than processes) computes the first window
+        with share 0, so that it still takes part in the step."""
+        key, idx = batch
+        _, tgt = collate([self.wins[key][i] for i in idx], self.model.cfg.max_history)
+        is_target = (tgt >= 0) & (tgt < self.model.n_targets(key))
+        counts = is_target.sum(1).numpy()
+        mine = distributed.slices(len(idx), world)[rank]
+        share = float(counts[mine].sum() / max(1, counts.sum()))
+        if not len(mine):
+            mine, share = np.arange(1), 0.0
+        return Shard((key, idx[mine]), share, torch.unique(tgt[is_target]))
+
+    def loss(self, batch: tuple[str, np.ndarray] | Shard, prog: Progress) -> tuple[torch.Tensor, float]:
+        batch_targets = batch.context if isinstance(batch, Shard) else None
+        model, (key, idx) = self.model, batch.batch if isinstance(batch, Shard) else batch
         inp, tgt = collate([self.wins[key][i] for i in idx], model.cfg.max_history)
         adv = self.adversary
         if adv is None:
-            loss = batch_loss(model, key, inp, tgt, self.tc)
+            loss = batch_loss(model, key, inp, tgt, self.tc, batch_targets)
         else:  # FGM / PGD recompute the loss on perturbed inputs; GRL adds its own
-            loss = adv.step_loss(model, key, lambda: batch_loss(model, key, inp, tgt, self.tc))
+            loss = adv.step_loss(model, key, lambda: batch_loss(model, key, inp, tgt, self.tc, batch_targets))
             extra = adv.extra_loss(model, key)
             if extra is not None:
                 loss = loss + extra

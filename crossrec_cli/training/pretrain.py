@@ -21,7 +21,8 @@ from crossrec_cli.adapters import adapter_loss, adapter_step_hook
 from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.encode import forward_pool
 from crossrec_cli.registry import Registry
-from crossrec_cli.training.engine import LoopSettings, run
+from crossrec_cli.training import distributed
+from crossrec_cli.training.engine import LoopSettings, Shard, run
 from crossrec_cli.training.engine import Objective as EngineObjective
 
 log = logging.getLogger("crossrec")
@@ -46,6 +47,10 @@ class Objective:
         """What one epoch permutes and cuts into batches: item indices or (anchor, positive) rows."""
         raise NotImplementedError
 
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        """The units of a batch that become rows of the InfoNCE (all of them unless said)."""
+        return idx
+
     def views(self, backbone: Backbone, texts: list[str], idx: np.ndarray, max_length: int, pooling: str):
         raise NotImplementedError
 
@@ -67,8 +72,10 @@ class Neighbors(Objective):
     def units(self, texts, pairs):
         return pairs
 
+    def rows(self, idx):
+        return idx[np.unique(idx[:, 0], return_index=True)[1]]  # one pair per anchor item
+
     def views(self, backbone, texts, idx, max_length, pooling):
-        idx = idx[np.unique(idx[:, 0], return_index=True)[1]]  # one pair per anchor item
         return (forward_pool(backbone, [texts[i] for i in idx[:, 0]], max_length, pooling),
                 forward_pool(backbone, [texts[i] for i in idx[:, 1]], max_length, pooling))
 
@@ -115,14 +122,33 @@ class Pretrain(EngineObjective):
     def plan(self, epoch: int) -> list:
         return _plan(self.domains, self.objective, self.batch_size, self.seed, epoch, self.max_steps)
 
-    def loss(self, batch, prog):
+    def module(self) -> torch.nn.Module:
+        return self.backbone.model
+
+    def shard(self, batch, rank: int, world: int) -> Shard:
+        """Process ``rank``'s contiguous slice of the batch's rows, padded (repeating the first
+        row) to ``ceil(rows / world)`` so every process encodes as many; the loss gathers all
+        processes' views, so each computes the whole batch's InfoNCE (share 1 / world) and its
+        rows' gradients come back to it."""
         name, idx = batch
-        if len(idx) < 2:
+        rows = OBJECTIVES.get(self.objective).rows(idx)
+        part = rows[distributed.slices(len(rows), world)[rank]]
+        pad = np.repeat(rows[:1], -(-len(rows) // world) - len(part), axis=0)
+        return Shard((name, np.concatenate([part, pad])), 1.0 / world, (len(rows), len(idx)))
+
+    def loss(self, batch, prog):
+        n_rows, n_units = batch.context if isinstance(batch, Shard) else (None, len(batch[1]))
+        name, idx = batch.batch if isinstance(batch, Shard) else batch
+        if n_units < 2:
             return None, 1.0
+        obj = OBJECTIVES.get(self.objective)
+        if n_rows is None:
+            idx = obj.rows(idx)
 
         def closure() -> torch.Tensor:
-            a, b = OBJECTIVES.get(self.objective).views(self.backbone, self.domains[name][0], idx, self.max_length,
-                                                       self.pooling)
+            a, b = obj.views(self.backbone, self.domains[name][0], idx, self.max_length, self.pooling)
+            if n_rows is not None:  # every process's rows, in batch order
+                a, b = distributed.gather_rows(a, n_rows), distributed.gather_rows(b, n_rows)
             return info_nce(a, b, self.tau)
 
         loss = closure() if self.adversary is None else self.adversary.step_loss(_Trained(self.backbone), name, closure)
