@@ -34,7 +34,7 @@ ARGS = ("finetune", "domain=movies", "backbone=none", "model.item_ids=true", "mo
         "+data.overrides.filters.max_users=100", "trainer.epochs=2", "trainer.batch_size=32", "eval.topk=[10]",
         "eval.cache_vectors=false", "progress=false")
 NO_DROPOUT = (*ARGS, "model.dropout=0")
-TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds", "seconds")
+TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds", "seconds", "num_threads")
 
 
 def _env(tmp) -> dict:

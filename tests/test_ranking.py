@@ -302,3 +302,23 @@ def test_valid_users_ranks_a_fixed_seeded_sample_of_validation_examples():
     # a sample at least as large as the split is the whole split
     full = evaluate_split(constant_users, ITEMS, split, [1, 3], parts=("valid",))
     assert evaluate_split(constant_users, ITEMS, split, [1, 3], parts=("valid",), valid_users=n) == full
+
+
+@pytest.mark.parametrize("k", [1, 3, 23, 40])
+def test_top_items_are_sorted_by_score_then_item_order(k):
+    """top_items against a brute-force sort by (-score, item index), with many ties, seen items
+    removed, users left with fewer than k items, and small user chunks."""
+    from crossrec_cli.evaluation.ranking import top_items
+
+    g = torch.Generator().manual_seed(k)
+    items = torch.randint(-2, 3, (23, 2), generator=g).float()
+    users = torch.randint(-2, 3, (13, 2), generator=g).float()
+    rng = np.random.default_rng(k)
+    exclude = [rng.choice(23, size=int(rng.integers(0, 24)), replace=False) for _ in range(13)]
+    idx, val = top_items(users, items, k, exclude, user_chunk=4)
+    scores = (users.double() @ items.double().T).tolist()
+    for i in range(13):
+        keep = sorted((j for j in range(23) if j not in set(exclude[i].tolist())), key=lambda j: (-scores[i][j], j))[:k]
+        assert idx[i].tolist() == keep + [-1] * (k - len(keep))
+        assert val[i, : len(keep)].tolist() == [scores[i][j] for j in keep]
+        assert np.isneginf(val[i, len(keep):]).all()

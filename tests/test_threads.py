@@ -42,11 +42,14 @@ def test_concurrent_jobs_of_each_launcher(monkeypatch, mode, launcher, cores, jo
 def test_auto_threads_are_cores_over_jobs(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(_common, "cores", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         assert set_threads("auto", 1) == 8 and torch.get_num_threads() == 8
         assert set_threads("auto", 3) == 2 and torch.get_num_threads() == 2
         assert set_threads("auto", 16) == 1  # never 0
         assert set_threads(3, 16) == 3 and torch.get_num_threads() == 3  # a number is taken as it is
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the environment's choice stands for auto
+        assert set_threads("auto", 1) == 3 and torch.get_num_threads() == 3
     finally:
         torch.set_num_threads(before)
 

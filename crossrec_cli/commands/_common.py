@@ -202,9 +202,13 @@ def cores() -> int:
 
 
 def set_threads(num_threads: int | str, concurrent_jobs: int = 1) -> int:
-    """``num_threads``: N, or auto = cores / jobs running at once (at least 1). Two jobs with a
-    thread per core each oversubscribe the cores: epochs then swing 4x."""
-    n = int(num_threads) if num_threads != "auto" else max(1, cores() // max(1, concurrent_jobs))
+    """``num_threads``: N, or auto = cores / jobs running at once (at least 1), unless the
+    environment sets OMP_NUM_THREADS (then torch already took that). Two jobs with a thread per
+    core each oversubscribe the cores: epochs then swing 4x."""
+    if num_threads == "auto" and os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    jobs = max(1, concurrent_jobs) * int(os.environ.get("LOCAL_WORLD_SIZE", 1))  # torchrun's processes too
+    n = int(num_threads) if num_threads != "auto" else max(1, cores() // jobs)
     if n != torch.get_num_threads():
         torch.set_num_threads(n)
     return n

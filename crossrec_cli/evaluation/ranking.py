@@ -229,19 +229,31 @@ def top_items(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each user's ``k`` best items: (indices (n, k), scores (n, k)), best first, ties by item
     order as in ``full_ranks``. ``exclude[i]``: items never recommended to user i (seen items);
-    a user with fewer than ``k`` items left gets index -1 and score -inf in the free slots."""
+    a user with fewer than ``k`` items left gets index -1 and score -inf in the free slots.
+
+    Per user chunk: the k-th best score by ``torch.topk``, then only the items scoring at least
+    that (the k best and any ties with the k-th) are sorted by (score, item order)."""
     n, n_items = user_vecs.shape[0], item_vecs.shape[0]
     items = item_vecs.detach().to(torch.float64)
     k_eff = min(k, n_items)
     idx = np.full((n, k), -1, dtype=np.int64)
     val = np.full((n, k), -np.inf, dtype=np.float64)
+    if k_eff == 0:
+        return idx, val
     for a in range(0, n, user_chunk):
-        s = (user_vecs[a : a + user_chunk].detach().to(torch.float64) @ items.T).numpy()
+        s = user_vecs[a : a + user_chunk].detach().to(torch.float64) @ items.T
         if exclude is not None:
             for r, seen in enumerate(exclude[a : a + user_chunk]):
-                s[r, np.asarray(seen, dtype=np.int64)] = -np.inf
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k_eff]  # stable: equal scores keep item order
-        best = np.take_along_axis(s, order, 1)
-        order[np.isneginf(best)] = -1
-        idx[a : a + len(s), :k_eff], val[a : a + len(s), :k_eff] = order, best
+                s[r, torch.as_tensor(np.asarray(seen, dtype=np.int64))] = -torch.inf
+        kth = torch.topk(s, k_eff, dim=1).values[:, -1:]
+        rows, cols = (s >= kth).nonzero(as_tuple=True)
+        scores = s[rows, cols].numpy()
+        rows, cols = rows.numpy(), cols.numpy()
+        order = np.lexsort((cols, -scores, rows))  # by user, then score descending, then item order
+        rows, cols, scores = rows[order], cols[order], scores[order]
+        place = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position within the user's list
+        keep = place < k_eff
+        rows, cols, scores, place = rows[keep], cols[keep], scores[keep], place[keep]
+        cols = np.where(np.isneginf(scores), -1, cols)
+        idx[a + rows, place], val[a + rows, place] = cols, scores
     return idx, val
