@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from crossrec_cli.data.kg import KgItem, read_kgcn, read_recbole
+from crossrec_cli.data.kg import Graph, KgItem, item_graph, read_kgcn, read_recbole
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.models.features import Catalogue
 from crossrec_cli.models.features.kg import transe_loss
@@ -160,3 +160,22 @@ def test_a_users_own_recbole_graph_is_found_through_the_search_path(tmp_path):
     assert rec["features"] == ["text", "kg"] and rec["fusion"] == "gated" and rec["mode"] == "transductive"
     assert set(rec["test"]) == {"mine"}
     assert np.isfinite(rec["history"][0]["loss"])
+
+
+# -- hops and relation_text -------------------------------------------------------------------
+
+def _graph_catalogue(triples: list[tuple[str, str, str]], links: dict[str, str], ids: list[str]) -> Catalogue:
+    return Catalogue(len(ids), {"kg": item_graph(ids, Graph(triples, links))})
+
+
+# items i1 (entity a), i2 (b), i3 (not linked); a - b via r; a's neighbour c has its own edge to x,
+# an entity two hops from every item
+TRIPLES = [("a", "film.film.actor", "b"), ("a", "film.film.genre", "c"), ("c", "genre.of", "x")]
+SMALL = _graph_catalogue(TRIPLES, {"i1": "a", "i2": "b"}, ["i1", "i2", "i3"])
+
+
+def test_the_graph_shares_one_adjacency_and_the_item_repr_is_unchanged():
+    items = SMALL.data["kg"]
+    assert items[0].adjacency is items[2].adjacency and items[0].adjacency["c"] == (("~film.film.genre", "a"), ("genre.of", "x"))
+    assert repr(items[0]) == "KgItem(entity='a', edges=(('film.film.actor', 'b'), ('film.film.genre', 'c')))"
+    assert items[2] == KgItem(None)  # fingerprints hash the repr, equality ignores the adjacency
