@@ -310,3 +310,36 @@ def test_hops_2_refuses_items_without_the_graph_adjacency():
         f.add_catalogue("d", _catalogue())  # KgItems built by hand, no adjacency
     f.add_catalogue("bare", Catalogue.from_texts(["a", "b"]))  # a graphless domain is fine
     assert torch.equal(f("bare"), f.missing.expand(2, -1))
+
+
+@pytest.mark.parametrize("args, module", [
+    (("fusion=kg", "model.feature_settings.kg.hops=2"), "out2"),  # conf/fusion/kg.yaml lists the settings
+    (("model.features=[text,kg]", "model.feature_settings={kg:{relation_text:true}}"), "rel_map"),
+])
+def test_a_smoke_finetune_with_the_kg_option_completes_and_its_checkpoint_evaluates(tmp_path, args, module):
+    from safetensors import safe_open
+
+    from tests.conftest import run_inprocess
+
+    rec = run_inprocess("finetune", "experiment=smoke", *args, run_dir=tmp_path / "run")
+    assert rec["features"] == ["text", "kg"] and np.isfinite(rec["history"][0]["loss"])
+    with safe_open(str(tmp_path / "run" / "checkpoint" / "model.safetensors"), "pt") as f:
+        assert f"features.kg.{module}.weight" in set(f.keys())
+    again = run_inprocess("evaluate", "experiment=smoke", f"run={tmp_path / 'run'}", run_dir=tmp_path / "eval")
+    assert again["test"]["movies"] == pytest.approx(rec["test"]["movies"])
+
+
+def test_a_fusion_kg_run_from_before_hops_and_relation_text_resumes_unless_they_changed(tmp_path, capsys):
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands._common import check_resume_config
+
+    cfg = compose("finetune", ["experiment=smoke", "fusion=kg", "resume=true"], tmp_path)
+    old = OmegaConf.to_container(cfg)
+    for key in ("hops", "neighbors2", "relation_text"):  # as a config.yaml from before they were added
+        del old["model"]["feature_settings"]["kg"][key]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    check_resume_config(cfg)
+    with pytest.raises(SystemExit):
+        check_resume_config(compose("finetune", ["experiment=smoke", "fusion=kg", "resume=true",
+                                                 "model.feature_settings.kg.hops=2"], tmp_path))
+    assert "config key model.feature_settings.kg.hops" in capsys.readouterr().err
