@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from crossrec_cli.data.kg import KgItem, read_kgcn, read_recbole
+from crossrec_cli.data.kg import Graph, KgItem, item_graph, read_kgcn, read_recbole
 from crossrec_cli.errors import CrossrecError
-from crossrec_cli.models.features import Catalogue
-from crossrec_cli.models.features.kg import transe_loss
+from crossrec_cli.models.backbone import build_backbone
+from crossrec_cli.models.features import Catalogue, FeatureContext
+from crossrec_cli.models.features.kg import KgFeature, readable, transe_loss
 from crossrec_cli.models.fusion import FUSIONS, build_fusion
 from crossrec_cli.models.seqrec import SeqRec, SeqRecConfig
 from tests.test_split import domain_from_conf
@@ -160,3 +162,184 @@ def test_a_users_own_recbole_graph_is_found_through_the_search_path(tmp_path):
     assert rec["features"] == ["text", "kg"] and rec["fusion"] == "gated" and rec["mode"] == "transductive"
     assert set(rec["test"]) == {"mine"}
     assert np.isfinite(rec["history"][0]["loss"])
+
+
+# -- hops and relation_text -------------------------------------------------------------------
+
+def _feature(settings: dict, catalogues: dict[str, Catalogue], backbone=None, trains: bool = False) -> KgFeature:
+    cfg = SeqRecConfig(dim=8, heads=2, features=["kg"], feature_settings={"kg": settings})
+    f = KgFeature(FeatureContext(cfg, backbone, trains, device=lambda: torch.device("cpu"), cache_vectors=False), "kg")
+    for key, cat in catalogues.items():
+        f.add_catalogue(key, cat)
+    return f
+
+
+def _graph_catalogue(triples: list[tuple[str, str, str]], links: dict[str, str], ids: list[str]) -> Catalogue:
+    return Catalogue(len(ids), {"kg": item_graph(ids, Graph(triples, links))})
+
+
+# items i1 (entity a), i2 (b), i3 (not linked); a - b via r; a's neighbour c has its own edge to x,
+# an entity two hops from every item
+TRIPLES = [("a", "film.film.actor", "b"), ("a", "film.film.genre", "c"), ("c", "genre.of", "x")]
+SMALL = _graph_catalogue(TRIPLES, {"i1": "a", "i2": "b"}, ["i1", "i2", "i3"])
+
+
+def test_the_graph_shares_one_adjacency_and_the_item_repr_is_unchanged():
+    items = SMALL.data["kg"]
+    assert items[0].adjacency is items[2].adjacency and items[0].adjacency["c"] == (("~film.film.genre", "a"), ("genre.of", "x"))
+    assert repr(items[0]) == "KgItem(entity='a', edges=(('film.film.actor', 'b'), ('film.film.genre', 'c')))"
+    assert items[2] == KgItem(None)  # fingerprints hash the repr, equality ignores the adjacency
+
+
+def test_hops_1_is_the_computation_it_always_was():
+    """Golden numbers written by the feature before hops / relation_text existed (same seed,
+    same catalogue): the same random draws, sample, output and gradients."""
+    items = [KgItem("e1", (("r", "e2"), ("~s", "e3"), ("t", "e4"), ("r", "e5"))), KgItem(None),
+             KgItem("e2", (("~r", "e1"), ("u", "e6"))), KgItem("e4", (("~t", "e1"),))]
+    torch.manual_seed(0)
+    f = _feature({"neighbors": 2}, {"d": Catalogue(4, {"kg": items})})
+    v = f("d")
+    (v * torch.arange(32.0).view(4, 8)).sum().backward()
+    assert sorted(f.state_dict()) == ["missing", "out.bias", "out.weight", "tables.d.ent.weight", "tables.d.rel.weight"]
+    assert f.index["d"]["nbr_ent"].tolist() == [[2, 3], [0, 0], [1, 5], [1, 0]]
+    assert f.index["d"]["nbr_rel"].tolist() == [[1, 2], [0, 0], [3, 4], [5, 0]]
+    assert v.sum().item() == -0.002017583465203643 and v.pow(2).sum().item() == 0.003645713208243251
+    assert f.tables["d"]["ent"].weight.grad.pow(2).sum().item() == 68.55770874023438
+
+
+def test_hops_2_aggregates_each_neighbour_with_its_own_neighbours():
+    torch.manual_seed(0)
+    two = _feature({"hops": 2}, {"d": SMALL})
+    ents = two.vocab["d"][0]
+    v = two("d")
+    assert v.shape == (3, 8) and torch.equal(v[2], two.missing)
+    v.pow(2).sum().backward()
+    grad = two.tables["d"]["ent"].weight.grad
+    assert grad[ents.index("x")].abs().sum() > 0 and two.out2.weight.grad.abs().sum() > 0
+    one = _feature({}, {"d": SMALL})
+    assert "x" not in one.vocab["d"][0] and one.out2 is None  # hops=1 never reaches x
+    one("d").pow(2).sum().backward()
+    assert one.tables["d"]["ent"].weight.grad[1:].abs().sum(1).gt(0).all()  # its entities (a, b, c) all learn
+    # the first hop's sample does not depend on hops
+    assert torch.equal(two.index["d"]["nbr_ent"], one.index["d"]["nbr_ent"])
+
+
+def test_hops_2_samples_at_most_neighbors2_edges_per_neighbour_seeded():
+    hub = [("a", "film.film.genre", "g")] + [(f"m{i}", "film.film.genre", "g") for i in range(20)]
+    cat = _graph_catalogue(hub, {"i1": "a"}, ["i1", "i2"])
+    f = _feature({"hops": 2, "neighbors2": 3}, {"d": cat})
+    ix = f.index["d"]
+    n, k = ix["nbr_ent"].shape
+    assert ix["nbr2_ent"].shape == ix["nbr2_rel"].shape == (len(ix["hop1"]), 3) and len(ix["hop1"]) <= n * k + 1
+    g = int((ix["hop1"] == f.vocab["d"][0].index("g")).nonzero())
+    assert (ix["nbr2_rel"][g] > 0).sum() == 3  # 21 edges, 3 kept
+
+    def kept(f: KgFeature) -> list[str]:  # g's sampled neighbours by name (ids follow first sight)
+        return [f.vocab["d"][0][e] for e in f.index["d"]["nbr2_ent"][g].tolist()]
+
+    assert kept(f) == kept(_feature({"hops": 2, "neighbors2": 3}, {"d": cat}))
+    assert kept(f) != kept(_feature({"hops": 2, "neighbors2": 3, "seed": 1}, {"d": cat}))
+
+
+def test_hops_2_on_the_movies_graph_keeps_the_index_bounded():
+    _, movies = domain_from_conf("movies")
+    f = _feature({"hops": 2}, {"m": Catalogue.of(movies)})
+    ix = f.index["m"]
+    degree = torch.tensor([len(movies.item_features["kg"][0].adjacency[e]) for e in
+                           (f.vocab["m"][0][u] for u in ix["hop1"][1:].tolist())])
+    assert ix["nbr_pos"].shape == (1682, 16) and ix["nbr2_ent"].shape == (len(ix["hop1"]), 8)
+    assert len(ix["hop1"]) <= 1682 * 16 + 1
+    assert torch.equal((ix["nbr2_rel"][1:] > 0).sum(1), degree.clamp(max=8))
+    assert torch.equal(ix["hop1"][ix["nbr_pos"]], ix["nbr_ent"])  # each neighbour's row is its own
+
+
+def test_readable_relation_names():
+    assert readable("film.film.actor") == "film film actor"
+    assert readable("~film.person_or_entity_appearing_in_film.film") == "film person or entity appearing in film film (inverse)"
+    assert readable("42") == "42" and readable("--") == "--"
+
+
+TINY = OmegaConf.to_container(OmegaConf.load(REPO / "crossrec_cli/conf/backbone/tiny.yaml"))
+
+
+def test_relation_text_shares_the_text_part_of_same_named_relations_across_graphs():
+    bb = build_backbone("tiny", config=TINY["config"], seed=0)
+    other = _graph_catalogue([("p", "film_film.actor", "q"), ("p", "music.artist.origin", "s")], {"j": "p"}, ["j"])
+    torch.manual_seed(0)
+    f = _feature({"relation_text": True}, {"d": SMALL, "e": other}, backbone=bb)
+    rels = {key: f.vocab[key][1] for key in ("d", "e")}
+    text = {key: f.relation_text(key) for key in ("d", "e")}
+    assert text["d"].shape == (len(rels["d"]), 8)
+    same = torch.equal(text["d"][rels["d"].index("film.film.actor")], text["e"][rels["e"].index("film_film.actor")])
+    assert same and not torch.equal(text["d"][rels["d"].index("film.film.actor")], text["d"][rels["d"].index("~film.film.actor")])
+    # the vector of a relation is the domain's table plus the shared text part
+    idx = torch.tensor([rels["e"].index("film_film.actor")])
+    assert torch.allclose(f.relations("e", idx), f.tables["e"]["rel"].weight[idx] + text["e"][idx])
+
+
+def test_relation_text_trains_its_map_and_never_the_backbone():
+    bb = build_backbone("tiny", config=TINY["config"], seed=0)
+    m = SeqRec(SeqRecConfig(dim=8, heads=2, features=["kg"], feature_settings={"kg": {"relation_text": True, "hops": 2}}),
+               bb, backbone_trains=True)
+    m.cache_vectors = False
+    m.add_catalogue("d", SMALL)
+    m.item_matrix("d").pow(2).sum().backward()
+    kg = m.features["kg"]
+    assert kg.rel_map.weight.grad.abs().sum() > 0 and kg.tables["d"]["rel"].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in bb.model.parameters())
+    assert not kg.rel_encoded["d"].requires_grad
+
+
+@pytest.mark.parametrize("settings, backbone, key", [
+    ({"relation_text": True}, None, "model.feature_settings.kg.relation_text"),
+    ({"relation_text": "yes"}, "tiny", "model.feature_settings.kg.relation_text"),
+    ({"hops": 3}, None, "model.feature_settings.kg.hops"),
+    ({"neighbors2": 4}, None, "model.feature_settings.kg.neighbors2"),  # another value needs hops=2
+    ({"hops": 2, "neighbors2": 0}, None, "model.feature_settings.kg.neighbors2"),
+])
+def test_unusable_kg_settings_are_refused_in_one_line(settings, backbone, key):
+    bb = build_backbone("tiny", config=TINY["config"], seed=0) if backbone else None
+    with pytest.raises(CrossrecError) as err:
+        SeqRec(SeqRecConfig(dim=8, heads=2, features=["kg"], feature_settings={"kg": settings}), bb, backbone_trains=False)
+    assert err.value.where == key and "\n" not in str(err.value)
+
+
+def test_hops_2_refuses_items_without_the_graph_adjacency():
+    f = _feature({"hops": 2}, {})
+    with pytest.raises(CrossrecError, match="model.feature_settings.kg.hops"):
+        f.add_catalogue("d", _catalogue())  # KgItems built by hand, no adjacency
+    f.add_catalogue("bare", Catalogue.from_texts(["a", "b"]))  # a graphless domain is fine
+    assert torch.equal(f("bare"), f.missing.expand(2, -1))
+
+
+@pytest.mark.parametrize("args, module", [
+    (("fusion=kg", "model.feature_settings.kg.hops=2"), "out2"),  # conf/fusion/kg.yaml lists the settings
+    (("model.features=[text,kg]", "model.feature_settings={kg:{relation_text:true}}"), "rel_map"),
+])
+def test_a_smoke_finetune_with_the_kg_option_completes_and_its_checkpoint_evaluates(tmp_path, args, module):
+    from safetensors import safe_open
+
+    from tests.conftest import run_inprocess
+
+    rec = run_inprocess("finetune", "experiment=smoke", *args, run_dir=tmp_path / "run")
+    assert rec["features"] == ["text", "kg"] and np.isfinite(rec["history"][0]["loss"])
+    with safe_open(str(tmp_path / "run" / "checkpoint" / "model.safetensors"), "pt") as f:
+        assert f"features.kg.{module}.weight" in set(f.keys())
+    again = run_inprocess("evaluate", "experiment=smoke", f"run={tmp_path / 'run'}", run_dir=tmp_path / "eval")
+    assert again["test"]["movies"] == pytest.approx(rec["test"]["movies"])
+
+
+def test_a_fusion_kg_run_from_before_hops_and_relation_text_resumes_unless_they_changed(tmp_path, capsys):
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands._common import check_resume_config
+
+    cfg = compose("finetune", ["experiment=smoke", "fusion=kg", "resume=true"], tmp_path)
+    old = OmegaConf.to_container(cfg)
+    for key in ("hops", "neighbors2", "relation_text"):  # as a config.yaml from before they were added
+        del old["model"]["feature_settings"]["kg"][key]
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+    check_resume_config(cfg)
+    with pytest.raises(SystemExit):
+        check_resume_config(compose("finetune", ["experiment=smoke", "fusion=kg", "resume=true",
+                                                 "model.feature_settings.kg.hops=2"], tmp_path))
+    assert "config key model.feature_settings.kg.hops" in capsys.readouterr().err

@@ -150,7 +150,8 @@ RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "num_threads"
 # interrupted before the key existed resumes when the key still has that value
 ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "model.positions": "end",
               "pretrain.grad_clip": 0.0, "adversarial.name": "none",
-              "eval.valid_users": None,
+              "eval.valid_users": None, "model.feature_settings.kg.hops": 1,
+              "model.feature_settings.kg.neighbors2": 8, "model.feature_settings.kg.relation_text": False,
               "trainer.precision": "fp32", "trainer.compile": False, "pretrain.precision": "fp32", "task.train.precision": None}
 
 

@@ -14,13 +14,15 @@
 
 Entity and relation ids are arbitrary strings. An item's edges are the triples where its entity
 is the head (``relation``) or the tail (``~relation``, the inverse). Items without a linked entity
-get ``KgItem(None, ())``. Malformed rows are one-line ``path:line`` errors.
+get ``KgItem(None, ())``. Every item of a domain also holds one shared ``adjacency`` (entity ->
+its edges, the whole graph; read by the feature's second hop; not part of the item's repr, so
+fingerprints are what they were). Malformed rows are one-line ``path:line`` errors.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,15 @@ from typing import Any
 from crossrec_cli.data.table import read_delimited, read_text
 from crossrec_cli.errors import CrossrecError
 
+Edges = tuple[tuple[str, str], ...]  # (relation, neighbour entity); "~r" = r reversed
+
+
 @dataclass(frozen=True)
 class KgItem:
     entity: str | None  # the item's linked entity (None: not linked)
-    edges: tuple[tuple[str, str], ...] = ()  # (relation, neighbour entity); "~r" = r reversed
+    edges: Edges = ()
+    # every entity's edges in the graph, one mapping shared by a domain's items (None: not given)
+    adjacency: Mapping[str, Edges] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -144,16 +151,23 @@ def find_graph(spec: Any, folder: Path) -> Graph | None:
     return reader(*paths)
 
 
-def item_graph(item_ids: list[str], graph: Graph) -> list[KgItem]:
-    """One KgItem per item: its entity and every edge touching it (both directions)."""
+def adjacency(graph: Graph) -> dict[str, Edges]:
+    """Entity -> every edge touching it (both directions), in triple order."""
     edges: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for h, r, t in graph.triples:
         edges[h].append((r, t))
         edges[t].append(("~" + r, h))
+    return {e: tuple(v) for e, v in edges.items()}
+
+
+def item_graph(item_ids: list[str], graph: Graph) -> list[KgItem]:
+    """One KgItem per item: its entity, every edge touching it (both directions) and the graph's
+    shared adjacency (a neighbour's own edges, for a second hop)."""
+    adj = adjacency(graph)
     out = []
     for iid in item_ids:
         ent = graph.links.get(iid)
-        out.append(KgItem(ent, tuple(edges.get(ent, ()))) if ent is not None else KgItem(None))
+        out.append(KgItem(ent, adj.get(ent, ()), adj) if ent is not None else KgItem(None, (), adj))
     return out
 
 
