@@ -129,14 +129,23 @@ def concurrent_jobs(hc: Any) -> int:
     from crossrec_cli.commands._common import cores
 
     launcher = hc.launcher if hc.mode == RunMode.MULTIRUN else {}
-    target = str(launcher.get("_target_", ""))
-    if target.endswith("JoblibLauncher"):
-        n = int(launcher.get("n_jobs") or -1)
-        return n if n > 0 else max(1, cores() + 1 + n)  # joblib: -1 = one job per core
-    if target.endswith("LocalLauncher"):  # submitit_local
-        cpus = launcher.get("cpus_per_task")
-        return max(1, cores() // int(cpus)) if cpus else cores()
-    return 1
+    jobs = LAUNCHER_JOBS.get(str(launcher.get("_target_", "")).rpartition(".")[2])
+    return jobs(launcher, cores()) if jobs else 1
+
+
+def _joblib_jobs(launcher: Any, cores: int) -> int:
+    n = int(launcher.get("n_jobs") or -1)
+    return n if n > 0 else max(1, cores + 1 + n)  # joblib: -1 = one job per core
+
+
+def _submitit_local_jobs(launcher: Any, cores: int) -> int:
+    cpus = launcher.get("cpus_per_task")
+    return max(1, cores // int(cpus)) if cpus else cores
+
+
+# launcher class -> the runs it starts at once on this machine (any other: one at a time; a
+# Slurm job has its own CPUs)
+LAUNCHER_JOBS = {"JoblibLauncher": _joblib_jobs, "LocalLauncher": _submitit_local_jobs}
 
 
 def set_runtime(cfg: Any, run_dir: str | Path, config_dirs: list[Path], overrides: list[str],

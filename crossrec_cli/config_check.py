@@ -27,6 +27,18 @@ def _losses() -> list[str]:
     return LOSSES.names()
 
 
+def _precisions() -> tuple[str, ...]:
+    from crossrec_cli.training.engine import PRECISIONS
+
+    return tuple(PRECISIONS)
+
+
+def _score_dtypes() -> tuple[str, ...]:
+    from crossrec_cli.evaluation.ranking import SCORE_DTYPES
+
+    return SCORE_DTYPES
+
+
 def _positive(value: Any) -> bool:
     """A finite number > 0."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
@@ -56,7 +68,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "eval.item_chunk": (lambda v: _int(v, 1), "a positive integer", "65536"),
     "eval.batch_size": (lambda v: _int(v, 1), "a positive integer", "256"),
     "eval.cache_vectors": (lambda v: isinstance(v, bool), "true or false", "true"),
-    "eval.score_dtype": (lambda v: v in ("float32", "float64"), "float32 or float64", "float32"),
+    "eval.score_dtype": (lambda v: v in _score_dtypes(), "float32 or float64", "float32"),
     "eval.valid_users": (lambda v: v is None or _int(v, 1), "null or a positive integer", "2000"),
     "eval.index": (lambda v: v in ("exact", "faiss"), "exact or faiss", "exact"),
     "eval.faiss.kind": (lambda v: v in ("flat", "ivf", "hnsw"), "flat, ivf or hnsw", "flat"),
@@ -73,8 +85,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "trainer.window_stride": (lambda v: v is None or _int(v, 1), "null or an integer >= 1", "null"),
     "trainer.monitor": (lambda v: _monitor(v), "<ranking metric>@K, e.g. recall@K, ndcg@K or mrr@K", "ndcg@10"),
     "target_fraction": (lambda v: _positive(v) and v <= 1, "a number in (0, 1]", "0.1"),
-    "trainer.precision": (lambda v: v in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16", "bf16"),
-    "pretrain.precision": (lambda v: v in ("fp32", "bf16", "fp16"), "fp32, bf16 or fp16", "bf16"),
+    "trainer.precision": (lambda v: v in _precisions(), "fp32, bf16 or fp16", "bf16"),
+    "pretrain.precision": (lambda v: v in _precisions(), "fp32, bf16 or fp16", "bf16"),
     "trainer.compile": (lambda v: isinstance(v, bool), "true or false", "false"),
     "trainer.keep_last": (lambda v: _int(v, 1), "an integer >= 1", "2"),
     "model.dim": (lambda v: _int(v, 1), "a positive integer", "64"),

@@ -35,5 +35,19 @@ def run_inprocess(command: str, *args: str, run_dir: Path) -> dict:
     return run_command(command, list(args), run_dir)
 
 
+# how a run was timed, not what it computed: left out when two runs' metrics.json are compared
+TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds", "seconds", "num_threads",
+          "peak_gpu_memory_mib")
+
+
+def without_timing(m):
+    """A metrics record (or part of one) without its TIMING keys, at every depth."""
+    if isinstance(m, dict):
+        return {k: without_timing(v) for k, v in m.items() if k not in TIMING}
+    if isinstance(m, list):
+        return [without_timing(v) for v in m]
+    return m
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())

@@ -22,7 +22,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, read_metrics, run_inprocess
+from conftest import REPO, read_metrics, run_inprocess, without_timing
 from safetensors.torch import load_file
 
 from crossrec_cli.errors import CrossrecError
@@ -34,7 +34,6 @@ ARGS = ("finetune", "domain=movies", "backbone=none", "model.item_ids=true", "mo
         "+data.overrides.filters.max_users=100", "trainer.epochs=2", "trainer.batch_size=32", "eval.topk=[10]",
         "eval.cache_vectors=false", "progress=false")
 NO_DROPOUT = (*ARGS, "model.dropout=0")
-TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds", "seconds", "num_threads")
 
 
 def _env(tmp) -> dict:
@@ -81,13 +80,6 @@ def _without_key_bias(w: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             out[k] = torch.cat([v[: len(v) // 3], torch.zeros(len(v) // 3), v[2 * len(v) // 3 :]])
     return out
 
-
-def _strip(m):
-    if isinstance(m, dict):
-        return {k: _strip(v) for k, v in m.items() if k not in TIMING}
-    if isinstance(m, list):
-        return [_strip(v) for v in m]
-    return m
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +133,7 @@ def test_sigterm_stops_both_processes_and_resume_restores_every_one(two_processe
     _run((*ARGS, f"resume={run_dir}"), run_dir, tmp_path)
     got, ref = read_metrics(run_dir), read_metrics(two_processes)
     assert got["status"] == "complete"
-    assert _strip(got) == _strip(ref)
+    assert without_timing(got) == without_timing(ref)
     w, r = _weights(run_dir), _weights(two_processes)
     assert w.keys() == r.keys() and all(torch.equal(w[k], r[k]) for k in w)
 

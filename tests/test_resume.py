@@ -10,19 +10,11 @@ import subprocess
 import time
 
 import pytest
-from conftest import CLI, REPO, read_metrics, run_cli
+from conftest import CLI, REPO, read_metrics, run_cli, without_timing
 from safetensors.torch import load_file
 
 ARGS = ("finetune", "experiment=smoke", "trainer.epochs=2", "trainer.checkpoint_every=1", "trainer.keep_last=3")
-TIMING = ("seconds_per_epoch", "wall_seconds", "train_seconds", "eval_seconds", "seconds")
 
-
-def _strip(m):
-    if isinstance(m, dict):
-        return {k: _strip(v) for k, v in m.items() if k not in TIMING}
-    if isinstance(m, list):
-        return [_strip(v) for v in m]
-    return m
 
 
 def _start(run_dir, args=ARGS):
@@ -62,7 +54,7 @@ def test_sigkill_at_a_random_step_then_resume_is_identical(reference, tmp_path):
     run_cli(*ARGS, f"resume={tmp_path}")
     got, ref = read_metrics(tmp_path), read_metrics(reference)
     assert got["status"] == "complete"
-    assert _strip(got) == _strip(ref), f"killed after step {step}"
+    assert without_timing(got) == without_timing(ref), f"killed after step {step}"
     assert _same_weights(tmp_path, reference)
 
 
@@ -74,7 +66,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes(reference, tmp_path):
     m = read_metrics(tmp_path)
     assert m["status"] == "interrupted" and "resume=" in m["resume"]
     run_cli(*ARGS, f"resume={tmp_path}")
-    assert _strip(read_metrics(tmp_path)) == _strip(read_metrics(reference))
+    assert without_timing(read_metrics(tmp_path)) == without_timing(read_metrics(reference))
     assert _same_weights(tmp_path, reference)
 
 
@@ -89,7 +81,7 @@ def test_damaged_newest_checkpoint_falls_back_to_previous(reference, tmp_path):
     blob.write_bytes(blob.read_bytes()[:100])  # a checkpoint damaged after the fact
     proc = run_cli(*ARGS, f"resume={tmp_path}")
     assert "not usable" in proc.stdout + proc.stderr
-    assert _strip(read_metrics(tmp_path)) == _strip(read_metrics(reference))
+    assert without_timing(read_metrics(tmp_path)) == without_timing(read_metrics(reference))
 
 
 def test_resume_with_changed_config_lists_each_key(reference, tmp_path):
@@ -118,7 +110,7 @@ def test_transfer_resumes_phase_by_phase(tmp_path):
     proc.wait()
     assert (out / "source" / "phase.json").is_file() and not (out / "adapted" / "phase.json").exists()
     run_cli(*args, f"resume={out}")
-    got, want = _strip(read_metrics(out)), _strip(read_metrics(ref))
+    got, want = without_timing(read_metrics(out)), without_timing(read_metrics(ref))
     assert got["transfer"] == want["transfer"] and got["lift"] == want["lift"] and got["test"] == want["test"]
 
 
@@ -131,7 +123,7 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_previous_one(reference,
     assert not (ckpts / "step-4").exists() and (ckpts / "step-3").is_dir()
     assert any(p.name.startswith(".tmp-step-4") for p in ckpts.iterdir())  # the half-written folder
     run_cli(*ARGS, f"resume={tmp_path}")
-    assert _strip(read_metrics(tmp_path)) == _strip(read_metrics(reference))
+    assert without_timing(read_metrics(tmp_path)) == without_timing(read_metrics(reference))
     assert _same_weights(tmp_path, reference)
 
 
@@ -148,7 +140,7 @@ def test_pretrain_killed_and_resumed_matches_uninterrupted(tmp_path):
     a = load_file(str(out / "checkpoint" / "backbone" / "model.safetensors"))
     b = load_file(str(ref / "checkpoint" / "backbone" / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
-    assert _strip(read_metrics(out))["history"] == _strip(read_metrics(ref))["history"]
+    assert without_timing(read_metrics(out))["history"] == without_timing(read_metrics(ref))["history"]
 
 
 def test_resume_true_without_a_checkpoint_starts_fresh_and_resume_dir_does_not(tmp_path):
