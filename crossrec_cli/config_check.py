@@ -27,6 +27,12 @@ def _losses() -> list[str]:
     return LOSSES.names()
 
 
+def _scores() -> tuple[str, ...]:
+    from crossrec_cli.models.seqrec import SCORES
+
+    return tuple(SCORES)
+
+
 def _precisions() -> tuple[str, ...]:
     from crossrec_cli.training.engine import PRECISIONS
 
@@ -99,7 +105,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.heads": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.readout": (lambda v: v in ("last", "mean"), "last or mean", "last"),
     "model.positions": (lambda v: v in ("end", "start"), "end or start", "end"),
-    "model.score": (lambda v: v in ("auto", "cosine", "dot"), "auto, cosine or dot", "auto"),
+    "model.score": (lambda v: v in ("auto", *_scores()), "auto, dot or cosine", "auto"),
     "model.features": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
                        "null or a list of item feature names", "[text,id]"),
     "model.fusion": (lambda v: isinstance(v, str), "a fusion method name", "sum"),

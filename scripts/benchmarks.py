@@ -42,6 +42,7 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "sasrec_stride10_b256": ("SASRec, `trainer.window_stride=10 trainer.batch_size=256`",
                              ["finetune", "experiment=sasrec", "trainer.window_stride=10", "trainer.batch_size=256"]),
     "text": ("frozen MiniLM + towers (defaults)", ["finetune"]),
+    "text_cosine": ("frozen MiniLM + towers, `model.score=cosine`", ["finetune", "model.score=cosine"]),
     "text_dim128": ("frozen MiniLM + towers, `model.dim=128`", ["finetune", "model.dim=128"]),
     "text_id": ("frozen MiniLM + ids `model.item_ids=true`", ["finetune", "model.item_ids=true"]),
     "text_kg": ("frozen MiniLM + KG, gated `fusion=kg`", ["finetune", "fusion=kg"]),
@@ -59,6 +60,20 @@ MODELS: dict[str, tuple[str, list[str]]] = {
                             "model.text_norm=center", "+data.overrides.text_fields=[name]"]),
     "unisrec_text_id": ("UniSRec transductive `experiment=unisrec_text_id`", ["finetune", "experiment=unisrec_text_id"]),
 }
+
+# the fusion grid (issue: fusion): item features x fusion method, every other setting at its default;
+# text alone and three cells are rows of the table above (text_id = sum, text_kg / text_id_kg = gated)
+FUSION_FEATURES = {"text": "[text]", "text_id": "[text,id]", "text_kg": "[text,kg]", "text_id_kg": "[text,id,kg]"}
+FUSION_METHODS = ("sum", "concat", "gated", "attention")
+FUSION_CELLS: dict[tuple[str, str], str] = {("text", "sum"): "text", ("text_id", "sum"): "text_id",
+                                            ("text_kg", "gated"): "text_kg", ("text_id_kg", "gated"): "text_id_kg"}
+for _feats, _list in FUSION_FEATURES.items():
+    for _method in FUSION_METHODS[1:]:
+        if _feats != "text" and (_feats, _method) not in FUSION_CELLS:
+            FUSION_CELLS[(_feats, _method)] = key = f"{_feats}_{_method}"
+            MODELS[key] = (f"{_feats.replace('_', ' + ')}, `fusion={_method}`",
+                           ["finetune", f"fusion={_method}", f"model.features={_list}"])
+FUSION_ONLY = {k for k in FUSION_CELLS.values() if k not in ("text", "text_id", "text_kg", "text_id_kg")}
 
 
 def run_one(model: str, domain: str, seed: int) -> Path:
@@ -123,6 +138,8 @@ def table(out: Path) -> None:
             lines.append(_reference_row(ref))
         shas: dict[str, list[str]] = {}
         for model, (label, _) in MODELS.items():
+            if model in FUSION_ONLY:
+                continue
             runs = sorted((ROOT / domain / model).glob("seed*"))
             ms = [m for m in (_metrics(r / "metrics.json", domain) for r in runs) if m]
             if not ms:
@@ -138,6 +155,7 @@ def table(out: Path) -> None:
                 digest = "; ".join(f"sha256 `{h}` for {', '.join(ms)}" for h, ms in shas.items())
             lines += ["", f"Data: {fp['users']:,} users, {fp['items']:,} items, {fp['interactions']:,} interactions, "
                           f"{digest}.", ""]
+        lines += _fusion(domain)
     lines += _transfer() + _genre_split() + _preference()
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
@@ -173,6 +191,30 @@ def _transfer() -> list[str]:
         epochs = " / ".join(str(recs[0]["phases"].get(p, {}).get("best_epoch", "–")) for p in ("source", "adapted", "control"))
         lines.append(f"| `{exp}` ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
                      + f" | {_pct(lift)} | {epochs} |")
+    return lines + [""]
+
+
+def _fusion(domain: str) -> list[str]:
+    """The fusion grid of ``domain``: test NDCG@10 / R@10 and s/epoch per (features, method), over seeds."""
+    cells: dict[tuple[str, str], list[dict]] = {}
+    for cell, model in FUSION_CELLS.items():
+        ms = [m for m in (_metrics(r / "metrics.json", domain) for r in sorted((ROOT / domain / model).glob("seed*"))) if m]
+        if ms:
+            cells[cell] = ms
+    if not any(f != "text" for f, _ in cells):
+        return []
+    lines = [f"### {domain}: fusion (`fusion=<method> model.features=[...]`)", "",
+             "Test NDCG@10 / Recall@10 (mean ± std over n seeds) and seconds per epoch; `sum` is the model's own "
+             "item tower (text + id summed), `gated` is what `fusion=kg` chooses.", "",
+             "| features | " + " | ".join(FUSION_METHODS) + " |", "|---|" + "---|" * len(FUSION_METHODS)]
+    for feats in FUSION_FEATURES:
+        row = []
+        for method in FUSION_METHODS:
+            ms = cells.get((feats, method))
+            row.append("–" if not ms else
+                       f"{_fmt([m['ndcg@10'] for m in ms])} / {_fmt([m['recall@10'] for m in ms])}, "
+                       f"{statistics.mean(m['seconds_per_epoch'] for m in ms):.1f} s (n={len(ms)})")
+        lines.append(f"| {feats.replace('_', ' + ')} | " + " | ".join(row) + " |")
     return lines + [""]
 
 

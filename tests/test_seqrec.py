@@ -54,6 +54,23 @@ def test_score_auto_is_dot_for_ids_and_cosine_for_text():
     assert _model(score="dot").score == "dot" and _model(score="cosine").score == "cosine"
 
 
+@pytest.mark.parametrize("score", ["dot", "cosine"])
+def test_logits_loss_vectors_and_ranking_vectors_agree(score):
+    """dot: u . v; cosine: cos(u, v) / temperature. The fused loss's vectors multiply to the same
+    logits, and the evaluator's vectors order every item as the logits do."""
+    m = _model(score=score, temperature=0.25)
+    users, items = torch.randn(5, 8, dtype=torch.float64), torch.randn(30, 8, dtype=torch.float64)
+    if score == "dot":
+        by_hand = torch.stack([torch.stack([u @ v for v in items]) for u in users])
+    else:
+        by_hand = torch.stack([torch.stack([u @ v / (u.norm() * v.norm()) / 0.25 for v in items]) for u in users])
+    assert torch.allclose(m.logits(users, items), by_hand, rtol=1e-12)
+    u, i = m.logit_vectors(users, items)
+    assert torch.allclose(u @ i.T, by_hand, rtol=1e-12)
+    u, i = m.scoring_vectors(users, items)
+    assert torch.equal(torch.argsort(u @ i.T, dim=1, stable=True), torch.argsort(by_hand, dim=1, stable=True))
+
+
 def test_center_and_standardize_use_the_domain_catalogue():
     m = _model(text_norm="standardize").features["text"]
     z = m.normalise("d", m.base("d"))

@@ -54,6 +54,25 @@ class SeqRecConfig:
     encode_batch: int = 128
 
 
+def _dot(users: torch.Tensor, items: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return users, items, 1.0
+
+
+def _cosine(users: torch.Tensor, items: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor, float]:
+    return F.normalize(users, dim=-1), F.normalize(items, dim=-1), temperature
+
+
+# model.score: (users, items, temperature) -> (u, i, t) with logits (u @ i.T) / t; u @ i.T alone
+# ranks the same (t > 0). "auto" = cosine when the items have text, else dot (resolve_score).
+SCORES: dict[str, Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor, float]]] = {
+    "dot": _dot, "cosine": _cosine}
+
+
+def resolve_score(score: str, features: Sequence[str]) -> str:
+    """``model.score`` with "auto" decided by the item features."""
+    return score if score != "auto" else ("cosine" if "text" in features else "dot")
+
+
 class UserTower(nn.Module):
     """Item vectors of a left-padded history (B, L, d) + valid mask (B, L) -> per-position
     user states (B, L, d); position L-1 is the newest item."""
@@ -111,7 +130,7 @@ class SeqRec(nn.Module):
         self.ctx = FeatureContext(cfg, backbone, self.backbone_trains, device=lambda: self.user.pos.weight.device)
         self.features = nn.ModuleDict({name: FEATURES.get(name.split(":")[0])(self.ctx, name) for name in names})
         self.fusion = build_fusion(cfg.fusion, names, cfg.dim, cfg.init_std)
-        self.score = cfg.score if cfg.score != "auto" else ("cosine" if "text" in names else "dot")
+        self.score = resolve_score(cfg.score, names)
         self.user = UserTower(cfg)
         self.catalogues: dict[str, Catalogue] = {}
         self.composites: dict[str, tuple[str, str]] = {}  # key -> (target, source) with shared users
@@ -241,22 +260,17 @@ class SeqRec(nn.Module):
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (..., dim) x items (M, dim) -> (..., M)."""
-        if self.score == "cosine":
-            return F.normalize(users, dim=-1) @ F.normalize(items, dim=-1).T / self.cfg.temperature
-        return users @ items.T
+        u, i, t = SCORES[self.score](users, items, self.cfg.temperature)
+        return u @ i.T / t
 
     def logit_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, i) with ``u @ i.T == logits(users, items)``: what a fused softmax loss multiplies."""
-        if self.score == "cosine":
-            return F.normalize(users, dim=-1) / self.cfg.temperature, F.normalize(items, dim=-1)
-        return users, items
+        u, i, t = SCORES[self.score](users, items, self.cfg.temperature)
+        return u / t, i
 
     def scoring_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors whose dot product ranks like ``logits`` (for the chunked evaluator)."""
-        if self.score == "cosine":
-            return F.normalize(users, dim=-1), F.normalize(items, dim=-1)
-        return users, items
-
+        return SCORES[self.score](users, items, self.cfg.temperature)[:2]
 
 def feature_names(cfg: SeqRecConfig | Any, has_backbone: bool) -> list[str]:
     """The item features of ``model.features``; unset: the text through the backbone when there
