@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "crossrec")
 ROOT = REPO / "outputs" / "benchmarks"
 
+DOT = "model.score=dot"
 # name -> (label, command and overrides); every row runs under the same protocol
 MODELS: dict[str, tuple[str, list[str]]] = {
     "popularity": ("popularity", ["evaluate", "model=popularity"]),
@@ -41,27 +42,29 @@ MODELS: dict[str, tuple[str, list[str]]] = {
                         ["finetune", "experiment=sasrec", "trainer.window_stride=10"]),
     "sasrec_stride10_b256": ("SASRec, `trainer.window_stride=10 trainer.batch_size=256`",
                              ["finetune", "experiment=sasrec", "trainer.window_stride=10", "trainer.batch_size=256"]),
-    "text": ("frozen MiniLM + towers (defaults)", ["finetune"]),
-    "text_cosine": ("frozen MiniLM + towers, `model.score=cosine`", ["finetune", "model.score=cosine"]),
-    "text_dim128": ("frozen MiniLM + towers, `model.dim=128`", ["finetune", "model.dim=128"]),
-    "text_id": ("frozen MiniLM + ids `model.item_ids=true`", ["finetune", "model.item_ids=true"]),
-    "text_kg": ("frozen MiniLM + KG, gated `fusion=kg`", ["finetune", "fusion=kg"]),
-    "text_id_kg": ("frozen MiniLM + ids + KG, gated `fusion=kg model.features=[text,id,kg]`",
-                   ["finetune", "fusion=kg", "model.features=[text,id,kg]"]),
+    "text_cosine": ("frozen MiniLM + towers (defaults: `model.score=auto`, cosine for text)", ["finetune"]),
+    "text_id_cosine": ("frozen MiniLM + ids `model.item_ids=true` (cosine)", ["finetune", "model.item_ids=true"]),
+    # rows made when dot products were the default score for every item tower (DOT pins it)
+    "text": ("frozen MiniLM + towers, dot", ["finetune", DOT]),
+    "text_dim128": ("frozen MiniLM + towers, dot, `model.dim=128`", ["finetune", DOT, "model.dim=128"]),
+    "text_id": ("frozen MiniLM + ids `model.item_ids=true`, dot", ["finetune", DOT, "model.item_ids=true"]),
+    "text_kg": ("frozen MiniLM + KG, gated `fusion=kg`, dot", ["finetune", DOT, "fusion=kg"]),
+    "text_id_kg": ("frozen MiniLM + ids + KG, gated `fusion=kg model.features=[text,id,kg]`, dot",
+                   ["finetune", DOT, "fusion=kg", "model.features=[text,id,kg]"]),
     "unisrec_text": ("UniSRec inductive `experiment=unisrec_text`", ["finetune", "experiment=unisrec_text"]),
     # music with the transfer experiment's trainer (sampled softmax, 1,024 negatives) and centred LM
     # vectors: artist name + tags (the bundled text) against the name alone
-    "text_sampled": ("frozen MiniLM, name + tags, sampled softmax `trainer.loss=sampled trainer.n_negatives=1024 "
+    "text_sampled": ("frozen MiniLM, name + tags, dot, sampled softmax `trainer.loss=sampled trainer.n_negatives=1024 "
                      "trainer.patience=5 model.text_norm=center`",
-                     ["finetune", "trainer.loss=sampled", "trainer.n_negatives=1024", "trainer.patience=5",
+                     ["finetune", DOT, "trainer.loss=sampled", "trainer.n_negatives=1024", "trainer.patience=5",
                       "model.text_norm=center"]),
     "text_sampled_names": ("the same, artist name only `+data.overrides.text_fields=[name]` (music)",
-                           ["finetune", "trainer.loss=sampled", "trainer.n_negatives=1024", "trainer.patience=5",
+                           ["finetune", DOT, "trainer.loss=sampled", "trainer.n_negatives=1024", "trainer.patience=5",
                             "model.text_norm=center", "+data.overrides.text_fields=[name]"]),
     "unisrec_text_id": ("UniSRec transductive `experiment=unisrec_text_id`", ["finetune", "experiment=unisrec_text_id"]),
 }
 
-# the fusion grid (issue: fusion): item features x fusion method, every other setting at its default;
+# the fusion grid: item features x fusion method, dot scores, every other setting at its default;
 # text alone and three cells are rows of the table above (text_id = sum, text_kg / text_id_kg = gated)
 FUSION_FEATURES = {"text": "[text]", "text_id": "[text,id]", "text_kg": "[text,kg]", "text_id_kg": "[text,id,kg]"}
 FUSION_METHODS = ("sum", "concat", "gated", "attention")
@@ -71,8 +74,8 @@ for _feats, _list in FUSION_FEATURES.items():
     for _method in FUSION_METHODS[1:]:
         if _feats != "text" and (_feats, _method) not in FUSION_CELLS:
             FUSION_CELLS[(_feats, _method)] = key = f"{_feats}_{_method}"
-            MODELS[key] = (f"{_feats.replace('_', ' + ')}, `fusion={_method}`",
-                           ["finetune", f"fusion={_method}", f"model.features={_list}"])
+            MODELS[key] = (f"{_feats.replace('_', ' + ')}, `fusion={_method}`, dot",
+                           ["finetune", DOT, f"fusion={_method}", f"model.features={_list}"])
 FUSION_ONLY = {k for k in FUSION_CELLS.values() if k not in ("text", "text_id", "text_kg", "text_id_kg")}
 
 
@@ -204,7 +207,8 @@ def _fusion(domain: str) -> list[str]:
     if not any(f != "text" for f, _ in cells):
         return []
     lines = [f"### {domain}: fusion (`fusion=<method> model.features=[...]`)", "",
-             "Test NDCG@10 / Recall@10 (mean ± std over n seeds) and seconds per epoch; `sum` is the model's own "
+             "Test NDCG@10 / Recall@10 (mean ± std over n seeds) and seconds per epoch, every cell with dot-product "
+             "scores (`model.score=dot`, the default when the grid was run); `sum` is the model's own "
              "item tower (text + id summed), `gated` is what `fusion=kg` chooses.", "",
              "| features | " + " | ".join(FUSION_METHODS) + " |", "|---|" + "---|" * len(FUSION_METHODS)]
     for feats in FUSION_FEATURES:

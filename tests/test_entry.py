@@ -204,6 +204,27 @@ def test_a_run_written_before_a_key_existed_resumes_while_the_key_keeps_its_neut
     assert "config key model.features" in capsys.readouterr().err
 
 
+def test_resume_compares_score_auto_by_the_score_it_picks(tmp_path, capsys):
+    """A run written when dot was the default resumes under score=auto when auto picks dot (ids
+    only) and is refused in one line when auto picks cosine (items with text)."""
+    from crossrec_cli.commands._common import check_resume_config
+
+    for overrides, same in ((["backbone=none", "model.item_ids=true"], True), ([], False)):
+        cfg = compose("finetune", ["experiment=smoke", "resume=true", *overrides], tmp_path)
+        assert cfg.model.score == "auto"
+        old = OmegaConf.to_container(cfg)
+        old["model"]["score"] = "dot"
+        (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(old))
+        if same:
+            check_resume_config(cfg)
+        else:
+            with pytest.raises(SystemExit):
+                check_resume_config(cfg)
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err == ["error: config key model.score: the interrupted run used 'dot', this command 'cosine'; "
+                           "resume with the run's own value"]
+
+
 @pytest.mark.parametrize("command, override, message", [
     ("finetune", "+fusionn=kg", "error: fusionn: crossrec finetune has no such key or choice"),
     ("pretrain", "fusion=kg", "error: config key fusion: crossrec pretrain has no fusion choice; "

@@ -37,7 +37,7 @@ class SeqRecConfig:
     ffn_dropout: float | None = None  # between the feed-forward's two maps (None: = dropout; RecBole: 0)
     readout: str = "last"  # last (causal transformer) | mean (mean of history vectors)
     positions: str = "end"  # end: position 0 = the newest item | start: 0 = the oldest item in the window (RecBole)
-    score: str = "dot"  # dot | cosine (with temperature) | auto (dot for id-only items, cosine with text)
+    score: str = "auto"  # auto (dot for id-only items, cosine with text) | dot | cosine (with temperature)
     temperature: float = 0.07
     item_ids: bool = False  # transductive: add a learned id embedding to the text vector
     features: list[str] | None = None  # item features fused into an item's vector (None: text if a backbone, + id if item_ids)
