@@ -192,7 +192,8 @@ def _transfer() -> list[str]:
             cells.append(_fmt(vals) if vals else "–")
         lift = [r["lift"]["ndcg@10"] for r in recs if isinstance(r.get("lift"), dict) and "ndcg@10" in r["lift"]]
         epochs = " / ".join(str(recs[0]["phases"].get(p, {}).get("best_epoch", "–")) for p in ("source", "adapted", "control"))
-        lines.append(f"| `{exp}` ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
+        name = f"`{exp.removesuffix('_dot')}`" + (" `model.score=dot`" if exp.endswith("_dot") else "")
+        lines.append(f"| {name} ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
                      + f" | {_pct(lift)} | {epochs} |")
     return lines + [""]
 

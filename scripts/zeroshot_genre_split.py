@@ -32,6 +32,7 @@ ACTION = {"Action", "Adventure", "Sci-Fi", "Thriller", "War", "Crime"}
 OUT = REPO / "outputs" / "genre_split"
 CONFIGS = {
     "text": [],
+    "text_dot": ["model.score=dot"],  # the text model's default before cosine
     "unisrec_text": ["experiment=unisrec_text"],
 }
 
