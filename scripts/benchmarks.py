@@ -44,6 +44,7 @@ MODELS: dict[str, tuple[str, list[str]]] = {
                              ["finetune", "experiment=sasrec", "trainer.window_stride=10", "trainer.batch_size=256"]),
     "text_cosine": ("frozen MiniLM + towers (defaults: `model.score=auto`, cosine for text)", ["finetune"]),
     "text_id_cosine": ("frozen MiniLM + ids `model.item_ids=true` (cosine)", ["finetune", "model.item_ids=true"]),
+    "text_kg_cosine": ("frozen MiniLM + KG, gated `fusion=kg` (cosine)", ["finetune", "fusion=kg"]),
     # rows made when dot products were the default score for every item tower (DOT pins it)
     "text": ("frozen MiniLM + towers, dot", ["finetune", DOT]),
     "text_dim128": ("frozen MiniLM + towers, dot, `model.dim=128`", ["finetune", DOT, "model.dim=128"]),
