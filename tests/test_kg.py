@@ -160,6 +160,7 @@ def test_a_users_own_recbole_graph_is_found_through_the_search_path(tmp_path):
     rec = run_inprocess("finetune", "experiment=smoke", "fusion=kg", "domain=mine",
                         f"hydra.searchpath=[file://{tmp_path / 'conf'}]", run_dir=tmp_path / "run")
     assert rec["features"] == ["text", "kg"] and rec["fusion"] == "gated" and rec["mode"] == "transductive"
+    assert rec["score"] == "cosine"  # model.score=auto with text among the features
     assert set(rec["test"]) == {"mine"}
     assert np.isfinite(rec["history"][0]["loss"])
 

@@ -97,6 +97,7 @@ def test_id_only_sasrec_baseline(tmp_path):
     run_inprocess("finetune", *SMOKE, "backbone=none", "model.item_ids=true", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert m["mode"] == "transductive" and m["test"]["movies"]["examples"] > 0
+    assert m["score"] == "dot"  # model.score=auto without text: SASRec's dot products
 
 
 def test_backbone_none_without_ids_is_a_config_error(tmp_path):

@@ -20,7 +20,7 @@ from crossrec_cli.evaluation.protocol import evaluate_split, extras_by_key, grou
 from crossrec_cli.evaluation.ranking import read_candidates
 from crossrec_cli.models.build import build_recommender
 from crossrec_cli.models.features import Catalogue
-from crossrec_cli.models.seqrec import SeqRec, feature_names, is_transductive, seqrec_scorer
+from crossrec_cli.models.seqrec import SeqRec, feature_names, is_transductive, resolve_score, seqrec_scorer
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import windows
 from crossrec_cli.training.loop import Progress, TrainConfig, load_trainable_state
@@ -111,6 +111,11 @@ def early_stopping_sample(cfg: DictConfig) -> dict[str, int]:
 def item_features(cfg: DictConfig) -> list[str]:
     """The run's item features (``model.features``, or what the backbone and item_ids imply)."""
     return feature_names(cfg.model, cfg.backbone.get("kind", "encoder") != "none")
+
+
+def item_score(cfg: DictConfig) -> str:
+    """The score the run's model uses (``model.score``, with auto decided by its item features)."""
+    return resolve_score(str(cfg.model.get("score", "dot")), item_features(cfg))
 
 
 def model_mode(cfg: DictConfig) -> str:
