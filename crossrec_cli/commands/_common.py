@@ -164,26 +164,19 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
-def _resolve_score(flat: dict[str, Any]) -> dict[str, Any]:
-    """``model.score=auto`` as the score it picks for the run's item features, so that a run
-    written with the score spelled out (dot for ids, cosine for text) resumes under auto."""
-    if flat.get("model.score") == "auto":
-        from crossrec_cli.models.seqrec import feature_names, resolve_score
-
-        names = feature_names({"features": flat.get("model.features"), "item_ids": flat.get("model.item_ids", False)},
-                              flat.get("backbone.kind", "encoder") != "none")
-        flat["model.score"] = resolve_score("auto", names)
-    return flat
-
-
 def check_resume_config(cfg: DictConfig) -> None:
     """Resuming with a changed value that matters stops with one line per differing key."""
     path = run_dir(cfg) / "config.yaml"
     if not path.is_file():
         raise CrossrecError(str(path), "nothing to resume: no config.yaml in the run directory",
                             "pass resume=<the interrupted run directory>")
-    old = _resolve_score(_flat(OmegaConf.to_container(OmegaConf.load(path), resolve=True)))
-    new = _resolve_score(_flat(OmegaConf.to_container(cfg, resolve=True)))
+    from crossrec_cli.commands.recsys import item_score
+
+    saved = OmegaConf.load(path)
+    old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
+    for flat, c in ((old, saved), (new, cfg)):  # auto compares as the score it picks (a run may spell it out)
+        if flat.get("model.score") == "auto":
+            flat["model.score"] = item_score(c)
     lines = []
     for key in sorted(set(old) | set(new)):
         if any(key == f or key.startswith(f + ".") for f in RESUME_FREE):
