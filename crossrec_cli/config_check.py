@@ -1,5 +1,5 @@
 """Value checks for the config sections every command shares (``seed``, ``eval``, ``trainer``,
-``model``), so that ``eval.topk=x`` or ``trainer.epochs=-1`` stops with one line naming the key
+``model``, ``backbone``), so that ``eval.topk=x`` or ``trainer.epochs=-1`` stops with one line naming the key
 instead of a traceback deep inside a metric or the training loop.
 
 Plain dicts in, CrossrecError out. A key that is absent is not checked (an
@@ -8,6 +8,7 @@ Plain dicts in, CrossrecError out. A key that is absent is not checked (an
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from dataclasses import fields
@@ -27,12 +28,6 @@ def _losses() -> list[str]:
     return LOSSES.names()
 
 
-def _scores() -> tuple[str, ...]:
-    from crossrec_cli.models.seqrec import SCORES
-
-    return tuple(SCORES)
-
-
 def _precisions() -> tuple[str, ...]:
     from crossrec_cli.training.engine import PRECISIONS
 
@@ -43,6 +38,34 @@ def _score_dtypes() -> tuple[str, ...]:
     from crossrec_cli.evaluation.ranking import SCORE_DTYPES
 
     return SCORE_DTYPES
+
+
+class OneOf:
+    """A key whose values are the names of a table (a ``Registry`` or a dict), read when a value
+    is checked so that a newly registered name is accepted without touching this file:
+    ``OneOf("crossrec_cli.models.projection:PROJECTIONS")``; ``extra`` names come first."""
+
+    def __init__(self, table: str, *extra: str, skip: tuple[str, ...] = ()):
+        self.table, self.extra, self.skip = table, extra, skip
+
+    def names(self) -> list[str]:
+        module, _, attr = self.table.partition(":")
+        table = getattr(importlib.import_module(module), attr)
+        names = table.names() if hasattr(table, "names") else list(table)
+        return [*self.extra, *(n for n in names if n not in self.skip)]
+
+    def __call__(self, value: Any) -> bool:
+        return isinstance(value, str) and value in self.names()
+
+    def __str__(self) -> str:
+        names = self.names()
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _choice(table: str, *extra: str, example: str, skip: tuple[str, ...] = ()) -> tuple[OneOf, OneOf, str]:
+    """A CHECKS entry for a name-valued key."""
+    one = OneOf(table, *extra, skip=skip)
+    return one, one, example
 
 
 def _positive(value: Any) -> bool:
@@ -77,7 +100,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "eval.score_dtype": (lambda v: v in _score_dtypes(), "float32 or float64", "float32"),
     "eval.valid_users": (lambda v: v is None or _int(v, 1), "null or a positive integer", "2000"),
     "eval.index": (lambda v: v in ("exact", "faiss"), "exact or faiss", "exact"),
-    "eval.faiss.kind": (lambda v: v in ("flat", "ivf", "hnsw"), "flat, ivf or hnsw", "flat"),
+    "eval.faiss.kind": _choice("crossrec_cli.evaluation.index:INDEXES", skip=("exact",), example="flat"),
     "eval.faiss.nlist": (lambda v: v is None or _int(v, 1), "null or a positive integer", "null"),
     "eval.faiss.nprobe": (lambda v: _int(v, 1), "a positive integer", "16"),
     "eval.faiss.hnsw_m": (lambda v: _int(v, 2), "an integer >= 2", "32"),
@@ -103,16 +126,18 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
                           "null or a number in [0, 1)", "0.0"),
     "model.layers": (lambda v: _int(v, 1), "a positive integer", "2"),
     "model.heads": (lambda v: _int(v, 1), "a positive integer", "2"),
-    "model.readout": (lambda v: v in ("last", "mean"), "last or mean", "last"),
-    "model.positions": (lambda v: v in ("end", "start"), "end or start", "end"),
-    "model.score": (lambda v: v in ("auto", *_scores()), "auto, dot or cosine", "auto"),
+    "model.readout": _choice("crossrec_cli.models.seqrec:READOUTS", example="last"),
+    "model.positions": _choice("crossrec_cli.models.seqrec:POSITIONS", example="end"),
+    "model.score": _choice("crossrec_cli.models.seqrec:SCORES", "auto", example="auto"),
     "model.features": (lambda v: v is None or (isinstance(v, list) and all(isinstance(n, str) for n in v)),
                        "null or a list of item feature names", "[text,id]"),
     "model.fusion": (lambda v: isinstance(v, str), "a fusion method name", "sum"),
     "model.feature_settings": (lambda v: v is None or (isinstance(v, dict) and all(isinstance(x, dict) for x in v.values())),
                                "null or a mapping feature -> settings", "{kg:{neighbors:16}}"),
-    "model.projection": (lambda v: v in ("linear", "mlp", "whiten", "moe"), "linear, mlp, whiten or moe", "linear"),
-    "model.text_norm": (lambda v: v in ("none", "center", "standardize"), "none, center or standardize", "none"),
+    "model.projection": _choice("crossrec_cli.models.projection:PROJECTIONS", example="mlp"),
+    "model.text_norm": _choice("crossrec_cli.models.features.text:TEXT_NORMS", example="none"),
+    "backbone.kind": _choice("crossrec_cli.models.backbone:KINDS", "none", example="encoder"),
+    "backbone.pooling": _choice("crossrec_cli.models.encode:POOLINGS", example="mean"),
     "model.experts": (lambda v: _int(v, 1), "a positive integer", "8"),
     "model.init_std": (_positive, "a number > 0", "0.02"),
     "model.norm_first": (lambda v: isinstance(v, bool), "true or false", "false"),

@@ -84,3 +84,43 @@ def test_recipes_ask_adapters_what_they_can_do_instead_of_comparing_names():
     assert sorted(m for m in fam if fam[m].mergeable(m)) == ["adalora", "full", "ia3", "lora"]
     assert sorted(m for m in fam if not fam[m].named_adapters_problem(m)) == ["adapter", "ia3", "lora", "prefix"]
     assert sorted(m for m in fam if not fam[m].separate_weights(m)) == ["frozen", "full"]
+
+
+def test_config_check_takes_choices_from_the_tables_that_build_them(monkeypatch):
+    """model.projection (like readout, positions, score, text_norm, backbone.kind / pooling) is
+    checked against its table when the value is read: a projection registered by a plugin is
+    accepted with no edit to config_check, and the error for a wrong name lists it."""
+    from torch import nn
+
+    from crossrec_cli.config_check import check_common
+    from crossrec_cli.models.projection import PROJECTIONS, build_projection
+
+    monkeypatch.setitem(PROJECTIONS._items, "identity", lambda d_in, d_out, experts, dropout: nn.Identity())
+    check_common({"model": {"name": "seqrec", "projection": "identity"}})
+    assert isinstance(build_projection("identity", 4, 4), nn.Identity)
+    with pytest.raises(CrossrecError) as err:
+        check_common({"model": {"name": "seqrec", "projection": "mpl"}})
+    assert err.value.one_line() == ("error: model.projection: expected linear, mlp, whiten, moe or identity, "
+                                    "got 'mpl'; e.g. model.projection=mlp")
+    with pytest.raises(CrossrecError, match="backbone.pooling: expected mean, cls or last, got 'max'"):
+        check_common({"backbone": {"pooling": "max"}})
+
+
+def test_a_text_perturbation_is_one_registered_function(monkeypatch):
+    """``@text_perturbation`` registers a TextJob -> texts function that `perturbed_texts` (and so
+    `evaluate robustness=[...]`) runs; an attack on vectors is not a text perturbation."""
+    from types import SimpleNamespace
+
+    from crossrec_cli.evaluation import robustness as rb
+
+    monkeypatch.setattr(rb.PERTURBATIONS, "_items", dict(rb.PERTURBATIONS._items))
+    rb.text_perturbation("upper")(lambda job: [t.upper() for t in job.texts])
+    domain = SimpleNamespace(item_text=["a b", "c"], item_columns={"item": ["1", "2"], "title": ["a b", "c"]})
+    spec = SimpleNamespace(text_fields=None, item_field="item", text_template=None)
+    assert rb.parse(["upper", "fgsm:0.1"]) == [("upper", None), ("fgsm", "0.1")]
+    assert rb.perturbed_texts(domain, spec, "upper", None, 0) == ["A B", "C"]
+    assert rb.PERTURBATIONS.get("upper").reads_text and not rb.PERTURBATIONS.get("fgsm").reads_text
+    with pytest.raises(CrossrecError, match="fgsm does not perturb texts"):
+        rb.perturbed_texts(domain, spec, "fgsm", "0.1", 0)
+    with pytest.raises(CrossrecError, match="unknown perturbation 'uper'"):
+        rb.parse(["uper"])

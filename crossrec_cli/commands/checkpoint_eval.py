@@ -89,30 +89,19 @@ def robustness(cfg: DictConfig, mcfg: DictConfig, model: SeqRec, spec: DomainSpe
     """``robustness=[...]``: the test split again under each perturbation (evaluation/robustness.py):
     {perturbation: {"metrics": ..., "drop": relative change per metric}}, the clean metrics kept."""
     from crossrec_cli.evaluation import robustness as rb
-    from crossrec_cli.models.features import Catalogue
 
-    topk, out = list(mcfg.eval.topk), {}
     specs = rb.parse(list(cfg.robustness))
-    if any(name != "fgsm" for name, _ in specs) and "text" not in model.features:
+    if "text" not in model.features and any(rb.PERTURBATIONS.get(name).reads_text for name, _ in specs):
+        vector_only = [n for n, p in rb.PERTURBATIONS.items() if not p.reads_text]
         raise CrossrecError("robustness", "text perturbations need a model that reads item text",
-                            "use fgsm:EPS alone for this run, or a run with a backbone")
-    if model.backbone_trains and any(name == "fgsm" for name, _ in specs):
-        model.refresh(spec.name)
-    cache = model.cache_vectors
+                            f"use {' or '.join(vector_only)} alone for this run, or a run with a backbone")
+    probe = rb.Probe(model, spec.name, domain, spec, split, list(mcfg.eval.topk), bool(mcfg.eval.exclude_seen),
+                     int(mcfg.eval.batch_size), int(cfg.seed),
+                     lambda: evaluate_model(mcfg, model, spec.name, split, refresh=True, parts=("test",))["test"])
+    out = {}
     for name, arg in specs:
         label = f"{name}:{arg}" if arg else name
-        if name == "fgsm":
-            items = rb.fgsm_items(model, spec.name, split.test, float(arg or 0.1), mcfg.eval.batch_size)
-            got = rb.score_with_items(model, items, split.test, topk, bool(mcfg.eval.exclude_seen), mcfg.eval.batch_size)
-        else:
-            texts = rb.perturbed_texts(domain, spec, name, arg, int(cfg.seed))
-            model.cache_vectors = False  # perturbed texts never go to the disk cache
-            model.add_catalogue(spec.name, Catalogue(domain.n_items, {**domain.item_features, "text": texts}))
-            try:
-                got = evaluate_model(mcfg, model, spec.name, split, refresh=True, parts=("test",))["test"]
-            finally:
-                model.cache_vectors = cache
-                model.add_catalogue(spec.name, Catalogue.of(domain))
+        got = rb.PERTURBATIONS.get(name).metrics(probe, arg)
         out[label] = {"metrics": got, "drop": rb.relative_drop(clean, got)}
         log.info("robustness %s: test ndcg@10 %.4f (%+.1f%%)", label, got.get("ndcg@10", float("nan")),
                  100 * out[label]["drop"].get("ndcg@10", float("nan")))

@@ -37,7 +37,7 @@ from crossrec_cli.adapters import ADAPTERS
 from crossrec_cli.tasks.classifiers import CLASSIFIERS, ClassifyJob, reads_backbone, trains_adapter
 from crossrec_cli.tasks.examples import PreferenceData, preference_data, sample
 from crossrec_cli.tasks.metrics import mean_std
-from crossrec_cli.tasks.preference import ScorerSpec, run_preference, run_transfer
+from crossrec_cli.tasks.preference import SCORERS, ScorerSpec, run_preference, run_transfer, wanted_scorer
 from crossrec_cli.tasks.train import TrainSettings
 from crossrec_cli.training.loggers import Logger
 
@@ -128,7 +128,7 @@ def adapter_of(cfg: DictConfig, decoder_yes_no: bool) -> tuple[str, dict]:
 
 def scorer_spec(cfg: DictConfig, kind: str, device: str) -> ScorerSpec:
     t = cfg.task
-    yes_no = kind == "decoder" and t.scorer in ("auto", "yes_no")
+    yes_no = wanted_scorer(t.scorer, kind) == "yes_no" and kind in SCORERS.get("yes_no").backbones
     method, hparams = adapter_of(cfg, yes_no)
     head = plain_dict(t.get("head"))  # task files written before task.head take the defaults
     keys = {"type": "head", "calibrate": "calibrate", "l2": "l2", "scale_l2": "scale_l2", "correction": "correction",

@@ -9,6 +9,10 @@ with the next or replaced), ``shuffle`` (the words of each text in random order)
 gradient direction and eps x the vector's norm long, that raises the test examples'
 cross-entropy, computed from the test examples themselves (a white-box, worst-case probe).
 The report gives every metric per perturbation and its relative drop from the clean metric.
+
+A perturbation is one entry of ``PERTURBATIONS`` with ``metrics(probe, arg)``: a text one is a
+function TextJob -> texts registered with ``@text_perturbation(name)``; an attack on the vectors
+registers an object of its own (``Fgsm``), with ``reads_text = False``.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,8 +43,65 @@ class TextJob:
     arg: str | None
 
 
-PERTURBATIONS: Registry[Callable[[TextJob], list[str]]] = Registry("perturbation", "robustness", None)
+@dataclass
+class Probe:
+    """What a perturbation ranks: a trained model, one domain and its split. ``rank_test()``
+    ranks the test split with the model's current catalogue, item vectors refreshed."""
+
+    model: Any
+    key: str
+    domain: Any
+    spec: Any
+    split: Any
+    topk: list[int]
+    exclude_seen: bool
+    batch_size: int
+    seed: int
+    rank_test: Callable[[], dict[str, float]]
+
+
+class Perturbation(Protocol):
+    reads_text: bool  # the model must read item text
+
+    def metrics(self, probe: Probe, arg: str | None) -> dict[str, float]: ...
+
+
+PERTURBATIONS: Registry[Perturbation] = Registry("perturbation", "robustness", None)
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
+
+
+class TextPerturbation:
+    """Every item's text re-rendered by ``render``, the test split ranked with those texts (never
+    cached on disk), the clean catalogue put back after."""
+
+    reads_text = True
+
+    def __init__(self, name: str, render: Callable[[TextJob], list[str]]):
+        self.name, self.render = name, render  # the name seeds the perturbation's rng
+
+    def metrics(self, probe: Probe, arg: str | None) -> dict[str, float]:
+        from crossrec_cli.models.features import Catalogue
+
+        texts = perturbed_texts(probe.domain, probe.spec, self.name, arg, probe.seed)
+        model, cache = probe.model, probe.model.cache_vectors
+        model.cache_vectors = False  # perturbed texts never go to the disk cache
+        model.add_catalogue(probe.key, Catalogue(probe.domain.n_items, {**probe.domain.item_features, "text": texts}))
+        try:
+            return probe.rank_test()
+        finally:
+            model.cache_vectors = cache
+            model.add_catalogue(probe.key, Catalogue.of(probe.domain))
+
+
+def text_perturbation(*names: str) -> Callable[[Callable[[TextJob], list[str]]], Callable[[TextJob], list[str]]]:
+    """Decorator: register a TextJob -> texts function under ``names``."""
+
+    def add(render: Callable[[TextJob], list[str]]) -> Callable[[TextJob], list[str]]:
+        for name in names:
+            PERTURBATIONS.add(name, TextPerturbation(name, render))
+        return render
+
+    return add
 
 
 def _rate(arg: str | None, default: float) -> float:
@@ -53,7 +114,7 @@ def _rate(arg: str | None, default: float) -> float:
     return p
 
 
-@PERTURBATIONS.register("typos")
+@text_perturbation("typos")
 def typos(job: TextJob) -> list[str]:
     p = _rate(job.arg, 0.1)
     out = []
@@ -78,7 +139,7 @@ def typos(job: TextJob) -> list[str]:
     return out
 
 
-@PERTURBATIONS.register("shuffle")
+@text_perturbation("shuffle")
 def shuffle(job: TextJob) -> list[str]:
     out = []
     for text in job.texts:
@@ -88,7 +149,7 @@ def shuffle(job: TextJob) -> list[str]:
     return out
 
 
-@PERTURBATIONS.register("drop")
+@text_perturbation("drop")
 def drop(job: TextJob) -> list[str]:
     if job.arg not in job.fields:
         raise CrossrecError("robustness", f"drop:{job.arg} names no text field", f"text fields: {job.fields}")
@@ -96,7 +157,7 @@ def drop(job: TextJob) -> list[str]:
     return [render_text(cols, job.fields, job.template, r) or job.texts[r] for r in range(len(job.texts))]
 
 
-@PERTURBATIONS.register("title_only")
+@text_perturbation("title_only")
 def title_only(job: TextJob) -> list[str]:
     return [render_text(job.columns, job.fields[:1], None, r) or job.texts[r] for r in range(len(job.texts))]
 
@@ -106,8 +167,7 @@ def parse(specs: list[str]) -> list[tuple[str, str | None]]:
     out = []
     for s in specs:
         name, _, arg = str(s).partition(":")
-        if name != "fgsm":
-            PERTURBATIONS.get(name, "robustness")
+        PERTURBATIONS.get(name, "robustness")
         out.append((name, arg or None))
     return out
 
@@ -116,7 +176,10 @@ def perturbed_texts(domain: Any, spec: Any, name: str, arg: str | None, seed: in
     fields = list(spec.text_fields or [c for c in domain.item_columns if c != spec.item_field])
     job = TextJob(list(domain.item_text), domain.item_columns, fields, spec.text_template,
                   random.Random(f"{seed}:{name}:{arg}"), arg)
-    return PERTURBATIONS.get(name, "robustness")(job)
+    perturbation = PERTURBATIONS.get(name, "robustness")
+    if not isinstance(perturbation, TextPerturbation):
+        raise CrossrecError("robustness", f"{name} does not perturb texts", "name a text perturbation, e.g. typos:0.1")
+    return perturbation.render(job)
 
 
 def fgsm_items(model: Any, key: str, evalset: Any, epsilon: float, batch_size: int = 256) -> torch.Tensor:
@@ -142,6 +205,21 @@ def fgsm_items(model: Any, key: str, evalset: Any, epsilon: float, batch_size: i
     g = items.grad
     step = epsilon * base.norm(dim=-1, keepdim=True) * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return (base + step).detach()
+
+
+class Fgsm:
+    """``fgsm:eps`` (default 0.1): the test split ranked with ``fgsm_items``' item matrix."""
+
+    reads_text = False
+
+    def metrics(self, probe: Probe, arg: str | None) -> dict[str, float]:
+        if probe.model.backbone_trains:  # item vectors of the trained backbone, not stale ones
+            probe.model.refresh(probe.key)
+        items = fgsm_items(probe.model, probe.key, probe.split.test, float(arg or 0.1), probe.batch_size)
+        return score_with_items(probe.model, items, probe.split.test, probe.topk, probe.exclude_seen, probe.batch_size)
+
+
+PERTURBATIONS.add("fgsm", Fgsm())
 
 
 def relative_drop(clean: dict[str, float], got: dict[str, float]) -> dict[str, float]:

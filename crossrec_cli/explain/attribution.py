@@ -148,10 +148,11 @@ def token_attributions(scorer: Scorer, user: torch.Tensor, text: str, n_steps: i
     ref = torch.where(special.unsqueeze(0), ids, torch.full_like(ids, pad))
 
     def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        from crossrec_cli.models.backbone import last_hidden
         from crossrec_cli.models.encode import pool
 
-        out = bb.model(input_ids=input_ids, attention_mask=attention_mask)
-        vec = pool(out.last_hidden_state, attention_mask, cfg.pooling)
+        hidden = last_hidden(bb.model, bb.kind, {"input_ids": input_ids, "attention_mask": attention_mask})
+        vec = pool(hidden, attention_mask, cfg.pooling)
         item = feat.proj(feat.normalise(scorer.key, vec))
         return model.logits(user.expand(len(item), -1), item).diagonal()
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.registry import Registry
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -31,8 +32,38 @@ class Backbone:
     tokenizer: Any
     hidden_size: int
     identity: str
-    kind: str  # "encoder" | "decoder"
+    kind: str  # a key of KINDS
     source: str  # folder or hub id it came from ("config" for random ones)
+
+
+@dataclass(frozen=True)
+class BackboneKind:
+    """What ``backbone.kind`` means: the transformers Auto class that loads the model, and whether
+    its last hidden states come from ``output_hidden_states`` (causal LM heads return logits)."""
+
+    auto_class: str
+    lm_head: bool
+
+    def auto(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.auto_class)
+
+    def hidden(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, T, H): the last layer's hidden states of ``model`` on a tokenised batch."""
+        out = model(**batch, output_hidden_states=self.lm_head)
+        return out.hidden_states[-1] if self.lm_head else out.last_hidden_state
+
+
+# backbone.kind (``none``, no language model at all, never reaches this module)
+KINDS: Registry[BackboneKind] = Registry("backbone kind", "backbone.kind")
+KINDS.add("encoder", BackboneKind("AutoModel", lm_head=False))
+KINDS.add("decoder", BackboneKind("AutoModelForCausalLM", lm_head=True))
+
+
+def last_hidden(model: nn.Module, kind: str, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T, H) hidden states of a ``kind`` backbone (or its adapted copy) on ``batch``."""
+    return KINDS.get(kind).hidden(model, batch)
 
 
 def byte_tokenizer() -> Any:
@@ -89,9 +120,10 @@ def build_backbone(
     ``config`` builds a randomly initialised model (seeded) with a byte-level tokenizer, no
     download; otherwise ``path``/``local`` name a folder or hub id (see ``resolve_source``).
     """
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoTokenizer
 
-    auto = AutoModelForCausalLM if kind == "decoder" else AutoModel
+    spec = KINDS.get(kind)
+    auto = spec.auto()
     if config is not None:
         tokenizer = byte_tokenizer()
         cfg = dict(config)
@@ -100,7 +132,7 @@ def build_backbone(
         hf_cfg = AutoConfig.for_model(model_type, **cfg)
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            model = auto.from_config(hf_cfg) if kind == "decoder" else AutoModel.from_config(hf_cfg, add_pooling_layer=False)
+            model = auto.from_config(hf_cfg) if spec.lm_head else auto.from_config(hf_cfg, add_pooling_layer=False)
         ident = "config:" + json.dumps({"model_type": model_type, **cfg, "seed": seed}, sort_keys=True)
         return Backbone(model, tokenizer, hf_cfg.hidden_size, ident, kind, "config")
     source = resolve_source(path, local)
@@ -116,7 +148,7 @@ def build_backbone(
     kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "use_safetensors": not gguf_file}
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
-    if kind != "decoder" and _is_bert_like(source, trust_remote_code):
+    if not spec.lm_head and _is_bert_like(source, trust_remote_code):
         kwargs["add_pooling_layer"] = False  # unused pooler breaks DDP and wastes memory
     from transformers.utils import logging as hf_logging
 

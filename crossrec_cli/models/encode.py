@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from crossrec_cli.io import atomic_write
-from crossrec_cli.models.backbone import Backbone
+from crossrec_cli.models.backbone import Backbone, last_hidden
+from crossrec_cli.registry import Registry
 
 
 def cache_dir() -> Path:
@@ -17,19 +19,33 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CROSSREC_CACHE", "~/.cache/crossrec")).expanduser()
 
 
+def _mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def _cls(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return hidden[:, 0]
+
+
+def _last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The last non-pad token, from the right (right padding) or the final column (left padding)."""
+    last = mask.long().sum(1) - 1
+    if mask.shape[1] and bool((mask[:, -1] == 1).all()) and bool((mask[:, 0] == 0).any()):
+        last = torch.full_like(last, mask.shape[1] - 1)  # left padding
+    return hidden[torch.arange(hidden.shape[0]), last.clamp_min(0)]
+
+
+# backbone.pooling: (hidden (B, T, H), mask (B, T)) -> (B, H)
+POOLINGS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("pooling", "backbone.pooling")
+POOLINGS.add("mean", _mean)
+POOLINGS.add("cls", _cls)
+POOLINGS.add("last", _last)
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
-    """hidden: (B, T, H), mask: (B, T) -> (B, H). ``last`` takes the last non-pad token."""
-    if how == "mean":
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
-    if how == "cls":
-        return hidden[:, 0]
-    if how == "last":
-        last = mask.long().sum(1) - 1
-        if mask.shape[1] and bool((mask[:, -1] == 1).all()) and bool((mask[:, 0] == 0).any()):
-            last = torch.full_like(last, mask.shape[1] - 1)  # left padding
-        return hidden[torch.arange(hidden.shape[0]), last.clamp_min(0)]
-    raise ValueError(f"unknown pooling {how!r}; expected mean, cls or last")
+    """hidden: (B, T, H), mask: (B, T) -> (B, H), pooled as ``POOLINGS[how]``."""
+    return POOLINGS.get(how)(hidden, mask)
 
 
 def tokenize(backbone: Backbone, texts: list[str], max_length: int) -> dict[str, torch.Tensor]:
@@ -49,8 +65,7 @@ def forward_pool(backbone: Backbone, texts: list[str], max_length: int, pooling:
     """Encode texts with gradients (if enabled): (len(texts), hidden)."""
     device = next(backbone.model.parameters()).device
     batch = {k: to_device(v, device) for k, v in tokenize(backbone, texts, max_length).items()}
-    out = backbone.model(**batch, output_hidden_states=backbone.kind == "decoder")
-    hidden = out.hidden_states[-1] if backbone.kind == "decoder" else out.last_hidden_state
+    hidden = last_hidden(backbone.model, backbone.kind, batch)
     mask = batch["attention_mask"]
     if hidden.shape[1] != mask.shape[1]:  # prompt-learning methods prepend virtual tokens
         extra = hidden.shape[1] - mask.shape[1]

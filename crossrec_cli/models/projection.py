@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossrec_cli.registry import Registry
+
 
 class Whitening(nn.Module):
     """(N, d_in) -> (N, d_out): ``lin(dropout(x) - b)``, UniSRec's PWLayer."""
@@ -68,15 +70,11 @@ def moe(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
     return MoEAdaptor(d_in, d_out, experts, dropout)
 
 
-PROJECTIONS: dict[str, Callable[[int, int, int, float], nn.Module]] = {
-    "linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe,
-}
+PROJECTIONS: Registry[Callable[[int, int, int, float], nn.Module]] = Registry("projection", "model.projection")
+for _name, _build in {"linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe}.items():
+    PROJECTIONS.add(_name, _build)
 
 
 def build_projection(name: str, d_in: int, d_out: int, experts: int = 8, dropout: float = 0.0) -> nn.Module:
     """The projection registered under ``name`` (``model.projection``)."""
-    if name not in PROJECTIONS:
-        from crossrec_cli.errors import CrossrecError
-
-        raise CrossrecError("model.projection", f"unknown projection {name!r}", f"expected one of {sorted(PROJECTIONS)}")
-    return PROJECTIONS[name](d_in, d_out, experts, dropout)
+    return PROJECTIONS.get(name)(d_in, d_out, experts, dropout)

@@ -20,6 +20,7 @@ from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.features import FEATURES, Catalogue, FeatureContext
 from crossrec_cli.models.fusion import build_fusion
 from crossrec_cli.models.init import init_weights
+from crossrec_cli.registry import Registry
 
 __all__ = ["SeqRec", "SeqRecConfig", "UserTower", "init_weights", "pad_histories", "seqrec_scorer"]
 
@@ -95,21 +96,37 @@ class UserTower(nn.Module):
         init_weights(self, cfg.init_std)
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        if self.cfg.readout == "mean":  # running mean over valid items, causal by construction
-            m = valid.unsqueeze(-1).to(h.dtype)
-            return (h * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+        return READOUTS.get(self.cfg.readout)(self, h, valid)
+
+    def attend(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The causal transformer's state at every position."""
         n = h.shape[1]
-        if self.cfg.positions == "start":  # left-padded rows: count valid items from the oldest
-            pos = self.pos((valid.long().cumsum(1) - 1).clamp_min(0))
-        else:
-            pos = self.pos.weight[-n:].unsqueeze(0)
-        x = self.drop(self.in_norm(h + pos))
+        x = self.drop(self.in_norm(h + POSITIONS.get(self.cfg.positions)(self.pos, valid)))
         causal = torch.ones(n, n, dtype=torch.bool, device=h.device).triu(1)
         blocked = causal.unsqueeze(0) | ~valid.unsqueeze(1)  # (B, L, L): True = may not attend
         blocked &= ~torch.eye(n, dtype=torch.bool, device=h.device)  # padded rows see themselves: no NaN
         mask = torch.zeros(blocked.shape, dtype=h.dtype, device=h.device).masked_fill(blocked, float("-inf"))
         mask = mask.repeat_interleave(self.cfg.heads, 0)
         return self.norm(self.encoder(x, mask=mask))
+
+
+def running_mean(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The mean of the valid items up to each position: causal by construction, no parameters."""
+    m = valid.unsqueeze(-1).to(h.dtype)
+    return (h * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
+
+
+# model.readout: (tower, item vectors (B, L, d), valid (B, L)) -> user states (B, L, d)
+READOUTS: Registry[Callable[[UserTower, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
+    "readout", "model.readout")
+READOUTS.add("last", UserTower.attend)
+READOUTS.add("mean", running_mean)
+
+# model.positions: (position table, valid (B, L)) -> position vectors, (1 or B, L, d)
+POSITIONS: Registry[Callable[[nn.Embedding, torch.Tensor], torch.Tensor]] = Registry("positions", "model.positions")
+POSITIONS.add("end", lambda pos, valid: pos.weight[-valid.shape[1]:].unsqueeze(0))  # the newest item is last
+# left-padded rows: count valid items from the oldest
+POSITIONS.add("start", lambda pos, valid: pos((valid.long().cumsum(1) - 1).clamp_min(0)))
 
 
 class SeqRec(nn.Module):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossrec_cli.models.backbone import Backbone
+from crossrec_cli.models.backbone import Backbone, last_hidden
 from crossrec_cli.models.encode import pool
 
 
@@ -64,8 +64,7 @@ class SequenceClassifier(nn.Module):
         batch = self.tokenizer(first, second if pair else None, padding=True, truncation=True,
                                max_length=self.max_length, return_tensors="pt")
         batch = {k: v.to(_device(self.head)) for k, v in batch.items()}
-        out = self.backbone(**batch, output_hidden_states=self.kind == "decoder")
-        hidden = out.hidden_states[-1] if self.kind == "decoder" else out.last_hidden_state
+        hidden = last_hidden(self.backbone, self.kind, batch)
         mask = batch["attention_mask"]
         if hidden.shape[1] != mask.shape[1]:  # prompt-learning adapters prepend virtual tokens
             mask = torch.cat([mask.new_ones(mask.shape[0], hidden.shape[1] - mask.shape[1]), mask], 1)
@@ -123,8 +122,7 @@ def embed_texts(model: nn.Module, tokenizer, kind: str, pooling: str, max_length
     """(len(texts), hidden) unit-norm pooled vectors, with gradients when enabled and the model trains."""
     batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
     batch = {k: v.to(_device(model)) for k, v in batch.items()}
-    out = model(**batch, output_hidden_states=kind == "decoder")
-    hidden = out.hidden_states[-1] if kind == "decoder" else out.last_hidden_state
+    hidden = last_hidden(model, kind, batch)
     return F.normalize(pool(hidden, batch["attention_mask"], pooling).float(), dim=-1)
 
 

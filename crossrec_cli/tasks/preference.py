@@ -20,6 +20,7 @@ from torch import nn
 from crossrec_cli.adapters import adapter_loss, adapter_step_hook, apply_adapter, param_counts
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.models.backbone import Backbone
+from crossrec_cli.registry import Registry
 from crossrec_cli.tasks.examples import (
     INPUT_TEMPLATE,
     INSTRUCTION,
@@ -35,8 +36,6 @@ from crossrec_cli.tasks.train import TrainSettings, fit, plan_steps, predict
 
 log = logging.getLogger("crossrec")
 
-SCORERS = ("auto", "head", "yes_no")
-HEADS = ("similarity", "pair")
 
 
 def _number(v: Any) -> bool:
@@ -89,8 +88,9 @@ class ScorerSpec:
             if not ok:
                 raise CrossrecError(f"task.{key}", f"invalid value {value!r}", f"expected {expected}")
 
-        check(self.scorer in SCORERS, "scorer", self.scorer, "auto, head or yes_no")
-        check(self.head in HEADS, "head.type", self.head, "similarity or pair")
+        choosable = ["auto", *(name for name, k in SCORERS.items() if k.trains)]
+        check(self.scorer in choosable, "scorer", self.scorer, ", ".join(choosable[:-1]) + " or " + choosable[-1])
+        check(self.head in HEADS, "head.type", self.head, " or ".join(HEADS))
         check(isinstance(self.calibrate, bool), "head.calibrate", self.calibrate, "true or false")
         for key in ("l2", "scale_l2"):
             check(_number(getattr(self, key)) and getattr(self, key) >= 0, f"head.{key}", getattr(self, key),
@@ -112,14 +112,45 @@ class ScorerSpec:
         return settings
 
     def resolved(self, kind: str, zero_shot: bool) -> str:
-        """The scorer this backbone kind gets: head | yes_no | similarity."""
+        """The scorer (a key of SCORERS) this backbone kind gets."""
         if zero_shot:
-            return "yes_no" if kind == "decoder" else "similarity"
-        want = self.scorer if self.scorer != "auto" else ("yes_no" if kind == "decoder" else "head")
-        if want == "yes_no" and kind != "decoder":
-            raise CrossrecError("task.scorer", "yes_no scoring needs a decoder backbone",
-                                "use scorer=head or backbone=smollm2")
+            return ZERO_SHOT_SCORER[kind]
+        want = wanted_scorer(self.scorer, kind)
+        if kind not in SCORERS.get(want, "task.scorer").backbones:
+            raise CrossrecError("task.scorer", f"{want} scoring needs a {' or '.join(SCORERS.get(want).backbones)} "
+                                "backbone", "use scorer=head or backbone=smollm2")
         return want
+
+
+@dataclass(frozen=True)
+class ScorerKind:
+    """One way of turning examples into P(like): which backbone kinds it runs on, whether it
+    trains, how it is built on a copied backbone (``build(bb, spec, zero_shot, total_steps)``, may
+    replace ``bb.model`` by its adapted copy) and what it reads (``inputs(scorer, examples)``)."""
+
+    backbones: tuple[str, ...]
+    trains: bool
+    build: Callable[[Backbone, ScorerSpec, bool, int | None], nn.Module]
+    inputs: Callable[[Scorer, list[PrefExample]], list[Any]]
+
+
+@dataclass(frozen=True)
+class HeadKind:
+    """``task.head.type`` of the ``head`` scorer: the module on the adapted encoder and its inputs."""
+
+    build: Callable[[Backbone, ScorerSpec], nn.Module]
+    inputs: Callable[[Scorer, list[PrefExample]], list[Any]]
+
+
+SCORERS: Registry[ScorerKind] = Registry("preference scorer", "task.scorer")
+HEADS: Registry[HeadKind] = Registry("preference head", "task.head.type")
+AUTO_SCORER = {"encoder": "head", "decoder": "yes_no"}  # task.scorer=auto, by backbone kind
+ZERO_SHOT_SCORER = {"encoder": "similarity", "decoder": "yes_no"}  # task.zero_shot=true, by backbone kind
+
+
+def wanted_scorer(setting: str, kind: str) -> str:
+    """``task.scorer`` with ``auto`` decided by the backbone kind."""
+    return AUTO_SCORER[kind] if setting == "auto" else setting
 
 
 @dataclass
@@ -131,19 +162,7 @@ class Scorer:
 
     def inputs(self, examples: list[PrefExample]) -> list[Any]:
         """What this scorer reads: text pairs, prompts, or (liked, disliked, candidate) lists."""
-        s = self.spec
-        if self.kind == "head" and s.head == "pair":
-            return [encoder_pair(ex, s.history_template) for ex in examples]
-        if self.kind in ("similarity", "head"):
-            for ex in examples:
-                if not ex.candidate:
-                    raise CrossrecError(ex.key, f"the {self.kind} scorer needs the candidate and history items",
-                                        "use TALLRec wording (User Preference: ... User Unpreference: ...), "
-                                        "task.head.type=pair or a decoder")
-            return [(tuple(ex.liked), tuple(ex.disliked), ex.candidate) for ex in examples]
-        tok = self.model.tokenizer
-        return [build_prompt(tok, ex.instruction or s.instruction, render_input(ex, s.input_template), s.prompt_style)
-                for ex in examples]
+        return SCORERS.get(self.kind).inputs(self, examples)
 
     def prob_like(self, examples: list[PrefExample]) -> np.ndarray:
         """(n,) P(like) for examples."""
@@ -159,31 +178,62 @@ def build_scorer(base: Backbone, spec: ScorerSpec, seed: int, zero_shot: bool = 
     kind = spec.resolved(base.kind, zero_shot)
     bb = dataclasses.replace(base, model=copy.deepcopy(base.model))
     torch.manual_seed(seed)
-    if kind == "similarity":
-        bb.model.requires_grad_(False)
-        model: nn.Module = SimilarityScorer(bb, spec.pooling, min(spec.max_length, spec.item_max_length))
-    elif kind == "yes_no":
-        yes, no = answer_token_ids(bb.tokenizer, list(spec.answers))
-        if not zero_shot:
-            bb.model = apply_adapter(bb.model, spec.adapter, total_steps=total_steps, **spec.adapter_hparams)
-        else:
-            bb.model.requires_grad_(False)
-        model = YesNoScorer(bb, yes, no, spec.max_length)
-    else:
-        bb.model = apply_adapter(bb.model, spec.adapter, total_steps=total_steps, **spec.adapter_hparams)
-        if spec.head == "similarity":
-            model = SimilarityHead(bb, spec.pooling, min(spec.max_length, spec.item_max_length),
-                                   correction=spec.correction, dropout=spec.dropout, l2=spec.l2,
-                                   scale_l2=spec.scale_l2)
-        else:
-            model = SequenceClassifier(bb, 2, spec.pooling, spec.max_length, spec.dropout)
+    model = SCORERS.get(kind).build(bb, spec, zero_shot, total_steps)
     model.to(torch.device(spec.device))
     return Scorer(model, kind, spec, bb.model)
 
 
+def _item_lists(scorer: Scorer, examples: list[PrefExample]) -> list[Any]:
+    for ex in examples:
+        if not ex.candidate:
+            raise CrossrecError(ex.key, f"the {scorer.kind} scorer needs the candidate and history items",
+                                "use TALLRec wording (User Preference: ... User Unpreference: ...), "
+                                "task.head.type=pair or a decoder")
+    return [(tuple(ex.liked), tuple(ex.disliked), ex.candidate) for ex in examples]
+
+
+def _prompts(scorer: Scorer, examples: list[PrefExample]) -> list[Any]:
+    s, tok = scorer.spec, scorer.model.tokenizer
+    return [build_prompt(tok, ex.instruction or s.instruction, render_input(ex, s.input_template), s.prompt_style)
+            for ex in examples]
+
+
+def _similarity(bb: Backbone, spec: ScorerSpec, zero_shot: bool, total_steps: int | None) -> nn.Module:
+    bb.model.requires_grad_(False)
+    return SimilarityScorer(bb, spec.pooling, min(spec.max_length, spec.item_max_length))
+
+
+def _yes_no(bb: Backbone, spec: ScorerSpec, zero_shot: bool, total_steps: int | None) -> nn.Module:
+    yes, no = answer_token_ids(bb.tokenizer, list(spec.answers))
+    if not zero_shot:
+        bb.model = apply_adapter(bb.model, spec.adapter, total_steps=total_steps, **spec.adapter_hparams)
+    else:
+        bb.model.requires_grad_(False)
+    return YesNoScorer(bb, yes, no, spec.max_length)
+
+
+def _head(bb: Backbone, spec: ScorerSpec, zero_shot: bool, total_steps: int | None) -> nn.Module:
+    bb.model = apply_adapter(bb.model, spec.adapter, total_steps=total_steps, **spec.adapter_hparams)
+    return HEADS.get(spec.head).build(bb, spec)
+
+
+SCORERS.add("similarity", ScorerKind(("encoder",), False, _similarity, _item_lists))  # zero-shot only
+SCORERS.add("head", ScorerKind(("encoder", "decoder"), True, _head,
+                               lambda scorer, examples: HEADS.get(scorer.spec.head).inputs(scorer, examples)))
+SCORERS.add("yes_no", ScorerKind(("decoder",), True, _yes_no, _prompts))
+HEADS.add("similarity", HeadKind(
+    lambda bb, spec: SimilarityHead(bb, spec.pooling, min(spec.max_length, spec.item_max_length),
+                                    correction=spec.correction, dropout=spec.dropout, l2=spec.l2,
+                                    scale_l2=spec.scale_l2),
+    _item_lists))
+HEADS.add("pair", HeadKind(
+    lambda bb, spec: SequenceClassifier(bb, 2, spec.pooling, spec.max_length, spec.dropout),
+    lambda scorer, examples: [encoder_pair(ex, scorer.spec.history_template) for ex in examples]))
+
+
 def train_scorer(scorer: Scorer, examples: list[PrefExample], settings: TrainSettings) -> list[float]:
     """Fit on examples (label 1 = like); returns per-epoch losses."""
-    if scorer.kind == "similarity" or not examples:
+    if not SCORERS.get(scorer.kind).trains or not examples:
         return []
     if not any(p.requires_grad for p in scorer.model.parameters()):
         raise CrossrecError("adapter", f"nothing trains with adapter {scorer.spec.adapter!r} and scorer {scorer.kind}",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.registry import Registry
 
 ALPACA = ("Below is an instruction that describes a task, paired with an input that provides further "
           "context. Write a response that appropriately completes the request.\n\n"
@@ -30,6 +32,23 @@ def answer_token_ids(tokenizer: Any, answers: list[str] | tuple[str, ...]) -> li
     return ids
 
 
+def _alpaca(tokenizer: Any, instruction: str, text: str) -> str:
+    return ALPACA.format(instruction=instruction, input=text)
+
+
+def _chat(tokenizer: Any, instruction: str, text: str) -> str:
+    if not getattr(tokenizer, "chat_template", None):
+        return _alpaca(tokenizer, instruction, text)
+    msgs = [{"role": "user", "content": f"{instruction}\n\n{text}"}]
+    return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+
+
+# task.prompt.style: (tokenizer, instruction, input text) -> the prompt
+PROMPT_STYLES: Registry[Callable[[Any, str, str], str]] = Registry("prompt style", "task.prompt.style")
+PROMPT_STYLES.add("chat", _chat)
+PROMPT_STYLES.add("alpaca", _alpaca)
+
+
 def build_prompt(tokenizer: Any, instruction: str, text: str, style: str = "chat") -> str:
     """The full prompt whose next token is the answer.
 
@@ -37,9 +56,4 @@ def build_prompt(tokenizer: Any, instruction: str, text: str, style: str = "chat
     with the generation prompt added, falling back to ``alpaca`` when it has none; ``alpaca``:
     TALLRec's Alpaca template.
     """
-    if style == "chat" and getattr(tokenizer, "chat_template", None):
-        msgs = [{"role": "user", "content": f"{instruction}\n\n{text}"}]
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    if style not in ("chat", "alpaca"):
-        raise CrossrecError("task.prompt.style", f"unknown prompt style {style!r}", "expected chat or alpaca")
-    return ALPACA.format(instruction=instruction, input=text)
+    return PROMPT_STYLES.get(style)(tokenizer, instruction, text)

@@ -6,12 +6,21 @@ backbone re-encodes the items each batch touches, with gradients, over the last 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from crossrec_cli.models.encode import cached_text_vectors, encode_texts, forward_pool
 from crossrec_cli.models.features.base import FEATURES, Catalogue, FeatureContext, ItemFeature
 from crossrec_cli.models.init import init_weights
 from crossrec_cli.models.projection import build_projection
+from crossrec_cli.registry import Registry
+
+# model.text_norm: (vectors (N, hidden), the catalogue's vectors (M, hidden)) -> (N, hidden)
+TEXT_NORMS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Registry("text norm", "model.text_norm")
+TEXT_NORMS.add("none", lambda base, ref: base)
+TEXT_NORMS.add("center", lambda base, ref: base - ref.mean(0))
+TEXT_NORMS.add("standardize", lambda base, ref: (base - ref.mean(0)) / (ref.std(0) + 1e-6))
 
 
 @FEATURES.register("text")
@@ -65,9 +74,4 @@ class TextFeature(ItemFeature):
         catalogue statistics, (N, hidden) -> (N, hidden). LM spaces are anisotropic (every item
         shares one large mean direction); removing it per domain also aligns domains for
         zero-shot transfer. Statistics come from the last refresh (no gradient)."""
-        norm = self.ctx.cfg.text_norm
-        if norm == "none":
-            return base
-        ref = self.base(key)
-        base = base - ref.mean(0)
-        return base / (ref.std(0) + 1e-6) if norm == "standardize" else base
+        return TEXT_NORMS.get(self.ctx.cfg.text_norm)(base, self.base(key))
