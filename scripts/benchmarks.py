@@ -36,7 +36,11 @@ DOT = "model.score=dot"
 # name -> (label, command and overrides); every row runs under the same protocol
 MODELS: dict[str, tuple[str, list[str]]] = {
     "popularity": ("popularity", ["evaluate", "model=popularity"]),
-    "text_zeroshot": ("text zero-shot (MiniLM, untrained)", ["evaluate", "model=text_zeroshot", "backbone=minilm"]),
+    "text_zeroshot": ("text zero-shot (MiniLM, untrained; defaults: centred, recency 0.9)",
+                      ["evaluate", "model=text_zeroshot", "backbone=minilm"]),
+    "text_zeroshot_raw": ("text zero-shot, raw LM vectors `model.text_norm=none model.recency=0.8` (the default before)",
+                          ["evaluate", "model=text_zeroshot", "backbone=minilm", "model.text_norm=none",
+                           "model.recency=0.8"]),
     "sasrec": ("SASRec (ids) `experiment=sasrec`", ["finetune", "experiment=sasrec"]),
     "sasrec_stride10": ("SASRec, overlapping windows `trainer.window_stride=10`",
                         ["finetune", "experiment=sasrec", "trainer.window_stride=10"]),

@@ -54,7 +54,8 @@ def main() -> None:
         subprocess.run([CLI, *args, f"hydra.run.dir={out}"], check=True, cwd=REPO)
         metrics = json.loads((out / "metrics.json").read_text())
         if "recency" in metrics:
-            label = label.replace(")", f", recency {metrics['recency']:g})")
+            norm = f", {metrics['text_norm']}" if metrics.get("text_norm", "none") != "none" else ""
+            label = label.replace(")", f", recency {metrics['recency']:g}{norm})")
         if args[0] == "evaluate" and any(a.startswith("run=") for a in args):
             label += " (re-evaluated)"  # the same trained weights, not a second training
         dirs[key] = out

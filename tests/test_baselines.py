@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli, run_inprocess
 from crossrec_cli.data.split import EvalSet
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.models.baselines import check_recency, mean_history_vectors, recency_weights
@@ -97,6 +97,53 @@ def test_cli_bad_recency_exits_2_with_one_line(tmp_path):
 def test_cli_records_recency(tmp_path):
     run_cli("evaluate", "model=text_zeroshot", "experiment=smoke", "model.recency=0.5", run_dir=tmp_path / "tz")
     m = read_metrics(tmp_path / "tz")
-    assert m["model"] == "text_zeroshot" and m["recency"] == 0.5
+    assert m["model"] == "text_zeroshot" and m["recency"] == 0.5 and m["text_norm"] == "center"
     run_cli("evaluate", "model=popularity", "experiment=smoke", run_dir=tmp_path / "pop")
     assert "recency" not in read_metrics(tmp_path / "pop")
+
+
+def test_text_norm_centres_the_catalogue_before_the_cosine():
+    """``model.text_norm=center`` for text_zeroshot: each item vector minus the catalogue's mean.
+    By hand: mean of a, b, c = (8/3, 2); centred a = (1/3, 2), b = (-8/3, 0), c = (7/3, -2).
+    History [b]: uncentred, b_n = (0, 1) is nearest a (cos 0.8, c: 0); centred, b's direction
+    (-1, 0) is nearest a (cos -1/3 / |(1/3, 2)| = -0.164) over c (cos -7/3 / 3.073 = -0.759)."""
+    from crossrec_cli.models.features.text import TEXT_NORMS
+
+    centred = TEXT_NORMS.get("center")(ITEMS, ITEMS)
+    assert torch.allclose(centred, torch.tensor([[1 / 3, 2.0], [-8 / 3, 0.0], [7 / 3, -2.0]]))
+    user = torch.nn.functional.normalize(mean_history_vectors(centred, evalset([B]))[0], dim=0)
+    cos = torch.nn.functional.normalize(centred, dim=-1) @ user
+    assert cos[A].item() == pytest.approx(-(1 / 3) / math.hypot(1 / 3, 2))
+    assert cos[C].item() == pytest.approx(-(7 / 3) / math.hypot(7 / 3, 2))
+    assert TEXT_NORMS.get("none")(ITEMS, ITEMS) is ITEMS
+
+
+def test_text_norm_reaches_the_scorer_and_metrics_json(tmp_path):
+    """``model.text_norm`` composed from the command line changes text_zeroshot's item matrix to
+    the centred catalogue (checked against the plain one, centred here), is recorded in
+    metrics.json, and a wrong value is one line naming the key."""
+    import torch.nn.functional as F
+
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands._common import load_domains
+    from crossrec_cli.commands.evaluate import baseline_scorer
+    from crossrec_cli.data import make_split
+
+    mats = {}
+    for norm in ("none", "center"):
+        cfg = compose("evaluate", ["model=text_zeroshot", "experiment=smoke", f"model.text_norm={norm}"], tmp_path / norm)
+        ((spec, domain),) = load_domains(cfg)
+        shared: dict = {}
+        _, mats[norm] = baseline_scorer(cfg, domain, make_split(domain, spec.order, spec.order_seed), shared)
+        raw = shared["backbone"]
+    from crossrec_cli.models.encode import cached_text_vectors
+
+    base = cached_text_vectors(raw, domain.item_text, cfg.backbone.max_length, cfg.backbone.pooling, cache=False)
+    assert torch.allclose(mats["none"], F.normalize(base, dim=-1), atol=1e-6)
+    assert torch.allclose(mats["center"], F.normalize(base - base.mean(0), dim=-1), atol=1e-6)
+    record = run_inprocess("evaluate", "model=text_zeroshot", "experiment=smoke", "model.text_norm=center",
+                           run_dir=tmp_path / "c")
+    assert record["text_norm"] == "center"
+    proc = run_cli("evaluate", "model=text_zeroshot", "experiment=smoke", "model.text_norm=centre",
+                   run_dir=tmp_path / "bad", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: model.text_norm: expected none, center")

@@ -45,6 +45,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise CrossrecError("model", f"{cfg.model.name!r} is not a baseline",
                             f"evaluate a trained model with run=<run dir>; baselines: {', '.join(BASELINES.names())}")
     extra = {"recency": float(cfg.model.recency)} if "recency" in cfg.model else {}  # checked by config_check
+    if "text_norm" in cfg.model:
+        extra["text_norm"] = str(cfg.model.text_norm)
     domains = load_domains(cfg)
     if cfg.eval.candidates and len(domains) != 1:
         raise CrossrecError("eval.candidates", "a candidate file needs exactly one domain", "pass one domain=")

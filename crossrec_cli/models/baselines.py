@@ -93,6 +93,7 @@ def text_zeroshot(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
     """Cosine between an item's LM vector and the recency-weighted mean of the history's."""
     from crossrec_cli.models.backbone import build_backbone, resolve_device
     from crossrec_cli.models.encode import cached_text_vectors
+    from crossrec_cli.models.features.text import TEXT_NORMS
 
     recency = check_recency(ctx.model.get("recency", 1.0))
     b = ctx.backbone
@@ -105,5 +106,6 @@ def text_zeroshot(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
         ctx.shared["backbone"].model.to(dev)
     items = cached_text_vectors(ctx.shared["backbone"], domain.item_text, b["max_length"], b["pooling"],
                                 cache=ctx.cache_vectors)
+    items = TEXT_NORMS.get(str(ctx.model.get("text_norm", "none")))(items, items)  # by this domain's own catalogue
     history = int(ctx.model.get("history", 50))
     return (lambda ev: mean_history_vectors(items, ev, history, recency)), F.normalize(items, dim=-1)
