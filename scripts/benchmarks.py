@@ -47,6 +47,8 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "sasrec_stride10_b256": ("SASRec, `trainer.window_stride=10 trainer.batch_size=256`",
                              ["finetune", "experiment=sasrec", "trainer.window_stride=10", "trainer.batch_size=256"]),
     "text_cosine": ("frozen MiniLM + towers (defaults: `model.score=auto`, cosine for text)", ["finetune"]),
+    "text_center_cosine": ("frozen MiniLM + towers, centred LM vectors `model.text_norm=center` (cosine)",
+                           ["finetune", "model.text_norm=center"]),
     "text_id_cosine": ("frozen MiniLM + ids `model.item_ids=true` (cosine)", ["finetune", "model.item_ids=true"]),
     "text_kg_cosine": ("frozen MiniLM + KG, gated `fusion=kg` (cosine)", ["finetune", "fusion=kg"]),
     # rows made when dot products were the default score for every item tower (DOT pins it)
@@ -274,10 +276,11 @@ def _genre_split() -> list[str]:
              "movies, ranked on every other movie (no shared item); seen items kept.", "",
              "| model | n | other test NDCG@10 (zero-shot) | other test R@10 | action test NDCG@10 (in-domain) |",
              "|---|---|---|---|---|"]
-    for base in ("popularity", "text_zeroshot"):
+    for base, label in (("popularity", "popularity"), ("text_zeroshot", "text_zeroshot (defaults: centred, recency 0.9)"),
+                        ("text_zeroshot_raw", "text_zeroshot, raw LM vectors, recency 0.8 (the default before)")):
         if (runs / f"{base}_kept" / "metrics.json").is_file():
             t = test(runs / f"{base}_kept" / "metrics.json")["other"]
-            lines.append(f"| {base} (untrained) | 1 | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | – |")
+            lines.append(f"| {label} (untrained) | 1 | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | – |")
     groups: dict[str, list[Path]] = {}
     for run in sorted(runs.glob("*_kept_s*")):
         if (run / "zeroshot_other" / "metrics.json").is_file():
