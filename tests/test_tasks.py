@@ -330,6 +330,22 @@ def test_similarity_head_needs_candidate_text():
         train_scorer(scorer, [ex], TrainSettings())
 
 
+def test_scorer_follows_the_backbone_kind():
+    """SCORERS: auto is head on an encoder and yes_no on a decoder; zero-shot is the similarity
+    scorer on an encoder; yes_no on an encoder is one line; the zero-shot-only similarity scorer
+    cannot be chosen for training."""
+    spec = ScorerSpec()
+    assert (spec.resolved("encoder", False), spec.resolved("decoder", False)) == ("head", "yes_no")
+    assert (spec.resolved("encoder", True), spec.resolved("decoder", True)) == ("similarity", "yes_no")
+    assert ScorerSpec(scorer="head").resolved("decoder", False) == "head"
+    with pytest.raises(CrossrecError) as err:
+        ScorerSpec(scorer="yes_no").resolved("encoder", False)
+    assert err.value.one_line() == ("error: task.scorer: yes_no scoring needs a decoder backbone; "
+                                    "use scorer=head or backbone=smollm2")
+    with pytest.raises(CrossrecError, match="expected auto, head or yes_no"):
+        ScorerSpec(scorer="similarity")
+
+
 @pytest.mark.parametrize("field, value, key", [
     ("scorer", "cosine", "task.scorer"),
     ("head", "mlp", "task.head.type"),
