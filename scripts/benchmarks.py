@@ -10,27 +10,42 @@ resumed, so the command can be repeated after an interruption), early-stopping o
 default protocol (seen items stay in the ranking, as in RecBole's sequential evaluation), then
 re-scores each trained run with seen items removed (`crossrec evaluate run=... eval.exclude_seen=true`,
 the setting of UniSRec / Recformer) into `<run>/seen_removed/`.
-`table` reads those run directories, and outputs/reference/<domain>.json written by
-`scripts/reference_recbole.py` (RecBole's SASRec on the same split), and writes a Markdown table
-of test Recall@10 / NDCG@10 / NDCG@50, mean ± std over seeds. Each training job runs with
-OMP_NUM_THREADS=1 so that seconds per epoch compare across rows.
+`table` first copies every result file (each run's metrics.json, outputs/reference/<domain>.json
+written by `scripts/reference_recbole.py` for RecBole's SASRec on the same split, the transfer,
+genre-split, item-vector and preference results) into docs/benchmark-records/, which is committed,
+then writes a Markdown table of test Recall@10 / NDCG@10 / NDCG@50, mean ± std over seeds, from
+those records alone: a fresh checkout regenerates the same table without re-running anything.
+docs/benchmark-records/carried.json holds the rows whose run directories were not kept (means and
+standard deviations over seeds 0..n-1); a new run of such a row adds seed n and beyond and is
+pooled with them. Each training job runs with OMP_NUM_THREADS=1 so that seconds per epoch compare
+across rows.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CLI = str(Path(sys.executable).parent / "crossrec")
-ROOT = REPO / "outputs" / "benchmarks"
+OUTPUTS = REPO / "outputs"
+ROOT = OUTPUTS / "benchmarks"
+RECORDS = REPO / "docs" / "benchmark-records"  # committed copies of the result files under outputs/
+# result files under outputs/ that the table reads (copied to RECORDS, same relative paths)
+RESULTS = ("benchmarks/*/*/seed*/metrics.json", "benchmarks/*/*/seed*/seen_removed/metrics.json", "reference/*.json",
+           "transfer/*/seed*/metrics.json", "genre_split/runs/*/metrics.json",
+           "genre_split/runs/*/zeroshot_other/metrics.json", "vectors/runs/*/seed*/metrics.json",
+           "bench_preference.json")
 
 DOT = "model.score=dot"
 # name -> (label, command and overrides); every row runs under the same protocol
@@ -110,6 +125,48 @@ def args_train(model: str) -> bool:
     return MODELS[model][1][0] == "finetune"
 
 
+def sync() -> int:
+    """Copy each result file under outputs/ into RECORDS (same relative path) when it is new or changed."""
+    copied = 0
+    for pattern in RESULTS:
+        for src in sorted(OUTPUTS.glob(pattern)):
+            dst = RECORDS / src.relative_to(OUTPUTS)
+            m = json.loads(src.read_text()) if src.name == "metrics.json" else {}
+            if src.name == "metrics.json" and "test" not in m and m.get("status") != "complete":
+                continue  # an interrupted run: nothing to record yet
+            if not dst.is_file() or dst.read_bytes() != src.read_bytes():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                copied += 1
+    return copied
+
+
+@dataclass(frozen=True)
+class Agg:
+    """Mean and sample standard deviation over n seeds; two aggregates of disjoint seeds pool exactly."""
+
+    n: int
+    mean: float
+    sd: float | None = None
+
+    @classmethod
+    def of(cls, values: list[float]) -> Agg | None:
+        if not values:
+            return None
+        return cls(len(values), statistics.mean(values), statistics.stdev(values) if len(values) > 1 else None)
+
+    def __add__(self, other: Agg | None) -> Agg:
+        if other is None:
+            return self
+        n = self.n + other.n
+        mean = (self.n * self.mean + other.n * other.mean) / n
+        squares = sum((a.n - 1) * (a.sd or 0.0) ** 2 + a.n * a.mean ** 2 for a in (self, other))
+        return Agg(n, mean, math.sqrt(max(squares - n * mean ** 2, 0.0) / (n - 1)))
+
+    def __str__(self) -> str:
+        return f"{self.mean:.4f}" if self.n == 1 or self.sd is None else f"{self.mean:.4f} ± {self.sd:.4f}"
+
+
 def _metrics(path: Path, domain: str) -> dict | None:
     if not path.is_file():
         return None
@@ -120,70 +177,115 @@ def _metrics(path: Path, domain: str) -> dict | None:
                                 "valid_ndcg@10": m["valid"][domain].get("ndcg@10")}
 
 
-def _fmt(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+def _fmt(values: list[float] | Agg | None) -> str:
+    agg = values if isinstance(values, Agg) or values is None else Agg.of(values)
+    return "–" if agg is None else str(agg)
+
+
+def _carried() -> dict:
+    path = RECORDS / "carried.json"
+    return json.loads(path.read_text()) if path.is_file() else {"domains": {}, "sections": {}}
+
+
+COLUMNS = ("valid_ndcg@10", "recall@10", "ndcg@10", "ndcg@50", "seen_removed", "best_epoch", "seconds_per_epoch")
+
+
+def _pool(carried: dict, runs: list[dict]) -> dict[str, Agg]:
+    """Per column: the carried aggregate (seeds 0..n-1) pooled with the values of later ``runs``."""
+    cols = {}
+    for col in COLUMNS:
+        new = Agg.of([r[col] for r in runs if r.get(col) is not None])
+        prev = Agg(carried["n"], *carried[col]) if col in carried else None
+        if prev or new:
+            cols[col] = (prev + new) if prev else new
+    return cols
+
+
+def _model(domain: str, model: str, carried: dict) -> tuple[int, dict[str, Agg], str | None]:
+    """Seeds, per-column aggregates and data fingerprint of one (domain, model): the carried
+    aggregate of seeds 0..n-1 pooled with the recorded runs of the later seeds."""
+    old = carried["domains"].get(domain, {}).get("models", {}).get(model, {})
+    first = old.get("n", 0)
+    runs = [r for r in sorted((RECORDS / "benchmarks" / domain / model).glob("seed*"))
+            if int(r.name.removeprefix("seed")) >= first and _metrics(r / "metrics.json", domain)]
+    ms = [_metrics(r / "metrics.json", domain) for r in runs]
+    for m, r in zip(ms, runs):
+        kept = _metrics(r / "seen_removed" / "metrics.json", domain)
+        if kept:
+            m["seen_removed"] = kept["ndcg@10"]
+    cols = _pool(old, ms)
+    sha = old.get("sha256")
+    if runs:
+        sha = json.loads((runs[0] / "metrics.json").read_text())["dataset"][domain]["sha256"][:16]
+    return first + len(runs), cols, sha
 
 
 def table(out: Path) -> None:
+    print(f"recorded {sync()} new result files in {RECORDS.relative_to(REPO)}")
+    carried = _carried()
     lines = ["# Benchmarks", "",
-             "Generated by `python scripts/benchmarks.py table` from the run directories of "
-             "`python scripts/benchmarks.py run` (and `scripts/reference_recbole.py` for RecBole's SASRec). "
+             "Generated by `python scripts/benchmarks.py table` from the result files of "
+             "`python scripts/benchmarks.py run` (and `scripts/reference_recbole.py` for RecBole's SASRec), "
+             "recorded in `docs/benchmark-records/`. "
              "Leave-one-out by time, full ranking over every item of the domain, test split, mean ± std over seeds "
              "(n = seeds). Training early-stops on valid NDCG@10 under crossrec's default protocol (already-seen "
              "items stay in the ranking, as in RecBole's evaluation of sequential models); the column "
              "\"seen removed\" re-scores the same weights with `eval.exclude_seen=true`. "
              "Seconds per epoch are training only, "
-             "one thread, on a shared 2-core CPU.", ""]
-    for domain in sorted(p.name for p in ROOT.iterdir() if p.is_dir()) if ROOT.is_dir() else []:
-        fp = None
+             "one thread, on a shared 2-core CPU. Rows run before the records were kept come from "
+             "`docs/benchmark-records/carried.json` (their means and deviations), pooled with any later seeds.", ""]
+    recorded = {p.name for p in (RECORDS / "benchmarks").iterdir() if p.is_dir()} if (RECORDS / "benchmarks").is_dir() else set()
+    for domain in sorted(recorded | set(carried["domains"])):
         lines += [f"## {domain}", "",
                   "| model | n | valid NDCG@10 | R@10 | NDCG@10 | NDCG@50 | NDCG@10 (seen removed) | best epoch | s/epoch |",
                   "|---|---|---|---|---|---|---|---|---|"]
-        ref = _reference_runs(domain)
+        ref = _reference(domain, carried)
         if ref:
-            lines.append(_reference_row(ref))
+            lines.append(_row("RecBole 1.2.1 SASRec (reference)", *ref))
         shas: dict[str, list[str]] = {}
         for model, (label, _) in MODELS.items():
             if model in FUSION_ONLY:
                 continue
-            runs = sorted((ROOT / domain / model).glob("seed*"))
-            ms = [m for m in (_metrics(r / "metrics.json", domain) for r in runs) if m]
-            if not ms:
+            n, cols, sha = _model(domain, model, carried)
+            if not n:
                 continue
-            fp = json.loads((runs[0] / "metrics.json").read_text())["dataset"][domain]
-            shas.setdefault(fp["sha256"][:16], []).append(model)
-            kept = [m["ndcg@10"] for m in (_metrics(r / "seen_removed" / "metrics.json", domain) for r in runs) if m]
-            lines.append(_row(label, [m["valid_ndcg@10"] for m in ms], ms, kept))
-        if fp:
+            shas.setdefault(sha, []).append(model)
+            lines.append(_row(label, n, cols))
+        data = _data(domain, carried)
+        if shas and data:
             if len(shas) == 1:
                 digest = f"sha256 `{next(iter(shas))}`"
             else:  # the same interactions, item text changed between runs (the fingerprint covers both)
                 digest = "; ".join(f"sha256 `{h}` for {', '.join(ms)}" for h, ms in shas.items())
-            lines += ["", f"Data: {fp['users']:,} users, {fp['items']:,} items, {fp['interactions']:,} interactions, "
+            lines += ["", f"Data: {data['users']:,} users, {data['items']:,} items, {data['interactions']:,} interactions, "
                           f"{digest}.", ""]
-        lines += _fusion(domain)
-    lines += _multimodal() + _transfer() + _genre_split() + _preference()
+        lines += _fusion(domain, carried)
+    lines += _multimodal(carried) + _transfer(carried) + _genre_split(carried) + _preference(carried)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
 
 
-def _transfer() -> list[str]:
+def _data(domain: str, carried: dict) -> dict | None:
+    for path in sorted((RECORDS / "benchmarks" / domain).glob("*/seed*/metrics.json")):
+        return json.loads(path.read_text())["dataset"][domain]
+    return carried["domains"].get(domain, {}).get("data")
+
+
+def _section(carried: dict, title: str, rows: list[str], *head: str) -> list[str]:
+    """Section ``title`` (``head``: its text and table header): the carried rows that no row generated
+    from the records replaces, then ``rows``; nothing when both are empty."""
+    fresh = {r.split("|")[1].strip() for r in rows}
+    rows = [r for k, r in carried["sections"].get(title, {}).get("rows", {}).items() if k not in fresh] + rows
+    return [title, "", *head, *rows, ""] if rows else []
+
+
+def _transfer(carried: dict) -> list[str]:
     """Rows from ``crossrec transfer experiment=<name>`` run directories under
     outputs/transfer/<name>/seed<k> (target test: zero-shot, adapted, control, lift)."""
-    root = REPO / "outputs" / "transfer"
-    if not root.is_dir():
-        return []
-    lines = ["## Transfer (`crossrec transfer experiment=<name>`)", "",
-             "Target test NDCG@10 of the model trained on the source only (zero-shot), then adapted on the target, "
-             "and of a control trained on the target only; lift = adapted / control - 1. Untrained references on the "
-             "target are in its table above.", "",
-             "| experiment | n | zero-shot | adapted | control | lift | best epochs (source / adapted / control) |",
-             "|---|---|---|---|---|---|---|"]
-    for exp in sorted(p.name for p in root.iterdir() if p.is_dir()):
+    root = RECORDS / "transfer"
+    title = "## Transfer (`crossrec transfer experiment=<name>`)"
+    rows = []
+    for exp in sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         recs = [json.loads(f.read_text()) for f in sorted((root / exp).glob("seed*/metrics.json"))]
         recs = [r for r in recs if r.get("status") == "complete"]
         if not recs:
@@ -200,18 +302,23 @@ def _transfer() -> list[str]:
         lift = [r["lift"]["ndcg@10"] for r in recs if isinstance(r.get("lift"), dict) and "ndcg@10" in r["lift"]]
         epochs = " / ".join(str(recs[0]["phases"].get(p, {}).get("best_epoch", "–")) for p in ("source", "adapted", "control"))
         name = f"`{exp.removesuffix('_dot')}`" + (" `model.score=dot`" if exp.endswith("_dot") else "")
-        lines.append(f"| {name} ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
-                     + f" | {_pct(lift)} | {epochs} |")
-    return lines + [""]
+        rows.append(f"| {name} ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
+                    + f" | {_pct(lift)} | {epochs} |")
+    return _section(carried, title, rows,
+            "Target test NDCG@10 of the model trained on the source only (zero-shot), then adapted on the target, "
+            "and of a control trained on the target only; lift = adapted / control - 1. Untrained references on the "
+            "target are in its table above.", "",
+            "| experiment | n | zero-shot | adapted | control | lift | best epochs (source / adapted / control) |",
+            "|---|---|---|---|---|---|---|")
 
 
-def _fusion(domain: str) -> list[str]:
+def _fusion(domain: str, carried: dict) -> list[str]:
     """The fusion grid of ``domain``: test NDCG@10 / R@10 and s/epoch per (features, method), over seeds."""
-    cells: dict[tuple[str, str], list[dict]] = {}
+    cells: dict[tuple[str, str], tuple[int, dict[str, Agg]]] = {}
     for cell, model in FUSION_CELLS.items():
-        ms = [m for m in (_metrics(r / "metrics.json", domain) for r in sorted((ROOT / domain / model).glob("seed*"))) if m]
-        if ms:
-            cells[cell] = ms
+        n, cols, _ = _model(domain, model, carried)
+        if n:
+            cells[cell] = (n, cols)
     if not any(f != "text" for f, _ in cells):
         return []
     lines = [f"### {domain}: fusion (`fusion=<method> model.features=[...]`)", "",
@@ -222,18 +329,21 @@ def _fusion(domain: str) -> list[str]:
     for feats in FUSION_FEATURES:
         row = []
         for method in FUSION_METHODS:
-            ms = cells.get((feats, method))
-            row.append("–" if not ms else
-                       f"{_fmt([m['ndcg@10'] for m in ms])} / {_fmt([m['recall@10'] for m in ms])}, "
-                       f"{statistics.mean(m['seconds_per_epoch'] for m in ms):.1f} s (n={len(ms)})")
+            if (feats, method) not in cells:
+                row.append("–")
+                continue
+            n, cols = cells[(feats, method)]
+            row.append(f"{_fmt(cols.get('ndcg@10'))} / {_fmt(cols.get('recall@10'))}, "
+                       f"{cols['seconds_per_epoch'].mean:.1f} s (n={n})")
         lines.append(f"| {feats.replace('_', ' + ')} | " + " | ".join(row) + " |")
     return lines + [""]
 
 
-def _multimodal() -> list[str]:
+def _multimodal(carried: dict) -> list[str]:
     """Text fused with a per-item vector file (outputs/vectors/runs/<name>/seed<k>, made with
     scripts/make_item_vectors.py and the command in its docstring): test metrics and mean gates."""
-    root = REPO / "outputs" / "vectors" / "runs"
+    root = RECORDS / "vectors" / "runs"
+    title = "## Multimodal: text + a per-item vector file (movies)"
     rows = []
     for run in sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
         recs = [json.loads(f.read_text()) for f in sorted(run.glob("seed*/metrics.json"))]
@@ -246,15 +356,12 @@ def _multimodal() -> list[str]:
                     f"| {_fmt([r['test'][dom]['ndcg@10'] for r in recs])} | {_fmt([r['test'][dom]['recall@10'] for r in recs])} "
                     f"| {', '.join(f'{f} {g:.2f}' for f, g in gates.items()) or '–'} "
                     f"| {statistics.mean(r['seconds_per_epoch'] for r in recs):.1f} |")
-    if not rows:
-        return []
-    return ["## Multimodal: text + a per-item vector file (movies)", "",
+    return _section(carried, title, rows,
             "`python scripts/make_item_vectors.py`: ml-100k's genre indicators and scaled release year per movie, "
             "declared as `vectors: {meta: ...}` in a copy of the movies domain, fused with the item text "
             "(`'model.features=[text,vectors:meta]' fusion=gated model.score=dot`); compare with the dot-score text row "
             "of the movies table. Gates: each feature's mean gate over the catalogue, mean over seeds.", "",
-            "| features, fusion | n | test NDCG@10 | test R@10 | mean gate | s/epoch |", "|---|---|---|---|---|---|",
-            *rows, ""]
+            "| features, fusion | n | test NDCG@10 | test R@10 | mean gate | s/epoch |", "|---|---|---|---|---|---|")
 
 
 def _pct(values: list[float]) -> str:
@@ -265,22 +372,17 @@ def _pct(values: list[float]) -> str:
     return f"{pct[0]:+.1f} %" if len(pct) == 1 else f"{statistics.mean(pct):+.1f} ± {statistics.stdev(pct):.1f} %"
 
 
-def _genre_split() -> list[str]:
+def _genre_split(carried: dict) -> list[str]:
     """Zero-shot rows from scripts/zeroshot_genre_split.py (outputs/genre_split/runs)."""
-    runs = REPO / "outputs" / "genre_split" / "runs"
-    if not runs.is_dir():
-        return []
+    runs = RECORDS / "genre_split" / "runs"
+    title = "## Zero-shot transfer: ml-100k 'action' -> 'other' genres"
     test = lambda p: json.loads(p.read_text())["test"]  # noqa: E731
-    lines = ["## Zero-shot transfer: ml-100k 'action' -> 'other' genres", "",
-             "`python scripts/zeroshot_genre_split.py`: trained on action / adventure / sci-fi / thriller / war / crime "
-             "movies, ranked on every other movie (no shared item); seen items kept.", "",
-             "| model | n | other test NDCG@10 (zero-shot) | other test R@10 | action test NDCG@10 (in-domain) |",
-             "|---|---|---|---|---|"]
+    rows = []
     for base, label in (("popularity", "popularity"), ("text_zeroshot", "text_zeroshot (defaults: centred, recency 0.9)"),
                         ("text_zeroshot_raw", "text_zeroshot, raw LM vectors, recency 0.8 (the default before)")):
         if (runs / f"{base}_kept" / "metrics.json").is_file():
             t = test(runs / f"{base}_kept" / "metrics.json")["other"]
-            lines.append(f"| {label} (untrained) | 1 | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | – |")
+            rows.append(f"| {label} (untrained) | 1 | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | – |")
     groups: dict[str, list[Path]] = {}
     for run in sorted(runs.glob("*_kept_s*")):
         if (run / "zeroshot_other" / "metrics.json").is_file():
@@ -289,44 +391,46 @@ def _genre_split() -> list[str]:
     for label, rs in groups.items():
         z = [test(r / "zeroshot_other" / "metrics.json")["other"] for r in rs]
         own = [test(r / "metrics.json")["action"]["ndcg@10"] for r in rs]
-        lines.append(f"| trained: {label.strip().replace('-', '=')} | {len(rs)} | {_fmt([m['ndcg@10'] for m in z])} "
-                     f"| {_fmt([m['recall@10'] for m in z])} | {_fmt(own)} |")
-    return lines + [""]
+        rows.append(f"| trained: {label.strip().replace('-', '=')} | {len(rs)} | {_fmt([m['ndcg@10'] for m in z])} "
+                    f"| {_fmt([m['recall@10'] for m in z])} | {_fmt(own)} |")
+    return _section(carried, title, rows,
+            "`python scripts/zeroshot_genre_split.py`: trained on action / adventure / sci-fi / thriller / war / crime "
+            "movies, ranked on every other movie (no shared item); seen items kept.", "",
+            "| model | n | other test NDCG@10 (zero-shot) | other test R@10 | action test NDCG@10 (in-domain) |",
+            "|---|---|---|---|---|")
 
 
-def _preference() -> list[str]:
+def _preference(carried: dict) -> list[str]:
     """Test AUC rows from scripts/bench_preference.py --out outputs/bench_preference.json."""
-    path = REPO / "outputs" / "bench_preference.json"
-    if not path.is_file():
-        return []
-    rows = json.loads(path.read_text())["rows"]
-    sizes = sorted({r["train_n"] for r in rows if r["train_n"]})
-    lines = ["## Preference (bundled movies, test AUC)", "",
-             "`python scripts/bench_preference.py`: like/dislike prediction, mean ± std over seeds.", "",
-             "| model | " + " | ".join(f"n={n}" if n else "zero-shot" for n in [0, *sizes]) + " |",
-             "|---|" + "---|" * (len(sizes) + 1)]
-    zero = [r["auc"] for r in rows if r["train_n"] == 0]
-    for model in sorted({r["model"] for r in rows if r["train_n"]}):
-        cells = [_fmt([r["auc"] for r in rows if r["model"] == model and r["train_n"] == n]) for n in sizes]
-        lines.append(f"| {model} | {_fmt(zero[:1])} | " + " | ".join(cells) + " |")
-    return lines + [""]
+    title = "## Preference (bundled movies, test AUC)"
+    path = RECORDS / "bench_preference.json"
+    rows, header = [], carried["sections"].get(title, {}).get("header")
+    if path.is_file():
+        recs = json.loads(path.read_text())["rows"]
+        sizes = sorted({r["train_n"] for r in recs if r["train_n"]})
+        header = "| model | " + " | ".join(f"n={n}" if n else "zero-shot" for n in [0, *sizes]) + " |"
+        zero = [r["auc"] for r in recs if r["train_n"] == 0]
+        for model in sorted({r["model"] for r in recs if r["train_n"]}):
+            cells = [_fmt([r["auc"] for r in recs if r["model"] == model and r["train_n"] == n]) for n in sizes]
+            rows.append(f"| {model} | {_fmt(zero[:1])} | " + " | ".join(cells) + " |")
+    return _section(carried, title, rows, "`python scripts/bench_preference.py`: like/dislike prediction, mean ± std "
+                    "over seeds.", "", header or "", "|---|" + "---|" * ((header or "||").count("|") - 2))
 
 
-def _row(label: str, valid_ndcg: list[float], tests: list[dict], seen_removed: list[float]) -> str:
-    """One Markdown row; ``tests`` are per-seed test metrics with best_epoch / seconds_per_epoch."""
-    col = lambda k: _fmt([t[k] for t in tests if k in t])  # noqa: E731
-    epochs = [t["best_epoch"] for t in tests if t.get("best_epoch")]
-    secs = [t["seconds_per_epoch"] for t in tests if t.get("seconds_per_epoch")]
-    timing = f"{statistics.mean(epochs):.0f} | {statistics.mean(secs):.1f}" if epochs and secs else "– | –"
-    return (f"| {label} | {len(tests)} | {_fmt(valid_ndcg)} | {col('recall@10')} | {col('ndcg@10')} "
-            f"| {col('ndcg@50')} | {_fmt(seen_removed)} | {timing} |")
+def _row(label: str, n: int, cols: dict[str, Agg]) -> str:
+    """One Markdown row from per-column aggregates over ``n`` seeds."""
+    col = lambda k: _fmt(cols.get(k))  # noqa: E731
+    timing = (f"{cols['best_epoch'].mean:.0f} | {cols['seconds_per_epoch'].mean:.1f}"
+              if "best_epoch" in cols and "seconds_per_epoch" in cols else "– | –")
+    return (f"| {label} | {n} | {col('valid_ndcg@10')} | {col('recall@10')} | {col('ndcg@10')} "
+            f"| {col('ndcg@50')} | {col('seen_removed')} | {timing} |")
 
 
 def _reference_runs(domain: str) -> list[dict]:
     """RecBole runs (one per seed) from every scripts/reference_recbole.py JSON of ``domain`` with
     seen items kept (``<domain>.json`` and e.g. ``<domain>.recbole_seed1.json`` from a run per seed)."""
     by_seed: dict[int, dict] = {}
-    for path in sorted((REPO / "outputs" / "reference").glob(f"{domain}*.json")):
+    for path in sorted((RECORDS / "reference").glob(f"{domain}*.json")):
         ref = json.loads(path.read_text())
         if ref.get("domain") != domain or ref.get("exclude_seen"):
             continue
@@ -336,12 +440,14 @@ def _reference_runs(domain: str) -> list[dict]:
     return [by_seed[k] for k in sorted(by_seed)]
 
 
-def _reference_row(runs: list[dict]) -> str:
-    """RecBole's SASRec row from scripts/reference_recbole.py's runs (per-seed test metrics)."""
-    tests = [r.get("test", {}) | {"best_epoch": r.get("best_epoch"), "seconds_per_epoch": r.get("seconds_per_epoch")}
-             for r in runs]
-    valid = [r["valid"]["ndcg@10"] for r in runs if "ndcg@10" in r.get("valid", {})]
-    return _row("RecBole 1.2.1 SASRec (reference)", valid, tests, [])
+def _reference(domain: str, carried: dict) -> tuple[int, dict[str, Agg]] | None:
+    """RecBole's SASRec: carried seeds 0..n-1 pooled with scripts/reference_recbole.py's later seeds."""
+    old = carried["domains"].get(domain, {}).get("models", {}).get("reference", {})
+    first = old.get("n", 0)
+    runs = [r for r in _reference_runs(domain) if int(r["seed"]) >= first]
+    tests = [r.get("test", {}) | {"best_epoch": r.get("best_epoch"), "seconds_per_epoch": r.get("seconds_per_epoch"),
+                                  "valid_ndcg@10": r.get("valid", {}).get("ndcg@10")} for r in runs]
+    return (first + len(runs), _pool(old, tests)) if first + len(runs) else None
 
 
 def main() -> None:
