@@ -73,7 +73,8 @@ class DomainAdversary(Adversary):
         for key in self.domains:
             n = m.n_items(key)
             idx = torch.randint(n, (min(self.k, n),), device=self.device)
-            vecs.append(m.item_matrix(key)[idx] if not m.backbone_trains else m.item_matrix(key, idx.unique())[idx])
+            items = m.item_matrix(key) if not m.backbone_trains else m.item_matrix(key, idx.unique())
+            vecs.append(m.tower_vectors(items)[idx])
         loss, acc = item_alignment_loss(m.aux["disc"], vecs)
         self.accuracies.append(acc)
         return loss

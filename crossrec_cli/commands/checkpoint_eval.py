@@ -20,7 +20,7 @@ from crossrec_cli.io import read_safetensors
 from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
 from crossrec_cli.commands.recsys import (
-    _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts,
+    _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts, text_prior,
 )
 from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -130,7 +130,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "evaluate", saved.model.name, "zero-shot" if unseen else model_mode(saved),
         "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
-        features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")), score=item_score(mcfg),
+        features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")), score=item_score(mcfg), **text_prior(mcfg),
         trainable_params=trainable, total_params=total, **({"fusion_gates": gates} if any(gates.values()) else {}),
         **extras_by_key(extras),
     )

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    adversary_of, build_model, early_stopping_sample, check_same_data, evaluate_model, item_features, item_score, load_init, model_mode, resume_dir, save_final, train_config,
+    adversary_of, build_model, early_stopping_sample, check_same_data, evaluate_model, item_features, item_score, load_init, model_mode, resume_dir, save_final, text_prior, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -75,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = metrics_record(
         "finetune", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed,
         result["dataset"], result["valid"], result["test"],
-        backbone=cfg.backbone.name, adapter=cfg.adapter.name, features=item_features(cfg), fusion=str(cfg.model.fusion), score=item_score(cfg),
+        backbone=cfg.backbone.name, adapter=cfg.adapter.name, features=item_features(cfg), fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg),
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         trainable_params=result["trainable_params"], total_params=result["total_params"],
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),

@@ -118,6 +118,12 @@ def item_score(cfg: DictConfig) -> str:
     return resolve_score(str(cfg.model.get("score", "dot")), item_features(cfg))
 
 
+def text_prior(cfg: DictConfig) -> dict[str, dict[str, float]]:
+    """metrics.json's ``text_prior`` entry (weight, recency) for a run with ``model.text_prior`` > 0, else nothing."""
+    weight = float(cfg.model.get("text_prior") or 0.0)
+    return {"text_prior": {"weight": weight, "recency": float(cfg.model.get("text_prior_recency", 0.9))}} if weight else {}
+
+
 def model_mode(cfg: DictConfig) -> str:
     """transductive when an item feature learns per-item parameters (item ids), else inductive."""
     return "transductive" if is_transductive(item_features(cfg)) else "inductive"

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, prefixed, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    adversary_of, build_model, early_stopping_sample, evaluate_model, item_features, item_score, load_best, load_init, load_matching, model_mode, param_counts, train_config,
+    adversary_of, build_model, early_stopping_sample, evaluate_model, item_features, item_score, load_best, load_init, load_matching, model_mode, param_counts, text_prior, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -182,7 +182,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         source=names(cfg.source), target=tname, target_fraction=float(cfg.target_fraction),
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         backbone=cfg.backbone.name, adapter=cfg.adapter.name,
-        features=used, fusion=str(cfg.model.fusion), score=item_score(cfg), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
+        features=used, fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete", **early_stopping_sample(cfg),
     )
     path = finish(cfg, record, logger)

@@ -203,7 +203,8 @@ def fgsm_items(model: Any, key: str, evalset: Any, epsilon: float, batch_size: i
         F.cross_entropy(logits, tgt, reduction="sum").backward()
     model.train(was)
     g = items.grad
-    step = epsilon * base.norm(dim=-1, keepdim=True) * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    g[..., model.cfg.dim:] = 0  # the text prior's columns (model.text_prior) are the language model's, not attacked
+    step = epsilon * model.tower_vectors(base).norm(dim=-1, keepdim=True) * g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     return (base + step).detach()
 
 

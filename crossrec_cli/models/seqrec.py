@@ -20,6 +20,7 @@ from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.features import FEATURES, Catalogue, FeatureContext
 from crossrec_cli.models.fusion import build_fusion
 from crossrec_cli.models.init import init_weights
+from crossrec_cli.models.prior import TextPrior
 from crossrec_cli.registry import Registry
 
 __all__ = ["SeqRec", "SeqRecConfig", "UserTower", "init_weights", "pad_histories", "seqrec_scorer"]
@@ -50,6 +51,8 @@ class SeqRecConfig:
     experts: int = 8  # projection=moe
     projection_dropout: float = 0.0  # dropout on the LM vectors before whiten / moe
     text_norm: str = "none"  # none | center | standardize: LM vectors by their domain's catalogue statistics
+    text_prior: float = 0.0  # weight of the untrained text scorer added to every logit (models/prior.py); 0 = off
+    text_prior_recency: float = 0.9  # its recency weighting over the history (model=text_zeroshot's default)
     pooling: str = "mean"
     max_length: int = 64
     encode_batch: int = 128
@@ -149,6 +152,10 @@ class SeqRec(nn.Module):
         self.fusion = build_fusion(cfg.fusion, names, cfg.dim, cfg.init_std)
         self.score = resolve_score(cfg.score, names)
         self.user = UserTower(cfg)
+        self.prior = TextPrior(cfg.text_prior, cfg.text_prior_recency) if cfg.text_prior else None
+        if self.prior is not None and "text" not in names:
+            raise CrossrecError("model.text_prior", f"{cfg.text_prior}, but the item tower reads no text ({names})",
+                                "set model.text_prior=0 or add text to model.features")
         self.catalogues: dict[str, Catalogue] = {}
         self.composites: dict[str, tuple[str, str]] = {}  # key -> (target, source) with shared users
 
@@ -221,18 +228,27 @@ class SeqRec(nn.Module):
 
     def item_matrix(self, key: str, fresh: torch.Tensor | None = None) -> torch.Tensor:
         """(N, dim) item vectors of a domain: its features fused. ``fresh`` (item indices) are
-        re-encoded with gradients through a training backbone; the rest come from the last refresh."""
+        re-encoded with gradients through a training backbone; the rest come from the last refresh.
+        With ``model.text_prior`` the text prior's item vectors follow as more columns (N, dim + hidden)."""
         if key in self.composites:
             t, src = self.composites[key]
             nt = self.n_items(t)
             ft = fs = None
             if fresh is not None:
                 ft, fs = fresh[fresh < nt], fresh[fresh >= nt] - nt
-            dom = self.domain_emb.weight
-            return torch.cat([self.item_matrix(t, ft) + dom[0], self.item_matrix(src, fs) + dom[1]])
+            target, source = self.item_matrix(t, ft), self.item_matrix(src, fs)
+            dom = F.pad(self.domain_emb.weight, (0, target.shape[1] - self.cfg.dim))  # the prior's columns stay
+            return torch.cat([target + dom[0], source + dom[1]])
         out = self.fusion([f(key, fresh) for f in self.features.values()], key)
         perturb = getattr(self, "item_perturb", None)  # adversarial training (adversarial/perturb.py)
-        return perturb(key, out) if perturb is not None else out
+        out = perturb(key, out) if perturb is not None else out
+        if self.prior is not None:
+            out = torch.cat([out, self.prior.items(self.features["text"].base(key)).to(out.dtype)], 1)
+        return out
+
+    def tower_vectors(self, items: torch.Tensor) -> torch.Tensor:
+        """The towers' own columns of ``item_matrix`` rows (without the text prior's)."""
+        return items[..., : self.cfg.dim]
 
     @torch.no_grad()
     def fusion_gates(self, key: str) -> dict[str, float] | None:
@@ -270,23 +286,34 @@ class SeqRec(nn.Module):
 
     # -- users and scores ----------------------------------------------------------------------
     def user_states(self, items: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
-        """items: (N, dim); hist: (B, L) item indices, -1 = padding (left) -> (B, L, dim)."""
+        """items: (N, dim) from ``item_matrix``; hist: (B, L) item indices, -1 = padding (left)
+        -> (B, L, dim), with the text prior's user states as more columns when it is on."""
         valid = hist >= 0
         h = items[hist.clamp_min(0)] * valid.unsqueeze(-1)
-        return self.user(h, valid)
+        if self.prior is None:
+            return self.user(h, valid)
+        return torch.cat([self.user(self.tower_vectors(h), valid), self.prior.users(h[..., self.cfg.dim:], valid)], -1)
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (..., dim) x items (M, dim) -> (..., M)."""
+        if self.prior is not None:
+            u, i = self.logit_vectors(users, items)
+            return u @ i.T
         u, i, t = SCORES[self.score](users, items, self.cfg.temperature)
         return u @ i.T / t
 
     def logit_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(u, i) with ``u @ i.T == logits(users, items)``: what a fused softmax loss multiplies."""
-        u, i, t = SCORES[self.score](users, items, self.cfg.temperature)
-        return u / t, i
+        d = self.cfg.dim
+        u, i, t = SCORES[self.score](users[..., :d], items[..., :d], self.cfg.temperature)
+        if self.prior is None:
+            return u / t, i
+        return torch.cat([u / t, self.prior.weight * users[..., d:]], -1), torch.cat([i, items[..., d:]], -1)
 
     def scoring_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors whose dot product ranks like ``logits`` (for the chunked evaluator)."""
+        if self.prior is not None:
+            return self.logit_vectors(users, items)
         return SCORES[self.score](users, items, self.cfg.temperature)[:2]
 
 def feature_names(cfg: SeqRecConfig | Any, has_backbone: bool) -> list[str]:

@@ -1,0 +1,51 @@
+"""``model.text_prior``: the untrained text scorer as a fixed term of every logit.
+
+A text model trained on one domain ranks a domain it never saw worse than the language model
+alone: its projection and user tower learn the training domain's distinctions and lose the
+geometry of the LM vectors. With ``model.text_prior=w`` (> 0), every logit gets ``w`` times the
+score of ``model=text_zeroshot`` with its defaults: the cosine between the recency-weighted mean
+of the history's LM vectors and the item's, both centred on their own catalogue and
+L2-normalised. The weight is fixed, so the towers learn what the language model misses in the
+training domain, and on a new domain the language model's ranking stays underneath theirs: an
+output-space ensemble with the zero-shot model, as in WiSE-FT (Wortsman et al., "Robust
+fine-tuning of zero-shot models", CVPR 2022, arXiv:2109.01903), here kept during training too.
+
+The prior adds no parameter; it rides along the towers' vectors as extra columns (items:
+``[fused vector, prior vector]``, users: ``[user state, prior state]``), so every consumer of
+``item_matrix`` / ``user_states`` / ``logits`` stays one matrix product.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from crossrec_cli.models.features.text import TEXT_NORMS
+
+
+class TextPrior:
+    """``weight`` x cos(recency-weighted mean of the history's centred LM vectors, the item's)."""
+
+    def __init__(self, weight: float, recency: float):
+        self.weight = float(weight)
+        self.recency = float(recency)
+
+    @staticmethod
+    def items(lm: torch.Tensor) -> torch.Tensor:
+        """(N, hidden) LM vectors of one catalogue -> centred on it, L2-normalised (no gradient)."""
+        lm = lm.detach().float()
+        return F.normalize(TEXT_NORMS.get("center")(lm, lm), dim=-1)
+
+    def users(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Prior item vectors of left-padded histories (B, L, hidden), zero at padding, and the
+        valid mask (B, L) -> (B, L, hidden): at each position the L2-normalised mean of the items
+        up to it, the newest weighing 1, the one before ``recency``, ... (causal)."""
+        total = torch.zeros_like(h[:, 0])
+        weight = torch.zeros_like(h[:, 0, :1])
+        out = []
+        m = valid.unsqueeze(-1).to(h.dtype)
+        for t in range(h.shape[1]):
+            total = self.recency * total + h[:, t]
+            weight = self.recency * weight + m[:, t]
+            out.append(total / weight.clamp_min(1e-12))
+        return F.normalize(torch.stack(out, 1), dim=-1)

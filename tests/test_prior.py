@@ -1,0 +1,78 @@
+"""``model.text_prior``: the untrained text scorer added to every logit of a trained model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import run_cli, run_inprocess
+from crossrec_cli.data.split import EvalSet
+from crossrec_cli.errors import CrossrecError
+from crossrec_cli.models.baselines import mean_history_vectors
+from crossrec_cli.models.prior import TextPrior
+from crossrec_cli.models.seqrec import SeqRec, SeqRecConfig, pad_histories
+from test_seqrec import _model
+
+
+def test_prior_user_state_by_hand():
+    """Recency 0.5 over e1, e2, e3 (newest last): (0.25 e1 + 0.5 e2 + 1 e3) / 1.75, normalised;
+    each earlier position sees only the items up to it; a padded position is zero."""
+    e = torch.eye(4)
+    h = torch.stack([torch.zeros(4), e[0], e[1], e[2]]).unsqueeze(0)
+    valid = torch.tensor([[False, True, True, True]])
+    out = TextPrior(1.0, 0.5).users(h, valid)[0]
+    newest = torch.tensor([0.25, 0.5, 1.0, 0.0])
+    assert torch.allclose(out[3], newest / newest.norm())
+    second = torch.tensor([0.5, 1.0, 0.0, 0.0])
+    assert torch.allclose(out[2], second / second.norm())
+    assert torch.allclose(out[1], e[0]) and torch.equal(out[0], torch.zeros(4))
+
+
+def test_prior_adds_weight_times_the_text_zeroshot_cosine():
+    """Same tower weights with and without the prior: the logits differ by exactly weight x the
+    cosine of model=text_zeroshot's user vector (mean_history_vectors over the catalogue's
+    centred LM vectors, recency 0.9) and the item's centred LM vector."""
+    plain, prior = _model(dropout=0.0).eval(), _model(dropout=0.0, text_prior=2.5).eval()
+    assert plain.state_dict().keys() == prior.state_dict().keys()  # no parameter added: old runs load
+    histories = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 8, 9]]  # the last one is longer than max_history=6
+    hist = pad_histories(histories, 6)
+    with torch.no_grad():
+        a = plain.logits(plain.user_states(plain.item_matrix("d"), hist)[:, -1], plain.item_matrix("d"))
+        items = prior.item_matrix("d")
+        b = prior.logits(prior.user_states(items, hist)[:, -1], items)
+    lm = plain.encoded["d"]
+    centred = lm - lm.mean(0)
+    users = F.normalize(mean_history_vectors(centred, EvalSet(np.zeros(3, dtype=int), [np.asarray(h) for h in histories], np.zeros(3, dtype=int)), history=6, recency=0.9), dim=-1)
+    zero_shot = users @ F.normalize(centred, dim=-1).T
+    assert torch.allclose(b - a, 2.5 * zero_shot, atol=1e-5)
+    # the loss's and the evaluator's vectors multiply to the same logits
+    u = prior.user_states(items, hist)[:, -1]
+    for left, right in (prior.logit_vectors(u, items), prior.scoring_vectors(u, items)):
+        assert torch.allclose(left @ right.T, b, atol=1e-5)
+
+
+def test_prior_gradients_reach_the_towers_not_the_language_model():
+    m = _model(text_prior=1.0)
+    items = m.item_matrix("d")
+    logits = m.logits(m.user_states(items, pad_histories([[1, 2, 3]], 6))[:, -1], items)
+    F.cross_entropy(logits, torch.tensor([4])).backward()
+    assert m.user.pos.weight.grad is not None and any(p.grad is not None for p in m.features["text"].proj.parameters())
+    assert items.shape == (30, 8 + 12) and not m.encoded["d"].requires_grad
+
+
+def test_prior_needs_item_text():
+    with pytest.raises(CrossrecError, match="model.text_prior"):
+        SeqRec(SeqRecConfig(dim=8, heads=2, item_ids=True, text_prior=1.0), None, backbone_trains=False)
+
+
+def test_cli_records_the_prior_and_refuses_a_negative_weight(tmp_path):
+    record = run_inprocess("finetune", "experiment=smoke", "model.text_prior=2", run_dir=tmp_path / "ok")
+    assert record["text_prior"] == {"weight": 2.0, "recency": 0.9}
+    again = run_inprocess("evaluate", f"run={tmp_path / 'ok'}", run_dir=tmp_path / "ev")
+    assert again["text_prior"] == record["text_prior"] and again["test"]["movies"]["ndcg@10"] == record["test"]["movies"]["ndcg@10"]
+    assert "text_prior" not in run_inprocess("finetune", "experiment=smoke", run_dir=tmp_path / "off")
+    proc = run_cli("finetune", "experiment=smoke", "model.text_prior=-1", run_dir=tmp_path / "bad", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: model.text_prior: expected a number >= 0 (0 = off), got -1; e.g. model.text_prior=2.0")
