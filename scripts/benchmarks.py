@@ -27,6 +27,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -64,6 +65,8 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "text_cosine": ("frozen MiniLM + towers (defaults: `model.score=auto`, cosine for text)", ["finetune"]),
     "text_center_cosine": ("frozen MiniLM + towers, centred LM vectors `model.text_norm=center` (cosine)",
                            ["finetune", "model.text_norm=center"]),
+    "text_prior2": ("frozen MiniLM + towers + the text zero-shot scorer in every logit `model.text_prior=2` (cosine)",
+                    ["finetune", "model.text_prior=2"]),
     "text_id_cosine": ("frozen MiniLM + ids `model.item_ids=true` (cosine)", ["finetune", "model.item_ids=true"]),
     "text_kg_cosine": ("frozen MiniLM + KG, gated `fusion=kg` (cosine)", ["finetune", "fusion=kg"]),
     # rows made when dot products were the default score for every item tower (DOT pins it)
@@ -271,11 +274,23 @@ def _data(domain: str, carried: dict) -> dict | None:
     return carried["domains"].get(domain, {}).get("data")
 
 
+def _carried_cells(row: str | None, k: int) -> tuple[int, list[Agg | None]]:
+    """A carried Markdown row's n and its first ``k`` value cells (mean ± std) as aggregates."""
+    if row is None:
+        return 0, [None] * k
+    cells = [c.strip() for c in row.strip().strip("|").split("|")]
+    n = int(cells[1])
+    values = [[float(x) for x in c.split(" ± ")] if c != "–" else None for c in cells[2:2 + k]]
+    return n, [Agg(n, *v) if v else None for v in values]
+
+
 def _section(carried: dict, title: str, rows: list[str], *head: str) -> list[str]:
-    """Section ``title`` (``head``: its text and table header): the carried rows that no row generated
-    from the records replaces, then ``rows``; nothing when both are empty."""
-    fresh = {r.split("|")[1].strip() for r in rows}
-    rows = [r for k, r in carried["sections"].get(title, {}).get("rows", {}).items() if k not in fresh] + rows
+    """Section ``title`` (``head``: its text and table header): the carried rows in their order, each
+    replaced by the row of ``rows`` with the same first cell, then the other ``rows``; nothing when
+    both are empty."""
+    fresh = {r.split("|")[1].strip(): r for r in rows}
+    old = carried["sections"].get(title, {}).get("rows", {})
+    rows = [fresh.get(k, r) for k, r in old.items()] + [r for k, r in fresh.items() if k not in old]
     return [title, "", *head, *rows, ""] if rows else []
 
 
@@ -383,16 +398,22 @@ def _genre_split(carried: dict) -> list[str]:
         if (runs / f"{base}_kept" / "metrics.json").is_file():
             t = test(runs / f"{base}_kept" / "metrics.json")["other"]
             rows.append(f"| {label} (untrained) | 1 | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | – |")
-    groups: dict[str, list[Path]] = {}
+    groups: dict[str, list[tuple[int, Path]]] = {}
     for run in sorted(runs.glob("*_kept_s*")):
         if (run / "zeroshot_other" / "metrics.json").is_file():
-            name, _, rest = run.name.partition("_kept_s")
-            groups.setdefault(name + rest[1:].replace("_", " ", 1), []).append(run)
-    for label, rs in groups.items():
+            name, seed, extra = re.fullmatch(r"(.*)_kept_s(\d+)(.*)", run.name).groups()
+            label = f"trained: {name}{extra.replace('_', ' ', 1)}".replace("-", "=")
+            groups.setdefault(label, []).append((int(seed), run))
+    old_rows = carried["sections"].get(title, {}).get("rows", {})
+    for label in dict.fromkeys([*(k for k in old_rows if k.startswith("trained: ")), *groups]):
+        n, old = _carried_cells(old_rows.get(label), 3)  # seeds 0..n-1 were carried
+        rs = [r for seed, r in groups.get(label, []) if seed >= n]
+        if not rs:
+            continue  # the carried row stands as it is
         z = [test(r / "zeroshot_other" / "metrics.json")["other"] for r in rs]
         own = [test(r / "metrics.json")["action"]["ndcg@10"] for r in rs]
-        rows.append(f"| trained: {label.strip().replace('-', '=')} | {len(rs)} | {_fmt([m['ndcg@10'] for m in z])} "
-                    f"| {_fmt([m['recall@10'] for m in z])} | {_fmt(own)} |")
+        cells = [Agg.of(v) + c if c else Agg.of(v) for v, c in zip(([m["ndcg@10"] for m in z], [m["recall@10"] for m in z], own), old)]
+        rows.append(f"| {label} | {n + len(rs)} | " + " | ".join(map(str, cells)) + " |")
     return _section(carried, title, rows,
             "`python scripts/zeroshot_genre_split.py`: trained on action / adventure / sci-fi / thriller / war / crime "
             "movies, ranked on every other movie (no shared item); seen items kept.", "",

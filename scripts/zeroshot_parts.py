@@ -9,9 +9,11 @@ RUN and with scorers that drop its parts one at a time, all cosine over the same
 - the whole model (user tower over projected items; what `crossrec evaluate run=RUN domain=DOMAIN`
   reports when the run scores by cosine);
 - the trained projection only (user = plain mean of the history's projected item vectors);
-- the language model only (user = mean of the raw LM vectors), centred on the catalogue or not,
-  with recency weights 1.0 or 0.9 (what `model=text_zeroshot` computes, up to the per-item
-  normalisation it applies before averaging).
+- the language model only (user = mean of the history's L2-normalised LM vectors, as
+  `model=text_zeroshot` computes it), centred on the catalogue or not, with recency weights 1.0
+  or 0.9 (the last row is `model=text_zeroshot` with its defaults);
+- the trained model plus w x that last scorer (w = 1, 2, 4): the output ensemble that
+  `model.text_prior=w` trains with (here added after training, for a run trained without it).
 
 Example: `python scripts/zeroshot_parts.py outputs/benchmarks/movies/text_cosine/seed0 music`.
 """
@@ -29,8 +31,9 @@ from rich.table import Table
 from crossrec_cli.cli import compose
 from crossrec_cli.commands.checkpoint_eval import load_run
 from crossrec_cli.data import make_split
+from crossrec_cli.data.split import EvalSet
 from crossrec_cli.evaluation.protocol import evaluate_split
-from crossrec_cli.models.baselines import recency_weights
+from crossrec_cli.models.baselines import mean_history_vectors
 from crossrec_cli.models.features.text import TEXT_NORMS
 from crossrec_cli.models.seqrec import pad_histories
 
@@ -54,31 +57,38 @@ def main() -> None:
         items = model.item_matrix(spec.name)  # (N, dim) the trained item vectors
     n = model.n_targets(spec.name)
 
-    def mean_of(vecs: torch.Tensor, recency: float) -> Callable[[torch.Tensor], torch.Tensor]:
-        def users(hist: torch.Tensor) -> torch.Tensor:
-            w = (hist >= 0).float() * recency_weights(hist.shape[1], recency)
-            return (vecs[hist.clamp_min(0)] * w.unsqueeze(-1)).sum(1) / w.sum(1, keepdim=True).clamp_min(1e-9)
-        return users
+    def mean_of(vecs: torch.Tensor, recency: float) -> Callable[[EvalSet], torch.Tensor]:
+        return lambda evalset: mean_history_vectors(vecs, evalset, model.cfg.max_history, recency)
 
-    def ndcg(user_fn: Callable[[torch.Tensor], torch.Tensor], item_vecs: torch.Tensor) -> tuple[float, float]:
-        @torch.no_grad()
-        def users(evalset) -> torch.Tensor:
-            out = [user_fn(pad_histories(evalset.histories[i:i + 256], model.cfg.max_history))
-                   for i in range(0, len(evalset), 256)]
-            return F.normalize(torch.cat(out), dim=-1)
+    @torch.no_grad()
+    def tower(evalset: EvalSet) -> torch.Tensor:
+        return torch.cat([model.user_states(items, pad_histories(evalset.histories[i:i + 256], model.cfg.max_history))[:, -1]
+                          for i in range(0, len(evalset), 256)])
 
-        res = evaluate_split(users, F.normalize(item_vecs[:n], dim=-1), split, [10], False, None, "", 512, 65536,
-                             ("valid", "test"))
+    def ndcg(user_fn: Callable[[EvalSet], torch.Tensor], item_vecs: torch.Tensor, prior: float = 0.0) -> tuple[float, float]:
+        """Cosine of ``user_fn``'s and ``item_vecs``' rows (over the model's temperature when
+        ``prior`` > 0), plus ``prior`` x the text zero-shot cosine."""
+        scale = model.cfg.temperature if prior else 1.0
+
+        def users(evalset: EvalSet) -> torch.Tensor:
+            u = F.normalize(user_fn(evalset), dim=-1) / scale
+            return torch.cat([u, prior * F.normalize(mean_of(centred, 0.9)(evalset), dim=-1)], 1) if prior else u
+
+        vecs = F.normalize(item_vecs[:n], dim=-1)
+        vecs = torch.cat([vecs, F.normalize(centred[:n], dim=-1)], 1) if prior else vecs
+        res = evaluate_split(users, vecs, split, [10], False, None, "", 512, 65536, ("valid", "test"))
         return res["valid"]["ndcg@10"], res["test"]["ndcg@10"]
 
     centred = TEXT_NORMS.get("center")(raw, raw)
     rows = [
-        ("trained model (user tower + projection)", ndcg(lambda h: model.user_states(items, h)[:, -1], items)),
+        ("trained model (user tower + projection)", ndcg(tower, items)),
         ("trained projection, mean of the history", ndcg(mean_of(items, 1.0), items)),
         ("LM vectors, mean of the history", ndcg(mean_of(raw, 1.0), raw)),
         ("LM vectors centred, mean of the history", ndcg(mean_of(centred, 1.0), centred)),
-        ("LM vectors centred, recency 0.9", ndcg(mean_of(centred, 0.9), centred)),
+        ("LM vectors centred, recency 0.9 (model=text_zeroshot)", ndcg(mean_of(centred, 0.9), centred)),
     ]
+    if model.score == "cosine" and model.prior is None:
+        rows += [(f"trained model + {w:g} x text_zeroshot", ndcg(tower, items, w)) for w in (1.0, 2.0, 4.0)]
     table = Table(title=f"{a.run} on {a.domain} (cosine, seen items kept)")
     for col in ("scorer", "valid NDCG@10", "test NDCG@10"):
         table.add_column(col, justify="left" if col == "scorer" else "right")

@@ -95,12 +95,12 @@ def test_config_check_takes_choices_from_the_tables_that_build_them(monkeypatch)
     from crossrec_cli.config_check import check_common
     from crossrec_cli.models.projection import PROJECTIONS, build_projection
 
-    monkeypatch.setitem(PROJECTIONS._items, "identity", lambda d_in, d_out, experts, dropout: nn.Identity())
-    check_common({"model": {"name": "seqrec", "projection": "identity"}})
-    assert isinstance(build_projection("identity", 4, 4), nn.Identity)
+    monkeypatch.setitem(PROJECTIONS._items, "plugged", lambda d_in, d_out, experts, dropout: nn.Identity())
+    check_common({"model": {"name": "seqrec", "projection": "plugged"}})
+    assert isinstance(build_projection("plugged", 4, 4), nn.Identity)
     with pytest.raises(CrossrecError) as err:
         check_common({"model": {"name": "seqrec", "projection": "mpl"}})
-    assert err.value.one_line() == ("error: model.projection: expected linear, mlp, whiten, moe or identity, "
+    assert err.value.one_line() == ("error: model.projection: expected linear, mlp, whiten, moe, identity or plugged, "
                                     "got 'mpl'; e.g. model.projection=mlp")
     with pytest.raises(CrossrecError, match="backbone.pooling: expected mean, cls or last, got 'max'"):
         check_common({"backbone": {"pooling": "max"}})

@@ -109,6 +109,21 @@ def test_each_projection_maps_the_catalogue_to_dim(projection):
     assert m.item_matrix("d").shape == (30, 8)
 
 
+def test_identity_projection_keeps_the_lm_vectors_and_needs_their_size():
+    """model.projection=identity: the item vector is the (normalised) LM vector itself; a model.dim
+    other than the hidden size is one line naming model.dim and the size to use."""
+    torch.manual_seed(0)
+    m = SeqRec(SeqRecConfig(dim=12, max_history=6, heads=2, projection="identity", text_norm="center"),
+               FakeBackbone(), backbone_trains=False)
+    m.add_catalogue("d", [f"item {i}" for i in range(30)])
+    m.encoded["d"] = torch.randn(30, 12) + 3.0
+    assert torch.allclose(m.item_matrix("d"), m.encoded["d"] - m.encoded["d"].mean(0), atol=1e-6)
+    with pytest.raises(CrossrecError) as err:
+        _model(projection="identity")
+    assert err.value.one_line().startswith("error: model.dim: 8, but model.projection=identity keeps the backbone's 12")
+    assert "set model.dim=12" in err.value.one_line()
+
+
 class _PassThrough(torch.nn.Module):
     def forward(self, x, mask=None):
         return x

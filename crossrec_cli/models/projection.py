@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crossrec_cli.errors import CrossrecError
+
 from crossrec_cli.registry import Registry
 
 
@@ -70,8 +72,17 @@ def moe(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
     return MoEAdaptor(d_in, d_out, experts, dropout)
 
 
+def identity(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+    """The LM vector itself (with ``model.projection_dropout``): item vectors stay in the language
+    model's space, which a domain the model never saw shares; needs model.dim = the hidden size."""
+    if d_in != d_out:
+        raise CrossrecError("model.dim", f"{d_out}, but model.projection=identity keeps the backbone's {d_in} "
+                            "dimensions", f"set model.dim={d_in}")
+    return nn.Dropout(dropout)
+
+
 PROJECTIONS: Registry[Callable[[int, int, int, float], nn.Module]] = Registry("projection", "model.projection")
-for _name, _build in {"linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe}.items():
+for _name, _build in {"linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe, "identity": identity}.items():
     PROJECTIONS.add(_name, _build)
 
 
