@@ -58,6 +58,9 @@ MODELS: dict[str, tuple[str, list[str]]] = {
                           ["evaluate", "model=text_zeroshot", "backbone=minilm", "model.text_norm=none",
                            "model.recency=0.8"]),
     "sasrec": ("SASRec (ids) `experiment=sasrec`", ["finetune", "experiment=sasrec"]),
+    "sasrec_recbole": ("SASRec, RecBole's blocks: no dropout inside the feed-forward, positions from the oldest item "
+                       "`model.ffn_dropout=0 model.positions=start`",
+                       ["finetune", "experiment=sasrec", "model.ffn_dropout=0", "model.positions=start"]),
     "sasrec_stride10": ("SASRec, overlapping windows `trainer.window_stride=10`",
                         ["finetune", "experiment=sasrec", "trainer.window_stride=10"]),
     "sasrec_stride10_b256": ("SASRec, `trainer.window_stride=10 trainer.batch_size=256`",
@@ -387,6 +390,9 @@ def _pct(values: list[float]) -> str:
     return f"{pct[0]:+.1f} %" if len(pct) == 1 else f"{statistics.mean(pct):+.1f} ± {statistics.stdev(pct):.1f} %"
 
 
+PRIOR_ROW = ", + 2 x text_zeroshot on 'other' (`eval.zero_shot_prior=2`, the default)"
+
+
 def _genre_split(carried: dict) -> list[str]:
     """Zero-shot rows from scripts/zeroshot_genre_split.py (outputs/genre_split/runs)."""
     runs = RECORDS / "genre_split" / "runs"
@@ -398,25 +404,29 @@ def _genre_split(carried: dict) -> list[str]:
         if (runs / f"{base}_kept" / "metrics.json").is_file():
             t = test(runs / f"{base}_kept" / "metrics.json")["other"]
             rows.append(f"| {label} (untrained) | 1 | {t['ndcg@10']:.4f} | {t['recall@10']:.4f} | – |")
-    groups: dict[str, list[tuple[int, Path]]] = {}
+    groups: dict[str, list[tuple[int, Path, str]]] = {}
     for run in sorted(runs.glob("*_kept_s*")):
-        if (run / "zeroshot_other" / "metrics.json").is_file():
-            name, seed, extra = re.fullmatch(r"(.*)_kept_s(\d+)(.*)", run.name).groups()
-            label = f"trained: {name}{extra.replace('_', ' ', 1)}".replace("-", "=")
-            groups.setdefault(label, []).append((int(seed), run))
+        name, seed, extra = re.fullmatch(r"(.*)_kept_s(\d+)(.*)", run.name).groups()
+        label = f"trained: {name}{extra.replace('_', ' ', 1)}".replace("-", "=")
+        for zero, suffix in (("zeroshot_other", ""), ("zeroshot_other_prior", PRIOR_ROW)):
+            if (run / zero / "metrics.json").is_file():
+                groups.setdefault(label + suffix, []).append((int(seed), run, zero))
     old_rows = carried["sections"].get(title, {}).get("rows", {})
     for label in dict.fromkeys([*(k for k in old_rows if k.startswith("trained: ")), *groups]):
         n, old = _carried_cells(old_rows.get(label), 3)  # seeds 0..n-1 were carried
-        rs = [r for seed, r in groups.get(label, []) if seed >= n]
+        rs = [(r, zero) for seed, r, zero in groups.get(label, []) if seed >= n]
         if not rs:
             continue  # the carried row stands as it is
-        z = [test(r / "zeroshot_other" / "metrics.json")["other"] for r in rs]
+        z = [test(r / zero / "metrics.json")["other"] for r, zero in rs]
+        rs = [r for r, _ in rs]
         own = [test(r / "metrics.json")["action"]["ndcg@10"] for r in rs]
         cells = [Agg.of(v) + c if c else Agg.of(v) for v, c in zip(([m["ndcg@10"] for m in z], [m["recall@10"] for m in z], own), old)]
         rows.append(f"| {label} | {n + len(rs)} | " + " | ".join(map(str, cells)) + " |")
     return _section(carried, title, rows,
             "`python scripts/zeroshot_genre_split.py`: trained on action / adventure / sci-fi / thriller / war / crime "
-            "movies, ranked on every other movie (no shared item); seen items kept.", "",
+            "movies, ranked on every other movie (no shared item); seen items kept. A trained row is the model alone "
+            "(`eval.zero_shot_prior=0`), and with \"+ 2 x text_zeroshot\" the model's logits plus twice the untrained "
+            "text scorer's cosine, how `crossrec evaluate run=... domain=other` ranks a domain the run never saw.", "",
             "| model | n | other test NDCG@10 (zero-shot) | other test R@10 | action test NDCG@10 (in-domain) |",
             "|---|---|---|---|---|")
 

@@ -87,7 +87,7 @@ def main() -> None:
         ("LM vectors centred, mean of the history", ndcg(mean_of(centred, 1.0), centred)),
         ("LM vectors centred, recency 0.9 (model=text_zeroshot)", ndcg(mean_of(centred, 0.9), centred)),
     ]
-    if model.score == "cosine" and model.prior is None:
+    if model.score == "cosine" and not model.cfg.text_prior:
         rows += [(f"trained model + {w:g} x text_zeroshot", ndcg(tower, items, w)) for w in (1.0, 2.0, 4.0)]
     table = Table(title=f"{a.run} on {a.domain} (cosine, seen items kept)")
     for col in ("scorer", "valid NDCG@10", "test NDCG@10"):

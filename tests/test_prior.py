@@ -22,7 +22,7 @@ def test_prior_user_state_by_hand():
     e = torch.eye(4)
     h = torch.stack([torch.zeros(4), e[0], e[1], e[2]]).unsqueeze(0)
     valid = torch.tensor([[False, True, True, True]])
-    out = TextPrior(1.0, 0.5).users(h, valid)[0]
+    out = TextPrior(0.5).users(h, valid)[0]
     newest = torch.tensor([0.25, 0.5, 1.0, 0.0])
     assert torch.allclose(out[3], newest / newest.norm())
     second = torch.tensor([0.5, 1.0, 0.0, 0.0])
@@ -51,6 +51,27 @@ def test_prior_adds_weight_times_the_text_zeroshot_cosine():
     u = prior.user_states(items, hist)[:, -1]
     for left, right in (prior.logit_vectors(u, items), prior.scoring_vectors(u, items)):
         assert torch.allclose(left @ right.T, b, atol=1e-5)
+
+
+def test_text_prior_on_ensembles_one_domain_for_the_block_only():
+    """A model trained without the prior: inside ``text_prior_on(key, w)`` its logits on that
+    domain are its own plus w x the text zero-shot cosine, exactly what a model trained with
+    ``model.text_prior=w`` adds; outside the block they are its own again."""
+    plain, prior = _model(dropout=0.0).eval(), _model(dropout=0.0, text_prior=1.5).eval()
+    hist = pad_histories([[3, 4, 5], [7, 8]], 6)
+
+    def logits(m):
+        with torch.no_grad():
+            items = m.item_matrix("d")
+            return m.logits(m.user_states(items, hist)[:, -1], items)
+
+    own = logits(plain)
+    with plain.text_prior_on("d", 1.5):
+        ensembled = logits(plain)
+    assert torch.allclose(ensembled, logits(prior), atol=1e-6) and not torch.allclose(ensembled, own)
+    assert torch.equal(logits(plain), own) and plain.prior_weights == {}
+    with prior.text_prior_on("d", 0.0):  # eval.text_prior=0: the towers alone
+        assert torch.allclose(logits(prior), own, atol=1e-6)
 
 
 def test_prior_gradients_reach_the_towers_not_the_language_model():

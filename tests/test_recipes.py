@@ -64,6 +64,16 @@ def test_evaluate_run_on_unseen_domain_is_zero_shot(finetuned, tmp_path):
     run_inprocess("evaluate", *SMOKE, f"run={finetuned}", "domain=music", run_dir=tmp_path)
     m = read_metrics(tmp_path)
     assert m["mode"] == "zero-shot" and "music" in m["test"] and m["test"]["music"]["examples"] > 0
+    # eval.zero_shot_prior (default 2.0): the unseen domain is ranked by the model + 2 x the text
+    # zero-shot scorer, and metrics.json says so; 0 = the model alone, and nothing is recorded
+    assert m["zero_shot_prior"] == {"weight": 2.0, "recency": 0.9, "domains": ["music"]}
+    run_inprocess("evaluate", *SMOKE, f"run={finetuned}", "domain=music", "eval.zero_shot_prior=0", run_dir=tmp_path / "alone")
+    alone = read_metrics(tmp_path / "alone")
+    assert "zero_shot_prior" not in alone and alone["test"]["music"] != m["test"]["music"]
+    own = tmp_path / "own"  # its own training domain: the key does not apply
+    run_inprocess("evaluate", *SMOKE, f"run={finetuned}", "eval.zero_shot_prior=5", run_dir=own)
+    assert "zero_shot_prior" not in read_metrics(own)
+    assert read_metrics(own)["test"]["movies"] == pytest.approx(read_metrics(finetuned)["test"]["movies"])
 
 
 @pytest.mark.parametrize("adapter", ["frozen", "full", "lora", "adalora", "prefix", "ia3", "adapter"])

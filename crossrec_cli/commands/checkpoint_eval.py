@@ -21,6 +21,7 @@ from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
 from crossrec_cli.commands.recsys import (
     _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts, text_prior,
+    zero_shot_prior, zero_shot_record,
 )
 from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -81,6 +82,8 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
+    for name in unseen:  # a domain it never saw: ensembled with the text zero-shot scorer (models/prior.py)
+        model.set_text_prior(name, zero_shot_prior(cfg, model))
     return LoadedRun(model, mcfg, saved, trained_on, domains)
 
 
@@ -131,6 +134,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
         features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")), score=item_score(mcfg), **text_prior(mcfg),
+        **zero_shot_record(cfg, model, unseen),
         trainable_params=trainable, total_params=total, **({"fusion_gates": gates} if any(gates.values()) else {}),
         **extras_by_key(extras),
     )

@@ -124,6 +124,20 @@ def text_prior(cfg: DictConfig) -> dict[str, dict[str, float]]:
     return {"text_prior": {"weight": weight, "recency": float(cfg.model.get("text_prior_recency", 0.9))}} if weight else {}
 
 
+def zero_shot_prior(cfg: DictConfig, model: Any) -> float:
+    """``eval.zero_shot_prior``: the text zero-shot scorer's weight in a trained model's logits on a
+    domain it never trained on (0 for a model without item text, which cannot rank such a domain)."""
+    return float(cfg.eval.get("zero_shot_prior", 0.0)) if "text" in model.features else 0.0
+
+
+def zero_shot_record(cfg: DictConfig, model: Any, unseen: list[str]) -> dict[str, dict]:
+    """metrics.json's ``zero_shot_prior`` entry (weight, recency, the domains it applied to), when it applied."""
+    weight = zero_shot_prior(cfg, model)
+    if not unseen or not weight:
+        return {}
+    return {"zero_shot_prior": {"weight": weight, "recency": model.prior.recency, "domains": list(unseen)}}
+
+
 def model_mode(cfg: DictConfig) -> str:
     """transductive when an item feature learns per-item parameters (item ids), else inductive."""
     return "transductive" if is_transductive(item_features(cfg)) else "inductive"

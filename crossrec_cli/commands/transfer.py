@@ -19,6 +19,7 @@ from rich.table import Table
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, prefixed, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     adversary_of, build_model, early_stopping_sample, evaluate_model, item_features, item_score, load_best, load_init, load_matching, model_mode, param_counts, text_prior, train_config,
+    zero_shot_prior, zero_shot_record,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -142,7 +143,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     before = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d)["test"] for s, d in sources}
     # (b) zero-shot
     # a transductive model has (untrained) id vectors for target items: no zero-shot for it
-    zero = None if model.transductive else evaluate_model(cfg, model, tname, split_full, target)
+    zero = None
+    if not model.transductive:  # ensembled with the text zero-shot scorer (eval.zero_shot_prior, models/prior.py)
+        with model.text_prior_on(tname, zero_shot_prior(cfg, model)):
+            zero = evaluate_model(cfg, model, tname, split_full, target)
     # (c) adapt
     phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", logger, extra)
     adapted = evaluate_model(cfg, model, tname, split_full, target)
@@ -182,7 +186,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         source=names(cfg.source), target=tname, target_fraction=float(cfg.target_fraction),
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         backbone=cfg.backbone.name, adapter=cfg.adapter.name,
-        features=used, fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
+        features=used, fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg),
+        **(zero_shot_record(cfg, model, [tname]) if zero else {}), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete", **early_stopping_sample(cfg),
     )
     path = finish(cfg, record, logger)

@@ -11,8 +11,11 @@ output-space ensemble with the zero-shot model, as in WiSE-FT (Wortsman et al., 
 fine-tuning of zero-shot models", CVPR 2022, arXiv:2109.01903), here kept during training too.
 
 The prior adds no parameter; it rides along the towers' vectors as extra columns (items:
-``[fused vector, prior vector]``, users: ``[user state, prior state]``), so every consumer of
-``item_matrix`` / ``user_states`` / ``logits`` stays one matrix product.
+``[fused vector, weight x prior vector]``, users: ``[user state, prior state]``), so every consumer
+of ``item_matrix`` / ``user_states`` / ``logits`` stays one matrix product. The same machinery
+ensembles a model trained without the prior with the text scorer when it ranks a domain it never
+saw (``eval.text_prior``, ``SeqRec.text_prior``): there the model's own towers rank a catalogue
+they never trained on, and the language model keeps its ranking underneath.
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ from crossrec_cli.models.features.text import TEXT_NORMS
 
 
 class TextPrior:
-    """``weight`` x cos(recency-weighted mean of the history's centred LM vectors, the item's)."""
+    """cos(recency-weighted mean of the history's centred LM vectors, the item's), times a weight
+    that the item side carries (so that each domain of a model may have its own)."""
 
-    def __init__(self, weight: float, recency: float):
-        self.weight = float(weight)
+    def __init__(self, recency: float):
         self.recency = float(recency)
 
     @staticmethod
-    def items(lm: torch.Tensor) -> torch.Tensor:
-        """(N, hidden) LM vectors of one catalogue -> centred on it, L2-normalised (no gradient)."""
+    def items(lm: torch.Tensor, weight: float) -> torch.Tensor:
+        """(N, hidden) LM vectors of one catalogue -> centred on it, L2-normalised, times ``weight``
+        (no gradient)."""
         lm = lm.detach().float()
-        return F.normalize(TEXT_NORMS.get("center")(lm, lm), dim=-1)
+        return weight * F.normalize(TEXT_NORMS.get("center")(lm, lm), dim=-1)
 
     def users(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Prior item vectors of left-padded histories (B, L, hidden), zero at padding, and the

@@ -7,7 +7,8 @@ One model serves several domains: each registers its own catalogue with every it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,8 +153,9 @@ class SeqRec(nn.Module):
         self.fusion = build_fusion(cfg.fusion, names, cfg.dim, cfg.init_std)
         self.score = resolve_score(cfg.score, names)
         self.user = UserTower(cfg)
-        self.prior = TextPrior(cfg.text_prior, cfg.text_prior_recency) if cfg.text_prior else None
-        if self.prior is not None and "text" not in names:
+        self.prior = TextPrior(cfg.text_prior_recency)
+        self.prior_weights: dict[str, float] = {}  # per domain, when not cfg.text_prior (text_prior_on)
+        if cfg.text_prior and "text" not in names:
             raise CrossrecError("model.text_prior", f"{cfg.text_prior}, but the item tower reads no text ({names})",
                                 "set model.text_prior=0 or add text to model.features")
         self.catalogues: dict[str, Catalogue] = {}
@@ -242,9 +244,31 @@ class SeqRec(nn.Module):
         out = self.fusion([f(key, fresh) for f in self.features.values()], key)
         perturb = getattr(self, "item_perturb", None)  # adversarial training (adversarial/perturb.py)
         out = perturb(key, out) if perturb is not None else out
-        if self.prior is not None:
-            out = torch.cat([out, self.prior.items(self.features["text"].base(key)).to(out.dtype)], 1)
+        weight = self.prior_weights.get(key, self.cfg.text_prior)
+        if weight:
+            out = torch.cat([out, self.prior.items(self.features["text"].base(key), weight).to(out.dtype)], 1)
         return out
+
+    def set_text_prior(self, key: str, weight: float) -> None:
+        """Domain ``key``'s logits get ``weight`` x the text zero-shot scorer from now on, instead of
+        ``model.text_prior``'s weight (``eval.zero_shot_prior`` on a domain the model never saw)."""
+        if weight and "text" not in self.features:
+            raise CrossrecError("eval.zero_shot_prior", f"{weight}, but the item tower reads no text",
+                                "set eval.zero_shot_prior=0 for a model without item text")
+        self.prior_weights[key] = float(weight)
+
+    @contextmanager
+    def text_prior_on(self, key: str, weight: float) -> Iterator[None]:
+        """``set_text_prior(key, weight)`` within the block only."""
+        before = self.prior_weights.get(key)
+        self.set_text_prior(key, weight)
+        try:
+            yield
+        finally:
+            if before is None:
+                self.prior_weights.pop(key)
+            else:
+                self.prior_weights[key] = before
 
     def tower_vectors(self, items: torch.Tensor) -> torch.Tensor:
         """The towers' own columns of ``item_matrix`` rows (without the text prior's)."""
@@ -290,13 +314,13 @@ class SeqRec(nn.Module):
         -> (B, L, dim), with the text prior's user states as more columns when it is on."""
         valid = hist >= 0
         h = items[hist.clamp_min(0)] * valid.unsqueeze(-1)
-        if self.prior is None:
+        if items.shape[-1] == self.cfg.dim:
             return self.user(h, valid)
         return torch.cat([self.user(self.tower_vectors(h), valid), self.prior.users(h[..., self.cfg.dim:], valid)], -1)
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (..., dim) x items (M, dim) -> (..., M)."""
-        if self.prior is not None:
+        if items.shape[-1] > self.cfg.dim:  # the text prior's columns follow
             u, i = self.logit_vectors(users, items)
             return u @ i.T
         u, i, t = SCORES[self.score](users, items, self.cfg.temperature)
@@ -306,13 +330,13 @@ class SeqRec(nn.Module):
         """(u, i) with ``u @ i.T == logits(users, items)``: what a fused softmax loss multiplies."""
         d = self.cfg.dim
         u, i, t = SCORES[self.score](users[..., :d], items[..., :d], self.cfg.temperature)
-        if self.prior is None:
+        if items.shape[-1] == d:
             return u / t, i
-        return torch.cat([u / t, self.prior.weight * users[..., d:]], -1), torch.cat([i, items[..., d:]], -1)
+        return torch.cat([u / t, users[..., d:]], -1), torch.cat([i, items[..., d:]], -1)
 
     def scoring_vectors(self, users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Vectors whose dot product ranks like ``logits`` (for the chunked evaluator)."""
-        if self.prior is not None:
+        if items.shape[-1] > self.cfg.dim:
             return self.logit_vectors(users, items)
         return SCORES[self.score](users, items, self.cfg.temperature)[:2]
 
