@@ -142,6 +142,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.init_std": (_positive, "a number > 0", "0.02"),
     "model.norm_first": (lambda v: isinstance(v, bool), "true or false", "false"),
     "model.temperature": (_positive, "a number > 0", "0.07"),
+    "eval.zero_shot_align": (lambda v: isinstance(v, bool), "true or false", "true"),
     "eval.zero_shot_prior": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                              "a number >= 0 (0 = the trained model alone)", "2.0"),
     "model.text_prior": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,

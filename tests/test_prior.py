@@ -97,3 +97,49 @@ def test_cli_records_the_prior_and_refuses_a_negative_weight(tmp_path):
     proc = run_cli("finetune", "experiment=smoke", "model.text_prior=-1", run_dir=tmp_path / "bad", check=False)
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: model.text_prior: expected a number >= 0 (0 = off), got -1; e.g. model.text_prior=2.0")
+
+
+def test_align_to_moves_the_catalogue_mean_and_is_void_under_centring():
+    """eval.zero_shot_align: a domain's LM vectors are shifted so that their mean is the training
+    catalogues' mean before the projection; under model.text_norm=center (every domain on its own
+    mean) the shift changes nothing."""
+    target = torch.full((12,), -2.0)
+    m = _model(dropout=0.0)
+    text = m.features["text"]
+    before = m.item_matrix("d").detach().clone()
+    text.align_to("d", target)
+    shifted = text.base("d") + text.shift["d"]
+    assert torch.allclose(shifted.mean(0), target, atol=1e-5)
+    assert torch.allclose(shifted - shifted.mean(0), text.base("d") - text.base("d").mean(0), atol=1e-5)
+    assert torch.allclose(text.normalise("d", text.base("d")), shifted)
+    assert not torch.allclose(m.item_matrix("d"), before)
+    c = _model(dropout=0.0, text_norm="center")
+    plain = c.item_matrix("d").detach().clone()
+    c.features["text"].align_to("d", target)
+    assert torch.allclose(c.item_matrix("d"), plain, atol=1e-5)
+
+
+def test_cli_aligns_an_unseen_domain_to_the_training_catalogues(tmp_path):
+    """evaluate run=R domain=<unseen> loads R's training domain to take its mean, records the
+    shifted domains, and eval.zero_shot_align=false leaves the vectors as they are."""
+    trained = tmp_path / "ft"
+    run_inprocess("finetune", "experiment=smoke", run_dir=trained)
+    on = run_inprocess("evaluate", "experiment=smoke", f"run={trained}", "domain=music", "eval.zero_shot_prior=0",
+                       run_dir=tmp_path / "on")
+    off = run_inprocess("evaluate", "experiment=smoke", f"run={trained}", "domain=music", "eval.zero_shot_prior=0",
+                        "eval.zero_shot_align=false", run_dir=tmp_path / "off")
+    assert on["zero_shot_align"] == {"domains": ["music"]} and "zero_shot_align" not in off
+    assert "zero_shot_prior" not in on
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands.checkpoint_eval import load_run
+
+    items = {}
+    for align in ("true", "false"):
+        cfg = compose("evaluate", ["experiment=smoke", f"run={trained}", "domain=music",
+                                   f"eval.zero_shot_align={align}"], tmp_path / f"c{align}")
+        model = load_run(cfg).model
+        items[align] = model.item_matrix("music").detach()
+        if align == "true":  # music's LM vectors now average where the movies catalogue's do
+            text = model.features["text"]
+            assert torch.allclose((text.base("music") + text.shift["music"]).mean(0), text.base("movies").mean(0), atol=1e-4)
+    assert items["true"].shape == items["false"].shape and not torch.allclose(items["true"], items["false"])

@@ -21,7 +21,7 @@ from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
 from crossrec_cli.commands.recsys import (
     _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts, text_prior,
-    zero_shot_prior, zero_shot_record,
+    align_text, zero_shot_prior, zero_shot_record,
 )
 from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -54,6 +54,11 @@ class LoadedRun:
     domains: list[tuple[DomainSpec, Domain]]
 
 
+def overrides(saved: DictConfig) -> dict | None:
+    """The run's ``data.overrides`` (filters), which its training domains were loaded with."""
+    return OmegaConf.to_container(saved.data.overrides) or None
+
+
 def load_run(cfg: DictConfig) -> LoadedRun:
     """The trained model of ``cfg.run`` with the best weights, its catalogues registered for the
     command's domains (``domain=``), or the run's own training domains when none is given."""
@@ -67,8 +72,7 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     if _domain_given(cfg):
         domains = load_domains(cfg)
     else:
-        ov = OmegaConf.to_container(saved.data.overrides) or None
-        domains = [(s, load_domain(s)) for s in (domain_spec(n, config_dirs(cfg), ov) for n in trained_on)]
+        domains = [(s, load_domain(s)) for s in (domain_spec(n, config_dirs(cfg), overrides(saved)) for n in trained_on)]
     # the saved model's architecture, this command's evaluation protocol
     # trust_remote_code is this command's choice, never the (possibly edited) run folder's
     mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None,
@@ -82,6 +86,8 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
+    if unseen and "text" in model.features and bool(cfg.eval.get("zero_shot_align", False)):
+        align_text(model, unseen, trained_on, lambda n: load_domain(domain_spec(n, config_dirs(cfg), overrides(saved))))
     for name in unseen:  # a domain it never saw: ensembled with the text zero-shot scorer (models/prior.py)
         model.set_text_prior(name, zero_shot_prior(cfg, model))
     return LoadedRun(model, mcfg, saved, trained_on, domains)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -131,11 +133,44 @@ def zero_shot_prior(cfg: DictConfig, model: Any) -> float:
 
 
 def zero_shot_record(cfg: DictConfig, model: Any, unseen: list[str]) -> dict[str, dict]:
-    """metrics.json's ``zero_shot_prior`` entry (weight, recency, the domains it applied to), when it applied."""
+    """metrics.json's ``zero_shot_prior`` entry (weight, recency, the domains it applied to) and
+    ``zero_shot_align`` (the domains whose LM vectors were shifted), each when it applied."""
+    out: dict[str, Any] = {}
     weight = zero_shot_prior(cfg, model)
-    if not unseen or not weight:
-        return {}
-    return {"zero_shot_prior": {"weight": weight, "recency": model.prior.recency, "domains": list(unseen)}}
+    if unseen and weight:
+        out["zero_shot_prior"] = {"weight": weight, "recency": model.prior.recency, "domains": list(unseen)}
+    shifted = [n for n in unseen if "text" in model.features and n in model.features["text"].shift]
+    if shifted:
+        out["zero_shot_align"] = {"domains": shifted}
+    return out
+
+
+def align_text(model: Any, unseen: list[str], trained_on: list[str], load: Callable[[str], Domain]) -> None:
+    """``eval.zero_shot_align``: shift each unseen domain's LM vectors to the mean of the catalogues
+    the model trained on (``load`` reads a training domain the model does not hold yet)."""
+    text = model.features["text"]
+    for name in trained_on:
+        if name not in model.catalogues:
+            model.add_catalogue(name, Catalogue.of(load(name)))
+    mean = torch.cat([text.base(n) for n in trained_on]).mean(0)
+    for name in unseen:
+        text.align_to(name, mean)
+
+
+@contextmanager
+def zero_shot(cfg: DictConfig, model: Any, target: str, trained_on: list[str]) -> Iterator[dict]:
+    """Within the block, ``model`` ranks ``target`` (a domain it never trained on, whose catalogue it
+    holds, as do the ``trained_on`` ones) as ``crossrec evaluate`` ranks a domain a run never saw:
+    ``eval.zero_shot_align`` and ``eval.zero_shot_prior``; yields metrics.json's entries for it."""
+    align = "text" in model.features and bool(cfg.eval.get("zero_shot_align", False))
+    if align:
+        align_text(model, [target], trained_on, lambda n: None)
+    try:
+        with model.text_prior_on(target, zero_shot_prior(cfg, model)):
+            yield zero_shot_record(cfg, model, [target])
+    finally:
+        if align:
+            model.features["text"].shift.pop(target, None)
 
 
 def model_mode(cfg: DictConfig) -> str:

@@ -19,7 +19,7 @@ from rich.table import Table
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, prefixed, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
     adversary_of, build_model, early_stopping_sample, evaluate_model, item_features, item_score, load_best, load_init, load_matching, model_mode, param_counts, text_prior, train_config,
-    zero_shot_prior, zero_shot_record,
+    zero_shot,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -143,9 +143,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     before = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d)["test"] for s, d in sources}
     # (b) zero-shot
     # a transductive model has (untrained) id vectors for target items: no zero-shot for it
-    zero = None
-    if not model.transductive:  # ensembled with the text zero-shot scorer (eval.zero_shot_prior, models/prior.py)
-        with model.text_prior_on(tname, zero_shot_prior(cfg, model)):
+    zero, zero_record = None, {}
+    if not model.transductive:  # as `evaluate` ranks a domain a run never saw (eval.zero_shot_align / _prior)
+        with zero_shot(cfg, model, tname, keys[:-1]) as zero_record:
             zero = evaluate_model(cfg, model, tname, split_full, target)
     # (c) adapt
     phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", logger, extra)
@@ -187,7 +187,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         backbone=cfg.backbone.name, adapter=cfg.adapter.name,
         features=used, fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg),
-        **(zero_shot_record(cfg, model, [tname]) if zero else {}), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
+        **zero_record, transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete", **early_stopping_sample(cfg),
     )
     path = finish(cfg, record, logger)

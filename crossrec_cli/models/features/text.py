@@ -33,6 +33,7 @@ class TextFeature(ItemFeature):
         init_weights(self.proj, cfg.init_std)
         self.texts: dict[str, list[str]] = {}
         self.encoded: dict[str, torch.Tensor] = {}  # LM vectors per domain (N, hidden), detached
+        self.shift: dict[str, torch.Tensor] = {}  # per domain: added to its LM vectors (align_to)
 
     def add_catalogue(self, key: str, catalogue: Catalogue) -> None:
         self.texts[key] = list(catalogue.get("text", key))
@@ -74,4 +75,16 @@ class TextFeature(ItemFeature):
         catalogue statistics, (N, hidden) -> (N, hidden). LM spaces are anisotropic (every item
         shares one large mean direction); removing it per domain also aligns domains for
         zero-shot transfer. Statistics come from the last refresh (no gradient)."""
-        return TEXT_NORMS.get(self.ctx.cfg.text_norm)(base, self.base(key))
+        shift = self.shift.get(key)
+        if shift is None:
+            return TEXT_NORMS.get(self.ctx.cfg.text_norm)(base, self.base(key))
+        return TEXT_NORMS.get(self.ctx.cfg.text_norm)(base + shift, self.base(key) + shift)
+
+    @torch.no_grad()
+    def align_to(self, key: str, mean: torch.Tensor) -> None:
+        """Shift domain ``key``'s LM vectors so that their catalogue mean is ``mean`` (the mean of the
+        catalogues a model trained on): first-moment alignment of a domain the model never saw, so
+        that its projection reads vectors centred where the training ones were. No effect under
+        ``model.text_norm=center`` / ``standardize``, which centre every domain on its own mean."""
+        base = self.base(key)
+        self.shift[key] = mean.to(base) - base.mean(0)
