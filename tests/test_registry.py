@@ -124,3 +124,22 @@ def test_a_text_perturbation_is_one_registered_function(monkeypatch):
         rb.perturbed_texts(domain, spec, "fgsm", "0.1", 0)
     with pytest.raises(CrossrecError, match="unknown perturbation 'uper'"):
         rb.parse(["uper"])
+
+
+def test_domain_order_comes_from_the_order_table(monkeypatch):
+    """A domain file's ``order`` is checked against ``ORDERS``: a registered order is accepted and
+    used by the split; an unknown one is one line naming the key and listing the table."""
+    import numpy as np
+
+    from crossrec_cli.data.domain import DomainSpec
+    from crossrec_cli.data.split import ORDERS, order_interactions
+
+    monkeypatch.setitem(ORDERS._items, "newest_first", lambda time, weight, seed, n: -np.nan_to_num(time, nan=0.0))
+    spec = DomainSpec.from_dict({"name": "d", "format": "recbole", "path": ".", "order": "newest_first"})
+    assert spec.order == "newest_first"
+    users, time = np.array([0, 0, 0, 1]), np.array([1.0, 3.0, 2.0, 5.0])
+    assert order_interactions(users, time, np.zeros(4), "newest_first", 0).tolist() == [1, 2, 0, 3]
+    assert order_interactions(users, time, np.zeros(4), "time", 0).tolist() == [0, 2, 1, 3]
+    with pytest.raises(CrossrecError) as err:
+        DomainSpec.from_dict({"name": "d", "format": "recbole", "path": ".", "order": "chrono"})
+    assert err.value.one_line().endswith("unknown order 'chrono'; expected time, random, weight or newest_first")

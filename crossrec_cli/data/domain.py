@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import numpy as np
 
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.data.split import ORDERS
 from crossrec_cli.registry import Registry
 
 # format name -> ``load(spec) -> Domain``; each reader module registers itself, so a new format is
@@ -102,8 +103,9 @@ class DomainSpec:
             raise CrossrecError(f"{where}.format", f"unknown format {spec.format!r}", f"expected one of {READERS.names()}")
         if spec.split not in ("auto", "loo", "given"):
             raise CrossrecError(f"{where}.split", f"unknown split {spec.split!r}", "expected auto, loo or given")
-        if spec.order not in ("time", "random", "weight"):
-            raise CrossrecError(f"{where}.order", f"unknown order {spec.order!r}", "expected time, random or weight")
+        if spec.order not in ORDERS.names():
+            *rest, last = ORDERS.names()
+            raise CrossrecError(f"{where}.order", f"unknown order {spec.order!r}", f"expected {', '.join(rest)} or {last}")
         return spec
 
     def folder(self) -> Path:

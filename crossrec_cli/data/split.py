@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from crossrec_cli.registry import Registry
 
 
 @dataclass
@@ -63,6 +66,13 @@ class Split:
         return h.hexdigest()
 
 
+# a domain file's ``order``: (timestamps, weights, seed, n) -> the sort key within a user
+ORDERS: Registry[Callable[[np.ndarray, np.ndarray, int, int], np.ndarray]] = Registry("order", "order")
+ORDERS.add("time", lambda time, weight, seed, n: np.nan_to_num(time, nan=-np.inf))
+ORDERS.add("random", lambda time, weight, seed, n: np.random.default_rng(seed).permutation(n).astype(np.float64))
+ORDERS.add("weight", lambda time, weight, seed, n: np.nan_to_num(weight, nan=0.0))
+
+
 def order_interactions(users: np.ndarray, time: np.ndarray, weight: np.ndarray, order: str, seed: int) -> np.ndarray:
     """Indices that sort interactions by user, then by ``order`` within a user (stable).
 
@@ -70,14 +80,7 @@ def order_interactions(users: np.ndarray, time: np.ndarray, weight: np.ndarray, 
     (for formats without timestamps); weight: ascending weight/rating, so the heaviest is last.
     """
     n = len(users)
-    if order == "time":
-        key = np.nan_to_num(time, nan=-np.inf)
-    elif order == "random":
-        key = np.random.default_rng(seed).permutation(n).astype(np.float64)
-    elif order == "weight":
-        key = np.nan_to_num(weight, nan=0.0)
-    else:
-        raise ValueError(order)
+    key = ORDERS.get(order)(time, weight, seed, n)
     return np.lexsort((np.arange(n), key, users))
 
 
