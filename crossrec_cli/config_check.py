@@ -15,7 +15,7 @@ from dataclasses import fields
 from collections.abc import Callable
 from typing import Any
 
-from crossrec_cli.errors import CrossrecError
+from crossrec_cli.errors import CrossrecError, either
 
 
 def _int(value: Any, low: int) -> bool:
@@ -58,8 +58,7 @@ class OneOf:
         return isinstance(value, str) and value in self.names()
 
     def __str__(self) -> str:
-        names = self.names()
-        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+        return either(self.names())
 
 
 def _choice(table: str, *extra: str, example: str, skip: tuple[str, ...] = ()) -> tuple[OneOf, OneOf, str]:

@@ -6,6 +6,7 @@ or a config key.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -35,3 +36,9 @@ class CrossrecError(Exception):
 
     def __str__(self) -> str:
         return self.one_line()
+
+
+def either(names: Iterable[str]) -> str:
+    """``a``, ``a or b``, ``a, b or c``: the allowed values of a key, for an error's hint."""
+    *rest, last = list(names)
+    return f"{', '.join(rest)} or {last}" if rest else last

@@ -11,7 +11,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import numpy as np
 
-from crossrec_cli.errors import CrossrecError
+from crossrec_cli.errors import CrossrecError, either
 from crossrec_cli.data.split import ORDERS
 from crossrec_cli.registry import Registry
 
@@ -104,8 +104,7 @@ class DomainSpec:
         if spec.split not in ("auto", "loo", "given"):
             raise CrossrecError(f"{where}.split", f"unknown split {spec.split!r}", "expected auto, loo or given")
         if spec.order not in ORDERS.names():
-            *rest, last = ORDERS.names()
-            raise CrossrecError(f"{where}.order", f"unknown order {spec.order!r}", f"expected {', '.join(rest)} or {last}")
+            raise CrossrecError(f"{where}.order", f"unknown order {spec.order!r}", f"expected {either(ORDERS.names())}")
         return spec
 
     def folder(self) -> Path:

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from crossrec_cli.adapters import adapter_loss, adapter_step_hook, apply_adapter, param_counts
-from crossrec_cli.errors import CrossrecError
+from crossrec_cli.errors import CrossrecError, either
 from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.registry import Registry
 from crossrec_cli.tasks.examples import (
@@ -89,13 +89,13 @@ class ScorerSpec:
                 raise CrossrecError(f"task.{key}", f"invalid value {value!r}", f"expected {expected}")
 
         choosable = ["auto", *(name for name, k in SCORERS.items() if k.trains)]
-        check(self.scorer in choosable, "scorer", self.scorer, ", ".join(choosable[:-1]) + " or " + choosable[-1])
-        check(self.head in HEADS, "head.type", self.head, " or ".join(HEADS))
+        check(self.scorer in choosable, "scorer", self.scorer, either(choosable))
+        check(self.head in HEADS, "head.type", self.head, either(HEADS))
         check(isinstance(self.calibrate, bool), "head.calibrate", self.calibrate, "true or false")
         for key in ("l2", "scale_l2"):
             check(_number(getattr(self, key)) and getattr(self, key) >= 0, f"head.{key}", getattr(self, key),
                   "a number >= 0")
-        check(self.correction in CORRECTIONS, "head.correction", self.correction, " or ".join(CORRECTIONS))
+        check(self.correction in CORRECTIONS, "head.correction", self.correction, either(CORRECTIONS))
         n = self.item_max_length
         check(isinstance(n, int) and not isinstance(n, bool) and n >= 1, "item_max_length", n, "an integer >= 1")
         self.head_train = dict(self.head_train or {})  # null: no overrides
