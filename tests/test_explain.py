@@ -88,6 +88,16 @@ def test_explain_writes_json_html_and_faithfulness(trained, tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "'nobody'" in proc.stderr
 
 
+def test_explain_on_a_domain_the_run_never_saw(trained, tmp_path):
+    """Zero-shot (aligned + the text prior): integrated gradients cover the towers, the prior's part
+    is split exactly, so contributions still account for the score."""
+    out = tmp_path / "zs"
+    run_inprocess("explain", *SMOKE, f"run={trained}", "domain=music", "user=2", "k=2", run_dir=out)
+    ex = json.loads((out / "explanation.json").read_text())
+    assert len(ex["recommendations"]) == 2 and len(ex["attention"]) == 2
+    assert all(r["completeness_gap"] < 1e-3 for r in ex["recommendations"])
+
+
 @pytest.mark.slow
 def test_explanation_page_in_headless_chromium(trained, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -143,3 +143,16 @@ def test_cli_aligns_an_unseen_domain_to_the_training_catalogues(tmp_path):
             text = model.features["text"]
             assert torch.allclose((text.base("music") + text.shift["music"]).mean(0), text.base("movies").mean(0), atol=1e-4)
     assert items["true"].shape == items["false"].shape and not torch.allclose(items["true"], items["false"])
+
+
+def test_prior_contributions_split_the_prior_score_exactly():
+    """explain: the text prior's part of a score, item by item, sums to that part."""
+    from crossrec_cli.explain.attribution import prior_contributions
+
+    m = _model(dropout=0.0, text_prior=2.0).eval()
+    items = m.item_matrix("d")
+    hist = pad_histories([[3, 4, 5, 9]], 6)
+    users = m.user_states(items, hist)[:, -1]
+    part = float(users[0, 8:] @ items[7, 8:])  # the prior's columns: user state . 2 x item vector
+    got = prior_contributions(m, items[[3, 4, 5, 9], 8:], items[7, 8:])
+    assert got.sum() == pytest.approx(part, abs=1e-5) and len(got) == 4

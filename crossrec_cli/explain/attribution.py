@@ -48,7 +48,7 @@ class Scorer:
 
     def from_vectors(self, h: torch.Tensor, valid: torch.Tensor, candidate: int) -> torch.Tensor:
         """(B,) scores of ``candidate`` for users whose history vectors are ``h`` (B, L, dim)."""
-        users = self.model.user(h, valid.expand(h.shape[0], -1))[:, -1]
+        users = self.model.users_of(h, valid.expand(h.shape[0], -1))[:, -1]
         return self.model.logits(users, self.items[candidate:candidate + 1])[:, 0]
 
     @torch.no_grad()
@@ -61,7 +61,7 @@ class Scorer:
     @torch.no_grad()
     def user_vector(self, history: list[int]) -> torch.Tensor:
         h, valid = self.inputs(history)
-        return self.model.user(h, valid)[:, -1]
+        return self.model.users_of(h, valid)[:, -1]
 
 
 def history_attributions(scorer: Scorer, history: list[int], candidate: int,
@@ -71,11 +71,25 @@ def history_attributions(scorer: Scorer, history: list[int], candidate: int,
 
     h, valid = scorer.inputs(history)
     n = len(history[-scorer.model.cfg.max_history:])
-    ig = IntegratedGradients(lambda x: scorer.from_vectors(x, valid, candidate))
-    attr, delta = ig.attribute(h, baselines=torch.zeros_like(h), n_steps=n_steps, method="gausslegendre",
-                               return_convergence_delta=True)
+    model, d = scorer.model, scorer.model.cfg.dim
+    towers = Scorer(model, scorer.key, model.tower_vectors(scorer.items))  # the text prior's columns apart
+    ig = IntegratedGradients(lambda x: towers.from_vectors(x, valid, candidate))
+    attr, delta = ig.attribute(model.tower_vectors(h), baselines=torch.zeros_like(model.tower_vectors(h)),
+                               n_steps=n_steps, method="gausslegendre", return_convergence_delta=True)
     per_item = attr[0].sum(-1)[-n:].detach().numpy().astype(np.float64)
+    if scorer.items.shape[-1] > d:  # the text prior's share, split exactly over the history items
+        per_item += prior_contributions(model, h[0, -n:, d:], scorer.items[candidate, d:])
     return per_item, scorer.score(history, candidate), float(abs(delta.item()))
+
+
+def prior_contributions(model: SeqRec, hist: torch.Tensor, item: torch.Tensor) -> np.ndarray:
+    """The text prior's score cos(normalised recency-weighted sum of ``hist`` (n, hidden), oldest
+    first) . ``item`` as a sum over the history: item j adds a_j (x_j . item) / |sum_k a_k x_k|, a_j =
+    recency^(n-1-j). The prior ignores the scale of its input, so integrated gradients from a zero
+    baseline would give it nothing; this split is exact."""
+    a = model.prior.recency ** torch.arange(len(hist) - 1, -1, -1, dtype=hist.dtype)
+    total = (a.unsqueeze(1) * hist).sum(0)
+    return (a * (hist @ item) / total.norm().clamp_min(1e-12)).detach().numpy().astype(np.float64)
 
 
 def ablation(scorer: Scorer, history: list[int], candidate: int) -> np.ndarray:
@@ -117,7 +131,7 @@ def attention_maps(scorer: Scorer, history: list[int]) -> list[np.ndarray]:
                                              with_kwargs=True)
              for layer in tower.encoder.layers]
     try:
-        tower(h, valid)
+        tower(scorer.model.tower_vectors(h), valid)  # the towers' columns (not the text prior's)
     finally:
         for hk in hooks:
             hk.remove()
@@ -154,6 +168,8 @@ def token_attributions(scorer: Scorer, user: torch.Tensor, text: str, n_steps: i
         hidden = last_hidden(bb.model, bb.kind, {"input_ids": input_ids, "attention_mask": attention_mask})
         vec = pool(hidden, attention_mask, cfg.pooling)
         item = feat.proj(feat.normalise(scorer.key, vec))
+        prior = model.prior_columns(scorer.key, vec)  # the text prior's part of the score, when it is on
+        item = item if prior is None else torch.cat([item, prior.to(item.dtype)], -1)
         return model.logits(user.expand(len(item), -1), item).diagonal()
 
     model.eval()

@@ -34,11 +34,11 @@ class TextPrior:
         self.recency = float(recency)
 
     @staticmethod
-    def items(lm: torch.Tensor, weight: float) -> torch.Tensor:
-        """(N, hidden) LM vectors of one catalogue -> centred on it, L2-normalised, times ``weight``
-        (no gradient)."""
-        lm = lm.detach().float()
-        return weight * F.normalize(TEXT_NORMS.get("center")(lm, lm), dim=-1)
+    def items(lm: torch.Tensor, weight: float, catalogue: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, hidden) LM vectors -> centred on their catalogue's mean (``catalogue``: that
+        catalogue's vectors when ``lm`` is not all of it), L2-normalised, times ``weight``."""
+        lm = lm.float()
+        return weight * F.normalize(TEXT_NORMS.get("center")(lm, lm if catalogue is None else catalogue.float()), dim=-1)
 
     def users(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Prior item vectors of left-padded histories (B, L, hidden), zero at padding, and the

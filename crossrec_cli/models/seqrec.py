@@ -244,10 +244,14 @@ class SeqRec(nn.Module):
         out = self.fusion([f(key, fresh) for f in self.features.values()], key)
         perturb = getattr(self, "item_perturb", None)  # adversarial training (adversarial/perturb.py)
         out = perturb(key, out) if perturb is not None else out
+        prior = self.prior_columns(key, self.features["text"].base(key)) if "text" in self.features else None
+        return out if prior is None else torch.cat([out, prior.to(out.dtype)], 1)
+
+    def prior_columns(self, key: str, lm: torch.Tensor) -> torch.Tensor | None:
+        """The text prior's item columns for LM vectors ``lm`` of domain ``key``'s catalogue (None
+        when the prior is off there); ``item_matrix`` appends them to the towers' vectors."""
         weight = self.prior_weights.get(key, self.cfg.text_prior)
-        if weight:
-            out = torch.cat([out, self.prior.items(self.features["text"].base(key), weight).to(out.dtype)], 1)
-        return out
+        return self.prior.items(lm, weight, self.features["text"].base(key)) if weight else None
 
     def set_text_prior(self, key: str, weight: float) -> None:
         """Domain ``key``'s logits get ``weight`` x the text zero-shot scorer from now on, instead of
@@ -313,8 +317,12 @@ class SeqRec(nn.Module):
         """items: (N, dim) from ``item_matrix``; hist: (B, L) item indices, -1 = padding (left)
         -> (B, L, dim), with the text prior's user states as more columns when it is on."""
         valid = hist >= 0
-        h = items[hist.clamp_min(0)] * valid.unsqueeze(-1)
-        if items.shape[-1] == self.cfg.dim:
+        return self.users_of(items[hist.clamp_min(0)] * valid.unsqueeze(-1), valid)
+
+    def users_of(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """User states (B, L, ...) from history rows of ``item_matrix`` (B, L, ...), zero at padding:
+        the user tower over the towers' columns, the text prior over its own."""
+        if h.shape[-1] == self.cfg.dim:
             return self.user(h, valid)
         return torch.cat([self.user(self.tower_vectors(h), valid), self.prior.users(h[..., self.cfg.dim:], valid)], -1)
 
