@@ -50,7 +50,7 @@ def main() -> None:
     model = loaded.model.eval()
     (spec, domain), = loaded.domains
     split = make_split(domain, spec.order, spec.order_seed)
-    if "text" not in model.features:
+    if not model.reads_text:
         raise SystemExit(f"{a.run} reads no item text: nothing to take apart")
     with torch.no_grad():
         raw = model.features["text"].base(spec.name)  # (N, hidden) LM vectors

@@ -119,6 +119,31 @@ def test_align_to_moves_the_catalogue_mean_and_is_void_under_centring():
     assert torch.allclose(c.item_matrix("d"), plain, atol=1e-5)
 
 
+def test_zero_shot_block_aligns_and_ensembles_the_unseen_domain_then_restores_it():
+    """transfer's zero-shot arm: inside ``zero_shot`` the unseen domain's LM vectors average where
+    the training catalogue's do and its logits carry the text prior (metrics.json says both);
+    on leaving, the domain is as before. A training domain the model holds no catalogue of,
+    with nothing to load it, is a one-line error."""
+    from omegaconf import OmegaConf
+
+    from crossrec_cli.commands.recsys import align_text, zero_shot
+
+    m = _model(dropout=0.0).eval()
+    m.add_catalogue("e", [f"song {i}" for i in range(20)])
+    m.encoded["e"] = torch.randn(20, 12) - 4.0
+    before = m.item_matrix("e").detach().clone()
+    cfg = OmegaConf.create({"eval": {"zero_shot_align": True, "zero_shot_prior": 2.0}})
+    with zero_shot(cfg, m, "e", ["d"]) as record:
+        text = m.features["text"]
+        assert torch.allclose((text.base("e") + text.shift["e"]).mean(0), text.base("d").mean(0), atol=1e-5)
+        assert m.prior_weights == {"e": 2.0} and m.item_matrix("e").shape == (20, 8 + 12)
+        assert record == {"zero_shot_prior": {"weight": 2.0, "recency": 0.9, "domains": ["e"]},
+                          "zero_shot_align": {"domains": ["e"]}}
+    assert torch.equal(m.item_matrix("e"), before) and m.prior_weights == {} and "e" not in text.shift
+    with pytest.raises(CrossrecError, match="domain=movies: the model trained on it but holds no catalogue"):
+        align_text(m, ["e"], ["movies"])
+
+
 def test_cli_aligns_an_unseen_domain_to_the_training_catalogues(tmp_path):
     """evaluate run=R domain=<unseen> loads R's training domain to take its mean, records the
     shifted domains, and eval.zero_shot_align=false leaves the vectors as they are."""

@@ -21,7 +21,7 @@ from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
 from crossrec_cli.commands.recsys import (
     _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts, text_prior,
-    align_text, zero_shot_prior, zero_shot_record,
+    rank_unseen, zero_shot_record,
 )
 from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -86,10 +86,7 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
-    if unseen and "text" in model.features and bool(cfg.eval.get("zero_shot_align", False)):
-        align_text(model, unseen, trained_on, lambda n: load_domain(domain_spec(n, config_dirs(cfg), overrides(saved))))
-    for name in unseen:  # a domain it never saw: ensembled with the text zero-shot scorer (models/prior.py)
-        model.set_text_prior(name, zero_shot_prior(cfg, model))
+    rank_unseen(cfg, model, unseen, trained_on, lambda n: load_domain(domain_spec(n, config_dirs(cfg), overrides(saved))))
     return LoadedRun(model, mcfg, saved, trained_on, domains)
 
 
@@ -100,7 +97,7 @@ def robustness(cfg: DictConfig, mcfg: DictConfig, model: SeqRec, spec: DomainSpe
     from crossrec_cli.evaluation import robustness as rb
 
     specs = rb.parse(list(cfg.robustness))
-    if "text" not in model.features and any(rb.PERTURBATIONS.get(name).reads_text for name, _ in specs):
+    if not model.reads_text and any(rb.PERTURBATIONS.get(name).reads_text for name, _ in specs):
         vector_only = [n for n, p in rb.PERTURBATIONS.items() if not p.reads_text]
         raise CrossrecError("robustness", "text perturbations need a model that reads item text",
                             f"use {' or '.join(vector_only)} alone for this run, or a run with a backbone")

@@ -129,7 +129,7 @@ def text_prior(cfg: DictConfig) -> dict[str, dict[str, float]]:
 def zero_shot_prior(cfg: DictConfig, model: Any) -> float:
     """``eval.zero_shot_prior``: the text zero-shot scorer's weight in a trained model's logits on a
     domain it never trained on (0 for a model without item text, which cannot rank such a domain)."""
-    return float(cfg.eval.get("zero_shot_prior", 0.0)) if "text" in model.features else 0.0
+    return float(cfg.eval.get("zero_shot_prior", 0.0)) if model.reads_text else 0.0
 
 
 def zero_shot_record(cfg: DictConfig, model: Any, unseen: list[str]) -> dict[str, dict]:
@@ -139,38 +139,50 @@ def zero_shot_record(cfg: DictConfig, model: Any, unseen: list[str]) -> dict[str
     weight = zero_shot_prior(cfg, model)
     if unseen and weight:
         out["zero_shot_prior"] = {"weight": weight, "recency": model.prior.recency, "domains": list(unseen)}
-    shifted = [n for n in unseen if "text" in model.features and n in model.features["text"].shift]
+    shifted = [n for n in unseen if model.reads_text and n in model.features["text"].shift]
     if shifted:
         out["zero_shot_align"] = {"domains": shifted}
     return out
 
 
-def align_text(model: Any, unseen: list[str], trained_on: list[str], load: Callable[[str], Domain]) -> None:
+def align_text(model: Any, unseen: list[str], trained_on: list[str],
+               load: Callable[[str], Domain] | None = None) -> None:
     """``eval.zero_shot_align``: shift each unseen domain's LM vectors to the mean of the catalogues
     the model trained on (``load`` reads a training domain the model does not hold yet)."""
     text = model.features["text"]
     for name in trained_on:
         if name not in model.catalogues:
+            if load is None:
+                raise CrossrecError(f"domain={name}", "the model trained on it but holds no catalogue of it",
+                                    "register the training domains before aligning an unseen one")
             model.add_catalogue(name, Catalogue.of(load(name)))
     mean = torch.cat([text.base(n) for n in trained_on]).mean(0)
     for name in unseen:
         text.align_to(name, mean)
 
 
+def rank_unseen(cfg: DictConfig, model: Any, unseen: list[str], trained_on: list[str],
+                load: Callable[[str], Domain] | None = None) -> None:
+    """From now on ``model`` ranks the ``unseen`` domains (never trained on) as ``crossrec evaluate``
+    ranks a domain a run never saw: ``eval.zero_shot_align`` shifts their LM vectors (``load`` reads
+    a training domain the model holds no catalogue of), ``eval.zero_shot_prior`` adds the text scorer."""
+    if unseen and model.reads_text and bool(cfg.eval.get("zero_shot_align", False)):
+        align_text(model, unseen, trained_on, load)
+    for name in unseen:  # ensembled with the text zero-shot scorer (models/prior.py)
+        model.set_text_prior(name, zero_shot_prior(cfg, model))
+
+
 @contextmanager
 def zero_shot(cfg: DictConfig, model: Any, target: str, trained_on: list[str]) -> Iterator[dict]:
-    """Within the block, ``model`` ranks ``target`` (a domain it never trained on, whose catalogue it
-    holds, as do the ``trained_on`` ones) as ``crossrec evaluate`` ranks a domain a run never saw:
-    ``eval.zero_shot_align`` and ``eval.zero_shot_prior``; yields metrics.json's entries for it."""
-    align = "text" in model.features and bool(cfg.eval.get("zero_shot_align", False))
-    if align:
-        align_text(model, [target], trained_on, lambda n: None)
-    try:
-        with model.text_prior_on(target, zero_shot_prior(cfg, model)):
+    """``rank_unseen`` for ``target`` within the block only (the model holds the catalogues of
+    ``target`` and ``trained_on``); yields metrics.json's entries for it."""
+    with model.text_prior_on(target, 0.0):  # restores the domain's prior weight on leaving
+        rank_unseen(cfg, model, [target], trained_on)
+        try:
             yield zero_shot_record(cfg, model, [target])
-    finally:
-        if align:
-            model.features["text"].shift.pop(target, None)
+        finally:
+            if model.reads_text:
+                model.features["text"].shift.pop(target, None)
 
 
 def model_mode(cfg: DictConfig) -> str:

@@ -180,9 +180,14 @@ class SeqRec(nn.Module):
         self.ctx.route = fn
 
     @property
+    def reads_text(self) -> bool:
+        """Whether an item's text is one of its features (a backbone encodes it)."""
+        return "text" in self.features
+
+    @property
     def encoded(self) -> dict[str, torch.Tensor]:
         """The text feature's LM vectors per domain (stale ones for a training backbone)."""
-        return self.features["text"].encoded if "text" in self.features else {}
+        return self.features["text"].encoded if self.reads_text else {}
 
     @property
     def transductive(self) -> bool:
@@ -244,7 +249,7 @@ class SeqRec(nn.Module):
         out = self.fusion([f(key, fresh) for f in self.features.values()], key)
         perturb = getattr(self, "item_perturb", None)  # adversarial training (adversarial/perturb.py)
         out = perturb(key, out) if perturb is not None else out
-        prior = self.prior_columns(key, self.features["text"].base(key)) if "text" in self.features else None
+        prior = self.prior_columns(key, self.features["text"].base(key)) if self.reads_text else None
         return out if prior is None else torch.cat([out, prior.to(out.dtype)], 1)
 
     def prior_columns(self, key: str, lm: torch.Tensor) -> torch.Tensor | None:
@@ -256,7 +261,7 @@ class SeqRec(nn.Module):
     def set_text_prior(self, key: str, weight: float) -> None:
         """Domain ``key``'s logits get ``weight`` x the text zero-shot scorer from now on, instead of
         ``model.text_prior``'s weight (``eval.zero_shot_prior`` on a domain the model never saw)."""
-        if weight and "text" not in self.features:
+        if weight and not self.reads_text:
             raise CrossrecError("eval.zero_shot_prior", f"{weight}, but the item tower reads no text",
                                 "set eval.zero_shot_prior=0 for a model without item text")
         self.prior_weights[key] = float(weight)
