@@ -12,8 +12,7 @@ from torch import nn
 from crossrec_cli.adapters.base import ADAPTERS, AdapterFamily
 from crossrec_cli.adapters.peft_methods import (
     PEFT_METHODS,
-    adalora_orth_loss,
-    adalora_step,
+    SETTINGS,
     add_peft,
     apply_peft,
     method_of_peft,
@@ -36,10 +35,10 @@ class Peft(AdapterFamily):
         return method_of_peft(model)
 
     def mergeable(self, method: str) -> bool:
-        return method != "prefix"  # peft's merge_and_unload folds LoRA / AdaLoRA / IA3 weights; prefixes stay apart
+        return SETTINGS[method].mergeable
 
     def named_adapters_problem(self, method: str) -> str | None:
-        return "peft trains one AdaLoRA adapter at a time" if method == "adalora" else None
+        return SETTINGS[method].one_at_a_time
 
     def names(self, model: Any) -> list[str]:
         return list(model.peft_config)
@@ -54,11 +53,10 @@ class Peft(AdapterFamily):
         set_peft_active(model, name)
 
     def step_hook(self, model: nn.Module, step: int) -> None:
-        if method_of_peft(model) == "adalora":  # AdaLoRA reallocates ranks from the gradients
-            adalora_step(model, step)
+        SETTINGS[method_of_peft(model)].step(model, step)
 
     def loss(self, model: nn.Module) -> torch.Tensor | None:
-        return adalora_orth_loss(model) if method_of_peft(model) == "adalora" else None
+        return SETTINGS[method_of_peft(model)].loss(model)
 
     def save(self, model: Any, folder: Path) -> list[Path]:
         """peft's own layout: ``adapter_model.safetensors`` + ``adapter_config.json``, named

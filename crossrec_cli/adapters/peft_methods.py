@@ -35,6 +35,7 @@ _IA3_AUTO = {
     "mpnet": (rf".*\.attn\.(k|v)|{_FF}", _FF),
     "llama": (["k_proj", "v_proj", "down_proj"], ["down_proj"]),
 }
+FAMILIES = {**dict.fromkeys(BERT_LIKE, "bert"), **dict.fromkeys(LLAMA_LIKE, "llama"), "mpnet": "mpnet"}
 
 
 def _is_num(v: Any) -> bool:
@@ -87,11 +88,7 @@ def settings_from(cls: Any, method: str, hparams: dict[str, Any], rules: dict = 
 
 def family(model_type: str) -> str:
     """'bert', 'mpnet' or 'llama' (module naming of the backbone); '' when unknown."""
-    if model_type in BERT_LIKE:
-        return "bert"
-    if model_type in LLAMA_LIKE:
-        return "llama"
-    return "mpnet" if model_type == "mpnet" else ""
+    return FAMILIES.get(model_type, "")
 
 
 def _auto(table: dict[str, Any], model_type: str) -> Any:
@@ -105,8 +102,35 @@ def _targets(settings: Any, table: dict[str, Any], model_type: str) -> list[str]
     return list(_auto(table, model_type) if t == "auto" else t)
 
 
+class PeftMethod:
+    """What differs between peft methods beyond their settings: each settings class below
+    overrides what its method does differently (the defaults fit LoRA and IA3)."""
+
+    mergeable: ClassVar[bool] = True  # peft's merge_and_unload folds its weights into the backbone
+    one_at_a_time: ClassVar[str | None] = None  # why named adapters cannot all train, if so
+    added_frozen: ClassVar[bool] = True  # peft adds a further adapter frozen: make it trainable
+
+    def wrapped(self, base: nn.Module) -> None:
+        """After peft wrapped (or added to) ``base``, the backbone inside."""
+
+    def adding(self, model: Any) -> None:
+        """Before ``model.add_adapter`` adds another adapter of this method."""
+
+    def added(self, model: Any, name: str, config: Any) -> None:
+        """After ``model.add_adapter(name, config)``."""
+
+    @staticmethod
+    def step(model: Any, step: int) -> None:
+        """After each optimiser step, before zero_grad."""
+
+    @staticmethod
+    def loss(model: Any) -> torch.Tensor | None:
+        """An auxiliary loss the recipe adds to its own, or None."""
+        return None
+
+
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraSettings(PeftMethod):
     """LoRA (Hu et al. 2021): a low-rank update B @ A beside each target linear layer."""
 
     rules: ClassVar[dict[str, str]] = {"dropout": "share"}
@@ -129,8 +153,10 @@ class LoraSettings:
 
 
 @dataclass(frozen=True)
-class AdaLoraSettings:
+class AdaLoraSettings(PeftMethod):
     """AdaLoRA (Zhang et al. 2023): SVD-form LoRA, ranks pruned to a budget while training."""
+
+    one_at_a_time: ClassVar[str | None] = "peft trains one AdaLoRA adapter at a time"
 
     rules: ClassVar[dict[str, str]] = {"orth_reg_weight": "nonnegative"}
     rules |= dict.fromkeys(["dropout", "tinit_frac", "tfinal_frac", "beta1", "beta2"], "share")
@@ -176,11 +202,34 @@ class AdaLoraSettings:
             target_modules=_targets(self, _LORA_AUTO, model_type),
         )
 
+    def adding(self, model: Any) -> None:
+        # peft trains one AdaLoRA adapter at a time: freeze the earlier ones
+        for old in model.peft_config.values():
+            old.inference_mode = True
+        model.base_model.set_requires_grad(list(model.peft_config), False)
+
+    def added(self, model: Any, name: str, config: Any) -> None:
+        from peft.tuners.adalora import RankAllocator
+
+        tuner = model.base_model  # the rank allocator points at the new adapter
+        tuner.trainable_adapter_name = name
+        tuner.rankallocator = RankAllocator(tuner.model, config, name)
+
+    @staticmethod
+    def step(model: Any, step: int) -> None:
+        adalora_step(model, step)  # ranks reallocated from the gradients
+
+    @staticmethod
+    def loss(model: Any) -> torch.Tensor | None:
+        return adalora_orth_loss(model)
+
 
 @dataclass(frozen=True)
-class PrefixSettings:
+class PrefixSettings(PeftMethod):
     """Prefix tuning (Li & Liang 2021): trained keys / values prepended in every layer."""
 
+    mergeable: ClassVar[bool] = False  # merge_and_unload has no weights to fold: prefixes stay apart
+    added_frozen: ClassVar[bool] = False
     rules: ClassVar[dict[str, str]] = {}
     num_virtual_tokens: int = 20
     projection: bool = False  # train the prefix through an MLP (Li & Liang's reparametrisation)
@@ -199,9 +248,13 @@ class PrefixSettings:
             encoder_hidden_size=self.projection_hidden,
         )
 
+    def wrapped(self, base: nn.Module) -> None:
+        if self.keep_positions:
+            _keep_positions(base)
+
 
 @dataclass(frozen=True)
-class IA3Settings:
+class IA3Settings(PeftMethod):
     """IA3 (Liu et al. 2022): learned rescaling of keys, values and feed-forward activations."""
 
     rules: ClassVar[dict[str, str]] = {}
@@ -253,29 +306,19 @@ def apply_peft(
     except ValueError as exc:  # peft's message for target modules the model lacks
         hint = "name modules the backbone has (model.named_modules())"
         raise CrossrecError("adapter.target_modules", str(exc).splitlines()[0], hint) from None
-    if method == "prefix" and settings.keep_positions:
-        _keep_positions(peft_model.get_base_model())
+    settings.wrapped(peft_model.get_base_model())
     return peft_model
 
 
 def add_peft(model: Any, method: str, name: str, hparams: dict, total_steps: int | None) -> None:
     """Add another trainable adapter of the same method; the active one does not change."""
     settings, config = peft_config(model.get_base_model(), method, hparams, total_steps)
-    if method == "adalora":  # peft trains one AdaLoRA adapter at a time: freeze the earlier ones
-        for old in model.peft_config.values():
-            old.inference_mode = True
-        model.base_model.set_requires_grad(list(model.peft_config), False)
+    settings.adding(model)
     model.add_adapter(name, config)
-    if method == "adalora":  # and point the rank allocator at the new one
-        from peft.tuners.adalora import RankAllocator
-
-        tuner = model.base_model
-        tuner.trainable_adapter_name = name
-        tuner.rankallocator = RankAllocator(tuner.model, config, name)
-    if method != "prefix":
+    settings.added(model, name, config)
+    if settings.added_frozen:
         model.base_model.set_requires_grad(name, True)  # peft adds inactive adapters frozen
-    if method == "prefix" and settings.keep_positions:
-        _keep_positions(model.get_base_model())
+    settings.wrapped(model.get_base_model())
 
 
 def set_peft_active(model: Any, name: str) -> None:

@@ -18,25 +18,28 @@ class _NoSettings:
     rules: ClassVar[dict[str, str]] = {}
 
 
+TRAINS = {"frozen": False, "full": True}  # method -> whether the backbone's weights train
+
+
 class Plain(AdapterFamily):
     priority = 100  # any model is 'frozen' or 'full': ask the other families first
 
     def apply(self, model: nn.Module, method: str, hparams: dict[str, Any], total_steps: int | None,
               adapter_name: str) -> nn.Module:
         settings_from(_NoSettings, method, hparams)
-        return model.requires_grad_(method == "full")
+        return model.requires_grad_(TRAINS[method])
 
     def method_of(self, model: nn.Module) -> str | None:
         return "full" if any(p.requires_grad for p in model.parameters()) else "frozen"
 
     def trains_backbone(self, method: str) -> bool:
-        return method == "full"
+        return TRAINS[method]
 
     def separate_weights(self, method: str) -> bool:
         return False
 
     def mergeable(self, method: str) -> bool:
-        return method == "full"  # the trained backbone is the plain backbone
+        return TRAINS[method]  # the trained backbone is the plain backbone
 
 
-ADAPTERS.register("frozen", "full")(Plain())
+ADAPTERS.register(*TRAINS)(Plain())

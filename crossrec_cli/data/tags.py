@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,16 @@ from crossrec_cli.errors import CrossrecError
 
 TAG_FILES = ("tags.dat", "user_taggedartists.dat")
 HIDDEN = ":without_label_words"  # suffix of a text column with the label words left out
-VOTES = ("users", "assignments")
-TIES = ("assignments", "drop", "order")
+# labels.vote: a class's votes on an item from (the users who gave it one of the class's tags, the
+# number of such (user, tag) assignments)
+VOTES: dict[str, Callable[[set, int], int]] = {"users": lambda users, n: len(users), "assignments": lambda users, n: n}
+# labels.tie: (the tied classes, assignments per class, class -> its order in the rule) -> the classes kept;
+# one class left is the label, several are no label
+TIES: dict[str, Callable[[list, Counter, dict], list]] = {
+    "assignments": lambda top, assignments, order: [c for c in top if assignments[c] == max(assignments[t] for t in top)],
+    "drop": lambda top, assignments, order: top,
+    "order": lambda top, assignments, order: [min(top, key=order.__getitem__)],
+}
 
 ItemTags = dict[str, set[str]]  # tag value -> the distinct users who gave it to the item
 
@@ -199,17 +208,14 @@ def vote_labels(items: list[ItemTags], rule: LabelRule) -> list[str]:
             if c is not None:
                 users[c] |= us
                 assignments[c] += len(us)
-        votes = {c: (len(users[c]) if rule.vote == "users" else assignments[c]) for c in users}
+        votes = {c: VOTES[rule.vote](users[c], assignments[c]) for c in users}
         if not votes:
             labels.append("")
             continue
         best = max(votes.values())
         top = [c for c in votes if votes[c] == best]
-        if len(top) > 1 and rule.tie == "assignments":
-            most = max(assignments[c] for c in top)
-            top = [c for c in top if assignments[c] == most]
-        if len(top) > 1 and rule.tie == "order":
-            top = [min(top, key=order.__getitem__)]
+        if len(top) > 1:
+            top = TIES[rule.tie](top, assignments, order)
         labels.append(top[0] if len(top) == 1 and best >= rule.min_voters else "")
     return labels
 

@@ -106,8 +106,8 @@ class ScorerSpec:
             check(test(value), f"head.train.{key}", value, expected)
 
     def settings_for(self, kind: str, settings: TrainSettings) -> TrainSettings:
-        """``settings`` with ``head_train`` applied when ``kind`` is the similarity head."""
-        if kind == "head" and self.head == "similarity" and self.head_train:
+        """``settings`` with ``head_train`` applied when scorer ``kind`` builds a head that takes it."""
+        if SCORERS.get(kind).heads and HEADS.get(self.head).own_training and self.head_train:
             return dataclasses.replace(settings, **self.head_train)
         return settings
 
@@ -132,6 +132,7 @@ class ScorerKind:
     trains: bool
     build: Callable[[Backbone, ScorerSpec, bool, int | None], nn.Module]
     inputs: Callable[[Scorer, list[PrefExample]], list[Any]]
+    heads: bool = False  # builds ``task.head.type``'s head (HEADS) on the encoder
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,7 @@ class HeadKind:
 
     build: Callable[[Backbone, ScorerSpec], nn.Module]
     inputs: Callable[[Scorer, list[PrefExample]], list[Any]]
+    own_training: bool = False  # ``task.head.train`` replaces the training settings for it
 
 
 SCORERS: Registry[ScorerKind] = Registry("preference scorer", "task.scorer")
@@ -219,13 +221,14 @@ def _head(bb: Backbone, spec: ScorerSpec, zero_shot: bool, total_steps: int | No
 
 SCORERS.add("similarity", ScorerKind(("encoder",), False, _similarity, _item_lists))  # zero-shot only
 SCORERS.add("head", ScorerKind(("encoder", "decoder"), True, _head,
-                               lambda scorer, examples: HEADS.get(scorer.spec.head).inputs(scorer, examples)))
+                               lambda scorer, examples: HEADS.get(scorer.spec.head).inputs(scorer, examples),
+                               heads=True))
 SCORERS.add("yes_no", ScorerKind(("decoder",), True, _yes_no, _prompts))
 HEADS.add("similarity", HeadKind(
     lambda bb, spec: SimilarityHead(bb, spec.pooling, min(spec.max_length, spec.item_max_length),
                                     correction=spec.correction, dropout=spec.dropout, l2=spec.l2,
                                     scale_l2=spec.scale_l2),
-    _item_lists))
+    _item_lists, own_training=True))
 HEADS.add("pair", HeadKind(
     lambda bb, spec: SequenceClassifier(bb, 2, spec.pooling, spec.max_length, spec.dropout),
     lambda scorer, examples: [encoder_pair(ex, scorer.spec.history_template) for ex in examples]))

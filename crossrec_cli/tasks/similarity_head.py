@@ -32,7 +32,7 @@ from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.tasks.models import backbone_trains, embed_texts, fit_length, group_means, like_balance
 
 Example = tuple[Sequence[str], Sequence[str], str]  # (liked texts, disliked texts, candidate)
-CORRECTIONS = ("none", "linear")
+CORRECTIONS = {"none": False, "linear": True}  # correction -> a learned linear term on the item vector
 
 
 class SimilarityHead(nn.Module):
@@ -42,7 +42,7 @@ class SimilarityHead(nn.Module):
                  correction: str = "linear", dropout: float = 0.0, l2: float = 8.0, scale_l2: float = 2.0):
         super().__init__()
         if correction not in CORRECTIONS:
-            raise ValueError(f"unknown correction {correction!r}; expected one of {CORRECTIONS}")
+            raise ValueError(f"unknown correction {correction!r}; expected one of {list(CORRECTIONS)}")
         self.backbone, self.tokenizer = backbone.model, backbone.tokenizer
         self.kind, self.pooling = backbone.kind, pooling
         self.max_length = fit_length(backbone.model, max_length)
@@ -50,7 +50,7 @@ class SimilarityHead(nn.Module):
         self.log_a = nn.Parameter(torch.tensor(self.log_a0))
         self.b = nn.Parameter(torch.zeros(()))
         self.w = nn.Parameter(torch.zeros(()))
-        self.v = nn.Linear(backbone.hidden_size, 1, bias=False) if correction == "linear" else None
+        self.v = nn.Linear(backbone.hidden_size, 1, bias=False) if CORRECTIONS[correction] else None
         if self.v is not None:
             nn.init.zeros_(self.v.weight)
         self.dropout = nn.Dropout(dropout)
