@@ -11,6 +11,7 @@ from conftest import run_cli, run_inprocess
 from crossrec_cli.data.split import EvalSet
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.models.baselines import mean_history_vectors
+from crossrec_cli.models.features.text import MEAN_FREE
 from crossrec_cli.models.prior import TextPrior
 from crossrec_cli.models.seqrec import SeqRec, SeqRecConfig, pad_histories
 from test_seqrec import _model
@@ -113,10 +114,14 @@ def test_align_to_moves_the_catalogue_mean_and_is_void_under_centring():
     assert torch.allclose(shifted - shifted.mean(0), text.base("d") - text.base("d").mean(0), atol=1e-5)
     assert torch.allclose(text.normalise("d", text.base("d")), shifted)
     assert not torch.allclose(m.item_matrix("d"), before)
-    c = _model(dropout=0.0, text_norm="center")
-    plain = c.item_matrix("d").detach().clone()
-    c.features["text"].align_to("d", target)
-    assert torch.allclose(c.item_matrix("d"), plain, atol=1e-5)
+    for norm in MEAN_FREE:  # a shift would change nothing (checked by forcing one): none is made or recorded
+        c = _model(dropout=0.0, text_norm=norm)
+        ctext = c.features["text"]
+        plain = c.item_matrix("d").detach().clone()
+        ctext.align_to("d", target)
+        assert ctext.shift == {}
+        ctext.shift["d"] = target - ctext.base("d").mean(0)
+        assert torch.allclose(c.item_matrix("d"), plain, atol=1e-5)
 
 
 def test_zero_shot_block_aligns_and_ensembles_the_unseen_domain_then_restores_it():

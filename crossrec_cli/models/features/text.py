@@ -21,6 +21,7 @@ TEXT_NORMS: Registry[Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = Reg
 TEXT_NORMS.add("none", lambda base, ref: base)
 TEXT_NORMS.add("center", lambda base, ref: base - ref.mean(0))
 TEXT_NORMS.add("standardize", lambda base, ref: (base - ref.mean(0)) / (ref.std(0) + 1e-6))
+MEAN_FREE = {"center", "standardize"}  # norms that remove the catalogue's mean: a shift of it changes nothing
 
 
 @FEATURES.register("text")
@@ -85,6 +86,9 @@ class TextFeature(ItemFeature):
         """Shift domain ``key``'s LM vectors so that their catalogue mean is ``mean`` (the mean of the
         catalogues a model trained on): first-moment alignment of a domain the model never saw, so
         that its projection reads vectors centred where the training ones were. No effect under
-        ``model.text_norm=center`` / ``standardize``, which centre every domain on its own mean."""
+        ``model.text_norm=center`` / ``standardize``, which centre every domain on its own mean:
+        then nothing is shifted (and metrics.json's ``zero_shot_align`` does not list the domain)."""
+        if self.ctx.cfg.text_norm in MEAN_FREE:
+            return
         base = self.base(key)
         self.shift[key] = mean.to(base) - base.mean(0)
