@@ -57,14 +57,19 @@ MODELS: dict[str, tuple[str, list[str]]] = {
     "text_zeroshot_raw": ("text zero-shot, raw LM vectors `model.text_norm=none model.recency=0.8` (the default before)",
                           ["evaluate", "model=text_zeroshot", "backbone=minilm", "model.text_norm=none",
                            "model.recency=0.8"]),
-    "sasrec": ("SASRec (ids) `experiment=sasrec`", ["finetune", "experiment=sasrec"]),
-    "sasrec_recbole": ("SASRec, RecBole's blocks: no dropout inside the feed-forward, positions from the oldest item "
-                       "`model.ffn_dropout=0 model.positions=start`",
-                       ["finetune", "experiment=sasrec", "model.ffn_dropout=0", "model.positions=start"]),
-    "sasrec_stride10": ("SASRec, overlapping windows `trainer.window_stride=10`",
-                        ["finetune", "experiment=sasrec", "trainer.window_stride=10"]),
-    "sasrec_stride10_b256": ("SASRec, `trainer.window_stride=10 trainer.batch_size=256`",
-                             ["finetune", "experiment=sasrec", "trainer.window_stride=10", "trainer.batch_size=256"]),
+    "sasrec": ("SASRec (ids) `experiment=sasrec`: RecBole's hyperparameters, overlapping windows of 10 targets",
+               ["finetune", "experiment=sasrec"]),
+    # rows of the preset before it took trainer.window_stride=10 (windows that do not overlap)
+    "sasrec_nonoverlap": ("SASRec, windows that do not overlap `trainer.window_stride=null` (the preset before)",
+                          ["finetune", "experiment=sasrec", "trainer.window_stride=null"]),
+    "sasrec_recbole": ("SASRec, RecBole's blocks: no dropout inside the feed-forward, positions from the oldest item, "
+                       "windows that do not overlap `model.ffn_dropout=0 model.positions=start trainer.window_stride=null`",
+                       ["finetune", "experiment=sasrec", "model.ffn_dropout=0", "model.positions=start",
+                        "trainer.window_stride=null"]),
+    "sasrec_noclip": ("SASRec without gradient clipping, as RecBole, windows that do not overlap "
+                      "`trainer.grad_clip=0 trainer.window_stride=null`",
+                      ["finetune", "experiment=sasrec", "trainer.grad_clip=0", "trainer.window_stride=null"]),
+    "sasrec_b256": ("SASRec, `trainer.batch_size=256`", ["finetune", "experiment=sasrec", "trainer.batch_size=256"]),
     "text_cosine": ("frozen MiniLM + towers (defaults: `model.score=auto`, cosine for text)", ["finetune"]),
     "text_center_cosine": ("frozen MiniLM + towers, centred LM vectors `model.text_norm=center` (cosine)",
                            ["finetune", "model.text_norm=center"]),
