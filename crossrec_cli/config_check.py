@@ -142,8 +142,9 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.norm_first": (lambda v: isinstance(v, bool), "true or false", "false"),
     "model.temperature": (_positive, "a number > 0", "0.07"),
     "eval.zero_shot_align": (lambda v: isinstance(v, bool), "true or false", "true"),
-    "eval.zero_shot_prior": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
-                             "a number >= 0 (0 = the trained model alone)", "2.0"),
+    "eval.zero_shot_prior": (lambda v: v == "auto" or (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0),
+                             "a number >= 0 (0 = the trained model alone) or auto (chosen on the domain's validation "
+                             "examples)", "2.0"),
     "model.text_prior": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                          "a number >= 0 (0 = off)", "2.0"),
     "model.text_prior_recency": (lambda v: _positive(v) and v <= 1, "a number in (0, 1] (1.0 = plain mean of the history)",

@@ -13,7 +13,8 @@ zero-shot test NDCG@10 / Recall@10 on `other` by the model alone (`eval.zero_sho
 eval.zero_shot_align=false`, in <run>/zeroshot_other), with the LM vectors of `other` shifted to
 the mean of `action`'s (`eval.zero_shot_prior=0`, <run>/zeroshot_other_aligned) and as `crossrec
 evaluate` ranks a domain a run never saw by default, aligned and plus 2 x the text zero-shot
-scorer (<run>/zeroshot_other_prior), and the text zero-shot and popularity baselines on `other`. Everything runs through the real CLI; run folders land in outputs/genre_split/.
+scorer (<run>/zeroshot_other_prior), with that weight chosen on the validation examples of
+`other` (`eval.zero_shot_prior=auto`, <run>/zeroshot_other_auto), and the text zero-shot and popularity baselines on `other`. Everything runs through the real CLI; run folders land in outputs/genre_split/.
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ def main() -> None:
             z = cli("evaluate", f"run={run}", "domain=other", *ev, *ALONE, out=run / "zeroshot_other")
             cli("evaluate", f"run={run}", "domain=other", *ev, "eval.zero_shot_prior=0", out=run / "zeroshot_other_aligned")
             zp = cli("evaluate", f"run={run}", "domain=other", *ev, out=run / "zeroshot_other_prior")
+            cli("evaluate", f"run={run}", "domain=other", *ev, "eval.zero_shot_prior=auto", out=run / "zeroshot_other_auto")
             table.add_row(name + (" " + " ".join(a.override) if a.override else ""), seed,
                           f"{m['valid']['action']['ndcg@10']:.4f}", f"{m['test']['action']['ndcg@10']:.4f}",
                           f"{z['test']['other']['ndcg@10']:.4f}", f"{z['test']['other']['recall@10']:.4f}",

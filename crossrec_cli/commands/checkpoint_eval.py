@@ -21,7 +21,7 @@ from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
 from crossrec_cli.commands.recsys import (
     _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts, text_prior,
-    rank_unseen, zero_shot_record,
+    rank_unseen, zero_shot_prior, zero_shot_record,
 )
 from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -86,7 +86,10 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
-    rank_unseen(cfg, model, unseen, trained_on, lambda n: load_domain(domain_spec(n, config_dirs(cfg), overrides(saved))))
+    auto = zero_shot_prior(mcfg, model) == "auto"  # its weight is chosen on each unseen domain's validation examples
+    splits = {s.name: make_split(d, s.order, s.order_seed) for s, d in domains if s.name in unseen} if auto else None
+    rank_unseen(mcfg, model, unseen, trained_on, lambda n: load_domain(domain_spec(n, config_dirs(cfg), overrides(saved))),
+                splits)
     return LoadedRun(model, mcfg, saved, trained_on, domains)
 
 

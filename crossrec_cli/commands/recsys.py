@@ -19,9 +19,11 @@ from crossrec_cli.data import Domain, DomainSpec, Split
 from crossrec_cli.adapters import ADAPTERS, param_counts
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split, extras_by_key, groups_of, test_report
-from crossrec_cli.evaluation.ranking import read_candidates
+from crossrec_cli.evaluation.metrics import ndcg_gains
+from crossrec_cli.evaluation.ranking import full_ranks, read_candidates
 from crossrec_cli.models.build import build_recommender
 from crossrec_cli.models.features import Catalogue
+from crossrec_cli.models.prior import pick_prior_weight
 from crossrec_cli.models.seqrec import SeqRec, feature_names, is_transductive, resolve_score, seqrec_scorer
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import windows
@@ -126,19 +128,54 @@ def text_prior(cfg: DictConfig) -> dict[str, dict[str, float]]:
     return {"text_prior": {"weight": weight, "recency": float(cfg.model.get("text_prior_recency", 0.9))}} if weight else {}
 
 
-def zero_shot_prior(cfg: DictConfig, model: Any) -> float:
+# eval.zero_shot_prior=auto: the weights tried on an unseen domain's validation examples (1024: the
+# text scorer all but alone)
+ZERO_SHOT_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 64.0, 1024.0)
+
+
+def zero_shot_prior(cfg: DictConfig, model: Any) -> float | str:
     """``eval.zero_shot_prior``: the text zero-shot scorer's weight in a trained model's logits on a
-    domain it never trained on (0 for a model without item text, which cannot rank such a domain)."""
-    return float(cfg.eval.get("zero_shot_prior", 0.0)) if model.reads_text else 0.0
+    domain it never trained on, or "auto" (0 for a model without item text, which cannot rank such a domain)."""
+    if not model.reads_text:
+        return 0.0
+    value = cfg.eval.get("zero_shot_prior", 0.0)
+    return value if value == "auto" else float(value)
+
+
+def choose_zero_shot_prior(cfg: DictConfig, model: Any, key: str, split: Split) -> dict[float, float]:
+    """``eval.zero_shot_prior=auto``: rank domain ``key``'s validation examples (their targets are
+    inputs of its test examples, never test targets) with each weight of ZERO_SHOT_GRID and keep
+    the one ``pick_prior_weight`` picks (the text scorer all but alone, unless a smaller weight is
+    better by more than one standard error); returns {weight: valid NDCG@10}."""
+    valid = split.valid
+    exclude = valid.histories if cfg.eval.exclude_seen else None
+    gains = {}
+    for w in ZERO_SHOT_GRID:
+        model.set_text_prior(key, w)
+        users, items = seqrec_scorer(model, key, int(cfg.eval.batch_size))
+        ranks = full_ranks(users(valid), items, valid.targets, exclude, int(cfg.eval.user_chunk),
+                           int(cfg.eval.item_chunk))
+        gains[w] = ndcg_gains(ranks, 10)
+    best = pick_prior_weight(gains)
+    model.set_text_prior(key, best)
+    scores = {w: float(g.mean()) if len(g) else 0.0 for w, g in gains.items()}
+    log.info("eval.zero_shot_prior=auto on %s: weight %g (valid ndcg@10 %.4f; text scorer all but alone %.4f, "
+             "the model alone %.4f)", key, best, scores[best], scores[ZERO_SHOT_GRID[-1]], scores[0.0])
+    return scores
 
 
 def zero_shot_record(cfg: DictConfig, model: Any, unseen: list[str]) -> dict[str, dict]:
-    """metrics.json's ``zero_shot_prior`` entry (weight, recency, the domains it applied to) and
-    ``zero_shot_align`` (the domains whose LM vectors were shifted), each when it applied."""
+    """metrics.json's ``zero_shot_prior`` entry (weight, recency, the domains it applied to; with
+    auto the weight chosen per domain and every weight's valid NDCG@10) and ``zero_shot_align``
+    (the domains whose LM vectors were shifted), each when it applied."""
     out: dict[str, Any] = {}
     weight = zero_shot_prior(cfg, model)
     if unseen and weight:
         out["zero_shot_prior"] = {"weight": weight, "recency": model.prior.recency, "domains": list(unseen)}
+        if weight == "auto":
+            out["zero_shot_prior"]["chosen"] = {n: model.prior_weights.get(n) for n in unseen}
+            out["zero_shot_prior"]["valid_ndcg@10"] = {n: {f"{w:g}": v for w, v in model.prior_choice[n].items()}
+                                                      for n in unseen if n in model.prior_choice}
     shifted = [n for n in unseen if model.reads_text and n in model.features["text"].shift]
     if shifted:
         out["zero_shot_align"] = {"domains": shifted}
@@ -162,25 +199,35 @@ def align_text(model: Any, unseen: list[str], trained_on: list[str],
 
 
 def rank_unseen(cfg: DictConfig, model: Any, unseen: list[str], trained_on: list[str],
-                load: Callable[[str], Domain] | None = None) -> None:
+                load: Callable[[str], Domain] | None = None, splits: dict[str, Split] | None = None) -> None:
     """From now on ``model`` ranks the ``unseen`` domains (never trained on) as ``crossrec evaluate``
     ranks a domain a run never saw: ``eval.zero_shot_align`` shifts their LM vectors (``load`` reads
-    a training domain the model holds no catalogue of), ``eval.zero_shot_prior`` adds the text scorer."""
+    a training domain the model holds no catalogue of), ``eval.zero_shot_prior`` adds the text scorer
+    (``auto``: its weight chosen on each domain's validation examples, from ``splits``)."""
     if unseen and model.reads_text and bool(cfg.eval.get("zero_shot_align", False)):
         align_text(model, unseen, trained_on, load)
+    weight = zero_shot_prior(cfg, model)
     for name in unseen:  # ensembled with the text zero-shot scorer (models/prior.py)
-        model.set_text_prior(name, zero_shot_prior(cfg, model))
+        if weight == "auto":
+            if name not in (splits or {}):
+                raise CrossrecError("eval.zero_shot_prior", f"auto needs domain {name}'s validation examples",
+                                    "pass its split, or set a number")
+            model.prior_choice[name] = choose_zero_shot_prior(cfg, model, name, splits[name])
+        else:
+            model.set_text_prior(name, weight)
 
 
 @contextmanager
-def zero_shot(cfg: DictConfig, model: Any, target: str, trained_on: list[str]) -> Iterator[dict]:
-    """``rank_unseen`` for ``target`` within the block only (the model holds the catalogues of
-    ``target`` and ``trained_on``); yields metrics.json's entries for it."""
+def zero_shot(cfg: DictConfig, model: Any, target: str, trained_on: list[str],
+              split: Split | None = None) -> Iterator[dict]:
+    """``rank_unseen`` for ``target`` (its ``split``) within the block only (the model holds the
+    catalogues of ``target`` and ``trained_on``); yields metrics.json's entries for it."""
     with model.text_prior_on(target, 0.0):  # restores the domain's prior weight on leaving
-        rank_unseen(cfg, model, [target], trained_on)
+        rank_unseen(cfg, model, [target], trained_on, splits={target: split} if split is not None else None)
         try:
             yield zero_shot_record(cfg, model, [target])
         finally:
+            model.prior_choice.pop(target, None)
             if model.reads_text:
                 model.features["text"].shift.pop(target, None)
 

@@ -145,7 +145,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # a transductive model has (untrained) id vectors for target items: no zero-shot for it
     zero, zero_record = None, {}
     if not model.transductive:  # as `evaluate` ranks a domain a run never saw (eval.zero_shot_align / _prior)
-        with zero_shot(cfg, model, tname, keys[:-1]) as zero_record:
+        with zero_shot(cfg, model, tname, keys[:-1], split_full) as zero_record:
             zero = evaluate_model(cfg, model, tname, split_full, target)
     # (c) adapt
     phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", logger, extra)

@@ -21,12 +21,18 @@ def recall_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(ranks < k)) if len(ranks) else 0.0
 
 
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each example's NDCG@k: with one relevant item the ideal DCG is 1, so 1 / log2(rank + 2)
+    inside the top k, else 0."""
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
 @RANKING_METRICS.register("ndcg")
 def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
-    """With one relevant item the ideal DCG is 1, so NDCG = 1 / log2(rank + 2) inside the top k."""
+    """The mean of ``ndcg_gains``."""
     if not len(ranks):
         return 0.0
-    return float(np.mean(np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)))
+    return float(np.mean(ndcg_gains(ranks, k)))
 
 
 @RANKING_METRICS.register("mrr")

@@ -20,6 +20,7 @@ they never trained on, and the language model keeps its ranking underneath.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,3 +54,19 @@ class TextPrior:
             weight = self.recency * weight + m[:, t]
             out.append(total / weight.clamp_min(1e-12))
         return F.normalize(torch.stack(out, 1), dim=-1)
+
+
+def pick_prior_weight(gains: dict[float, np.ndarray]) -> float:
+    """``eval.zero_shot_prior=auto``: the weight of the text scorer on a domain a model never trained
+    on, from each weight's per-example validation NDCG@10 (``gains``, the same examples in the same
+    order). The largest weight (the text scorer all but alone, what the language model knows)
+    stands unless a smaller one beats it by more than one standard error of their paired
+    per-example difference; then the best of those (the smallest on a tie)."""
+    base = max(gains)
+
+    def beats_base(w: float) -> bool:
+        d = gains[w] - gains[base]
+        return len(d) > 1 and float(d.mean()) > float(d.std(ddof=1)) / np.sqrt(len(d))
+
+    better = [w for w in gains if w != base and beats_base(w)]
+    return max(better, key=lambda w: (float(gains[w].mean()), -w)) if better else base

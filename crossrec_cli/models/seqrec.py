@@ -155,6 +155,7 @@ class SeqRec(nn.Module):
         self.user = UserTower(cfg)
         self.prior = TextPrior(cfg.text_prior_recency)
         self.prior_weights: dict[str, float] = {}  # per domain, when not cfg.text_prior (text_prior_on)
+        self.prior_choice: dict[str, dict[float, float]] = {}  # eval.zero_shot_prior=auto: valid ndcg@10 per weight
         if cfg.text_prior and "text" not in names:
             raise CrossrecError("model.text_prior", f"{cfg.text_prior}, but the item tower reads no text ({names})",
                                 "set model.text_prior=0 or add text to model.features")
