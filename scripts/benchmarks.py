@@ -397,6 +397,7 @@ def _pct(values: list[float]) -> str:
 
 ALIGN_ROW = ", LM vectors of 'other' shifted to the training mean (`eval.zero_shot_align`)"
 PRIOR_ROW = ", aligned + 2 x text_zeroshot (`eval.zero_shot_prior=2`): `crossrec evaluate`'s default"
+AUTO_ROW = ", aligned + w x text_zeroshot, w chosen on the validation examples of 'other' (`eval.zero_shot_prior=auto`)"
 
 
 def _genre_split(carried: dict) -> list[str]:
@@ -415,7 +416,7 @@ def _genre_split(carried: dict) -> list[str]:
         name, seed, extra = re.fullmatch(r"(.*)_kept_s(\d+)(.*)", run.name).groups()
         label = f"trained: {name}{extra.replace('_', ' ', 1)}".replace("-", "=")
         for zero, suffix in (("zeroshot_other", ""), ("zeroshot_other_aligned", ALIGN_ROW),
-                             ("zeroshot_other_prior", PRIOR_ROW)):
+                             ("zeroshot_other_prior", PRIOR_ROW), ("zeroshot_other_auto", AUTO_ROW)):
             if (run / zero / "metrics.json").is_file():
                 groups.setdefault(label + suffix, []).append((int(seed), run, zero))
     old_rows = carried["sections"].get(title, {}).get("rows", {})
