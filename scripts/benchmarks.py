@@ -302,6 +302,12 @@ def _section(carried: dict, title: str, rows: list[str], *head: str) -> list[str
     return [title, "", *head, *rows, ""] if rows else []
 
 
+def _mean_epoch(epochs: list) -> str:
+    """The mean best epoch over seeds, rounded ("–" when no seed has one)."""
+    known = [e for e in epochs if e is not None]
+    return str(round(sum(known) / len(known))) if known else "–"
+
+
 def _transfer(carried: dict) -> list[str]:
     """Rows from ``crossrec transfer experiment=<name>`` run directories under
     outputs/transfer/<name>/seed<k> (target test: zero-shot, adapted, control, lift)."""
@@ -323,7 +329,8 @@ def _transfer(carried: dict) -> list[str]:
             vals = [v for v in (arm(r, name) for r in recs) if v is not None]
             cells.append(_fmt(vals) if vals else "–")
         lift = [r["lift"]["ndcg@10"] for r in recs if isinstance(r.get("lift"), dict) and "ndcg@10" in r["lift"]]
-        epochs = " / ".join(str(recs[0]["phases"].get(p, {}).get("best_epoch", "–")) for p in ("source", "adapted", "control"))
+        epochs = " / ".join(_mean_epoch([r["phases"].get(p, {}).get("best_epoch") for r in recs])
+                            for p in ("source", "adapted", "control"))
         name = f"`{exp.removesuffix('_dot')}`" + (" `model.score=dot`" if exp.endswith("_dot") else "")
         rows.append(f"| {name} ({recs[0]['source'][0]} -> {recs[0]['target']}) | {len(recs)} | " + " | ".join(cells)
                     + f" | {_pct(lift)} | {epochs} |")
@@ -331,7 +338,7 @@ def _transfer(carried: dict) -> list[str]:
             "Target test NDCG@10 of the model trained on the source only (zero-shot), then adapted on the target, "
             "and of a control trained on the target only; lift = adapted / control - 1. Untrained references on the "
             "target are in its table above.", "",
-            "| experiment | n | zero-shot | adapted | control | lift | best epochs (source / adapted / control) |",
+            "| experiment | n | zero-shot | adapted | control | lift | best epochs, mean over seeds (source / adapted / control) |",
             "|---|---|---|---|---|---|---|")
 
 
