@@ -96,6 +96,8 @@ def test_explain_on_a_domain_the_run_never_saw(trained, tmp_path):
     ex = json.loads((out / "explanation.json").read_text())
     assert len(ex["recommendations"]) == 2 and len(ex["attention"]) == 2
     assert all(r["completeness_gap"] < 1e-3 for r in ex["recommendations"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["zero_shot_prior"]["domains"] == ["music"] and m["zero_shot_align"] == {"domains": ["music"]}
 
 
 @pytest.mark.slow

@@ -84,6 +84,9 @@ def test_recommend_zero_shot_from_a_trained_run(tmp_path):
     run_inprocess("recommend", *SMOKE, f"run={trained}", "domain=music", "users=[2,3]", "k=4", run_dir=out)
     m = read_metrics(out)
     assert m["mode"] == "zero-shot" and m["model"] == "seqrec" and m["run"] == str(trained)
+    # the zero-shot settings that shaped these lists are on record, as in evaluate's metrics.json
+    assert m["zero_shot_prior"] == {"weight": 2.0, "recency": 0.9, "domains": ["music"]}
+    assert m["zero_shot_align"] == {"domains": ["music"]}
     got = [json.loads(x) for x in (out / "recommendations.jsonl").read_text().splitlines()]
     assert [x["user"] for x in got] == ["2", "3"] and all(len(x["items"]) == 4 for x in got)
     ids = run_inprocess  # a transductive (item-id) run cannot recommend in a domain it never saw

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig
 from rich.console import Console
 
 from crossrec_cli.commands._common import finish, open_run_logger, run_dir, seed_everything
+from crossrec_cli.commands.recsys import zero_shot_record
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.io import atomic_write_json, atomic_write_text
@@ -127,7 +128,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
              "max_completeness_gap": max(r["completeness_gap"] for e in explained for r in e["recommendations"])}
     record = metrics_record("explain", str(loaded.saved.model.name), "explanation", "integrated-gradients",
                             int(cfg.seed), {spec.name: domain.fingerprint()}, {}, {}, run=str(cfg.run),
-                            users=[e["user"] for e in explained], faithfulness=faith)
+                            users=[e["user"] for e in explained], faithfulness=faith,
+                            **zero_shot_record(cfg, model, [] if spec.name in loaded.trained_on else [spec.name]))
     path = finish(cfg, record, open_run_logger(cfg))
     con = Console()
     for rec in first["recommendations"]:

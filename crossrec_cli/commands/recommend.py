@@ -65,16 +65,19 @@ def chosen_users(value: Any, domain: Domain, everyone: EvalSet) -> EvalSet:
 
 
 def scorer(cfg: DictConfig, domain: Domain, users: EvalSet, name: str):
-    """(user vectors of ``users``, item vectors, model name, mode) from ``run=`` or the baseline."""
+    """(user vectors of ``users``, item vectors, model name, mode, metrics.json entries of the
+    zero-shot settings that applied) from ``run=`` or the baseline."""
     if cfg.get("run"):
         from crossrec_cli.commands.checkpoint_eval import load_run
-        from crossrec_cli.commands.recsys import model_mode
+        from crossrec_cli.commands.recsys import model_mode, zero_shot_record
         from crossrec_cli.models.seqrec import seqrec_scorer
 
         loaded = load_run(cfg)  # refuses a transductive run on a domain it never saw
         user_vecs, item_vecs = seqrec_scorer(loaded.model, name, cfg.eval.batch_size, refresh=loaded.model.backbone_trains)
-        mode = model_mode(loaded.saved) if name in loaded.trained_on else "zero-shot"
-        return user_vecs(users), item_vecs, str(loaded.saved.model.name), mode
+        unseen = [] if name in loaded.trained_on else [name]
+        mode = "zero-shot" if unseen else model_mode(loaded.saved)
+        return (user_vecs(users), item_vecs, str(loaded.saved.model.name), mode,
+                zero_shot_record(cfg, loaded.model, unseen))
     from crossrec_cli.commands.evaluate import baseline_scorer
     from crossrec_cli.models.baselines import BASELINES
 
@@ -84,7 +87,7 @@ def scorer(cfg: DictConfig, domain: Domain, users: EvalSet, name: str):
     # a baseline fitted on every interaction: the whole histories are its training sequences
     full = Split(users.users, users.histories, users, users, "all interactions")
     user_vecs, item_vecs = baseline_scorer(cfg, domain, full, {})
-    return user_vecs(users), item_vecs, str(cfg.model.name), "zero-shot"
+    return user_vecs(users), item_vecs, str(cfg.model.name), "zero-shot", {}
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -99,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise CrossrecError("k", f"expected a positive integer, got {k!r}", "e.g. k=10")
     everyone = histories(domain, spec.order, spec.order_seed)
     users = chosen_users(cfg.get("users"), domain, everyone)
-    user_vecs, item_vecs, model_name, mode = scorer(cfg, domain, users, spec.name)
+    user_vecs, item_vecs, model_name, mode, zero = scorer(cfg, domain, users, spec.name)
     exclude = users.histories if cfg.eval.exclude_seen else None
     index = top_k_index(cfg.eval, item_vecs)
     idx, scores = index.search(user_vecs, k, exclude, cfg.eval.user_chunk)
@@ -111,7 +114,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         {spec.name: domain.fingerprint()}, {}, {}, run=str(cfg.run) if cfg.get("run") else None, k=k,
         users=len(users), exclude_seen=bool(cfg.eval.exclude_seen), index=index.describe(),
         recommendations={"jsonl": str(out / "recommendations.jsonl"), "tsv": str(out / "recommendations.tsv")},
-        beyond_accuracy={spec.name: beyond_accuracy(idx, counts, users.histories, k)},
+        beyond_accuracy={spec.name: beyond_accuracy(idx, counts, users.histories, k)}, **zero,
     )
     path = finish(cfg, record, open_run_logger(cfg))
     Console().print(preview(domain, users, idx, scores))
