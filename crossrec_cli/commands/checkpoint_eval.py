@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from crossrec_cli.commands.recsys import (
     _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts, text_prior,
     rank_unseen, zero_shot_prior, zero_shot_record,
 )
-from crossrec_cli.data import Domain, DomainSpec, load_domain, make_split
+from crossrec_cli.data import Domain, DomainSpec, Split, load_domain, make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import extras_by_key
@@ -45,6 +45,10 @@ def run_config(run: Path) -> DictConfig:
     return OmegaConf.load(path)
 
 
+def unseen_of(domains: list[tuple[DomainSpec, Domain]], trained_on: list[str]) -> list[str]:
+    return [s.name for s, _ in domains if s.name not in trained_on]
+
+
 @dataclass
 class LoadedRun:
     model: SeqRec
@@ -52,6 +56,19 @@ class LoadedRun:
     saved: DictConfig  # the run's config.yaml as written
     trained_on: list[str]
     domains: list[tuple[DomainSpec, Domain]]
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def unseen(self) -> list[str]:
+        """The command's domains the run never trained on (ranked zero-shot)."""
+        return unseen_of(self.domains, self.trained_on)
+
+    def split(self, name: str) -> Split:
+        """Domain ``name``'s split, made once per command."""
+        if name not in self.splits:
+            spec, domain = next((s, d) for s, d in self.domains if s.name == name)
+            self.splits[name] = make_split(domain, spec.order, spec.order_seed)
+        return self.splits[name]
 
 
 def overrides(saved: DictConfig) -> dict | None:
@@ -77,7 +94,7 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     # trust_remote_code is this command's choice, never the (possibly edited) run folder's
     mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None,
                                    "backbone": {"trust_remote_code": bool(cfg.backbone.get("trust_remote_code", False))}})
-    unseen = [s.name for s, _ in domains if s.name not in trained_on]
+    unseen = unseen_of(domains, trained_on)
     if unseen and model_mode(saved) == "transductive":
         raise CrossrecError(f"domain={unseen[0]}", "a transductive model (item ids) cannot score a domain it was "
                             f"not trained on (it was trained on {', '.join(trained_on)})",
@@ -86,11 +103,11 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
+    loaded = LoadedRun(model, mcfg, saved, trained_on, domains)
     auto = zero_shot_prior(mcfg, model) == "auto"  # its weight is chosen on each unseen domain's validation examples
-    splits = {s.name: make_split(d, s.order, s.order_seed) for s, d in domains if s.name in unseen} if auto else None
     rank_unseen(mcfg, model, unseen, trained_on, lambda n: load_domain(domain_spec(n, config_dirs(cfg), overrides(saved))),
-                splits)
-    return LoadedRun(model, mcfg, saved, trained_on, domains)
+                {n: loaded.split(n) for n in unseen} if auto else None)
+    return loaded
 
 
 def robustness(cfg: DictConfig, mcfg: DictConfig, model: SeqRec, spec: DomainSpec, domain: Domain, split,
@@ -124,7 +141,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
                                                loaded.domains)
     dataset, valid, test, extras = {}, {}, {}, {}
     for spec, domain in domains:
-        split = make_split(domain, spec.order, spec.order_seed)
+        split = loaded.split(spec.name)
         check_evaluable(split, spec.name)
         res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains, spec=spec)
         extras[spec.name] = res.get("extras", {})
@@ -134,7 +151,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
     trainable, total = param_counts(model)
     gates = {spec.name: model.fusion_gates(spec.name) for spec, _ in domains}
-    unseen = [s.name for s, _ in domains if s.name not in trained_on]
+    unseen = loaded.unseen
     record = metrics_record(
         "evaluate", saved.model.name, "zero-shot" if unseen else model_mode(saved),
         "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,

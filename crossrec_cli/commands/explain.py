@@ -129,7 +129,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     record = metrics_record("explain", str(loaded.saved.model.name), "explanation", "integrated-gradients",
                             int(cfg.seed), {spec.name: domain.fingerprint()}, {}, {}, run=str(cfg.run),
                             users=[e["user"] for e in explained], faithfulness=faith,
-                            **zero_shot_record(cfg, model, [] if spec.name in loaded.trained_on else [spec.name]))
+                            **zero_shot_record(cfg, model, loaded.unseen))
     path = finish(cfg, record, open_run_logger(cfg))
     con = Console()
     for rec in first["recommendations"]:

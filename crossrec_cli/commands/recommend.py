@@ -74,7 +74,7 @@ def scorer(cfg: DictConfig, domain: Domain, users: EvalSet, name: str):
 
         loaded = load_run(cfg)  # refuses a transductive run on a domain it never saw
         user_vecs, item_vecs = seqrec_scorer(loaded.model, name, cfg.eval.batch_size, refresh=loaded.model.backbone_trains)
-        unseen = [] if name in loaded.trained_on else [name]
+        unseen = [name] if name in loaded.unseen else []
         mode = "zero-shot" if unseen else model_mode(loaded.saved)
         return (user_vecs(users), item_vecs, str(loaded.saved.model.name), mode,
                 zero_shot_record(cfg, loaded.model, unseen))
