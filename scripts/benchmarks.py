@@ -489,10 +489,14 @@ def _reference_runs(domain: str) -> list[dict]:
 
 
 def _reference(domain: str, carried: dict) -> tuple[int, dict[str, Agg]] | None:
-    """RecBole's SASRec: carried seeds 0..n-1 pooled with scripts/reference_recbole.py's later seeds."""
+    """RecBole's SASRec: carried seeds 0..n-1 pooled with scripts/reference_recbole.py's later seeds;
+    once that script's records hold seeds 0..n-1 themselves, its records alone."""
     old = carried["domains"].get(domain, {}).get("models", {}).get("reference", {})
     first = old.get("n", 0)
-    runs = [r for r in _reference_runs(domain) if int(r["seed"]) >= first]
+    runs = _reference_runs(domain)
+    if {int(r["seed"]) for r in runs} >= set(range(first)):
+        old, first = {}, 0
+    runs = [r for r in runs if int(r["seed"]) >= first]
     tests = [r.get("test", {}) | {"best_epoch": r.get("best_epoch"), "seconds_per_epoch": r.get("seconds_per_epoch"),
                                   "valid_ndcg@10": r.get("valid", {}).get("ndcg@10")} for r in runs]
     return (first + len(runs), _pool(old, tests)) if first + len(runs) else None

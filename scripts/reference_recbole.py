@@ -27,9 +27,14 @@ on movies), about 200 s per epoch on one CPU thread against crossrec's ~7 s; mov
 
 Prints one table per domain (valid/test Recall and NDCG @10/@50, s/epoch, best epoch; mean ± std
 over seeds; crossrec's relative test NDCG@10 gap) and writes it as JSON (``--out``, default
-outputs/reference/<domain>.json, with --exclude-seen <domain>.seen_removed.json). With
---skip-recbole / --skip-crossrec the other tool's runs are kept from an existing JSON of the same
-data and masking. Run directories: outputs/reference/<domain>/{recbole,crossrec}/.
+outputs/reference/<domain>.json, with --exclude-seen <domain>.seen_removed.json), again after
+every finished run, so an interruption loses at most the run in progress. Runs are kept across
+invocations: a (tool, seed) already in that JSON, or else in its committed copy under
+docs/benchmark-records/reference/ (``scripts/benchmarks.py table`` copies it there), for the same
+data, masking, RecBole config and crossrec overrides, is not run again (``--rerun`` runs it
+anew). So ``--seeds 0,1,2`` can be spread over several sittings and the table still lists both
+tools, each seed run back to back by this script. --skip-recbole / --skip-crossrec run one tool
+only. Run directories: outputs/reference/<domain>/{recbole,crossrec}/.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ CONF = REPO / "crossrec_cli" / "conf"
 RECBOLE_PY = REPO / ".venv-recbole" / "bin" / "python"
 RUNNER = Path(__file__).resolve().parent / "_recbole_sasrec.py"
 CROSSREC = str(Path(sys.executable).parent / "crossrec")
+RECORDS = REPO / "docs" / "benchmark-records" / "reference"  # committed copies (scripts/benchmarks.py table)
 METRICS = ("recall@10", "ndcg@10", "recall@50", "ndcg@50")
 MAX_LEN = 50  # RecBole's MAX_ITEM_LIST_LENGTH = crossrec sasrec's model.max_history
 THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -283,34 +289,58 @@ def parse_kv(items: list[str], where: str) -> dict:
     return out
 
 
-def kept_runs(path: Path, dataset: dict, mask_seen: bool, tool: str) -> list[dict]:
-    """Runs of ``tool`` from an earlier JSON of the same data and masking (for --skip-*)."""
-    if not path.is_file():
-        return []
-    old = json.loads(path.read_text(encoding="utf-8"))
-    if old.get("dataset", {}).get("sha256") != dataset["sha256"] or old.get("exclude_seen") != mask_seen:
-        return []
-    return [r for r in old.get("runs", []) if r["tool"] == tool]
+def same_setup(old: dict, record: dict) -> bool:
+    """Whether an earlier JSON ran what ``record`` runs: same data, masking and both configs."""
+    return all(old.get(k) == record[k] for k in ("exclude_seen", "recbole_config", "crossrec_overrides")) \
+        and old.get("dataset", {}).get("sha256") == record["dataset"]["sha256"]
+
+
+def kept_runs(out: Path, record: dict) -> tuple[list[dict], Path | None]:
+    """Runs of an earlier JSON of the same setup: ``out`` itself, else its committed copy."""
+    for path in (out, RECORDS / out.name):
+        if path.is_file():
+            old = json.loads(path.read_text(encoding="utf-8"))
+            if same_setup(old, record):
+                return old.get("runs", []), path
+    return [], None
+
+
+def save(record: dict, out: Path) -> None:
+    """Write ``record`` (with its summary) whole, through a temporary file: never half-written."""
+    record["summary"] = summarize(record["runs"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    tmp.replace(out)
 
 
 def run_seeds(name: str, n_items: int, split, data_dir: Path, work: Path, rb_over: dict,
-              args: argparse.Namespace, console: Console) -> list[dict]:
-    """Per seed: RecBole, then crossrec (one after the other, never in parallel)."""
-    stamp, runs = time.strftime("%Y-%m-%d_%H-%M-%S"), []
+              args: argparse.Namespace, console: Console, record: dict, out: Path) -> None:
+    """Per seed: RecBole, then crossrec (one after the other, never in parallel); each finished
+    run replaces any earlier run of its (tool, seed) in ``record``, which is saved at once."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     rb_len = int(rb_over.get("MAX_ITEM_LIST_LENGTH", MAX_LEN))
+    have = {(r["tool"], int(r["seed"])) for r in record["runs"]}
+
+    def add(run: dict) -> None:
+        record["runs"] = [r for r in record["runs"] if (r["tool"], int(r["seed"])) != (run["tool"], run["seed"])]
+        record["runs"].append(run)
+        save(record, out)
+
     for seed in args.seeds:
-        if not args.skip_recbole:
-            console.print(f"RecBole SASRec, seed {seed} ...")
-            r = run_recbole(name, data_dir, seed, work / "recbole" / f"{stamp}_seed{seed}", rb_over, args.exclude_seen)
-            if r["items"] != n_items:
-                raise SystemExit(f"error: RecBole ranks {r['items']} items, crossrec {n_items}")
-            r["split_check"] = compare(crossrec_examples(split, rb_len), r.pop("examples"), split)
-            runs.append(r)
-        if not args.skip_crossrec:
-            console.print(f"crossrec SASRec, seed {seed} ...")
-            runs.append(run_crossrec(name, seed, work / "crossrec" / f"{stamp}_seed{seed}",
-                                     args.crossrec_override, args.exclude_seen))
-    return runs
+        for tool, skipped in (("recbole", args.skip_recbole), ("crossrec", args.skip_crossrec)):
+            if skipped or ((tool, seed) in have and not args.rerun):
+                continue
+            console.print(f"{LABELS[tool]}, seed {seed} ...")
+            if tool == "recbole":
+                r = run_recbole(name, data_dir, seed, work / "recbole" / f"{stamp}_seed{seed}", rb_over, args.exclude_seen)
+                if r["items"] != n_items:
+                    raise SystemExit(f"error: RecBole ranks {r['items']} items, crossrec {n_items}")
+                r["split_check"] = compare(crossrec_examples(split, rb_len), r.pop("examples"), split)
+            else:
+                r = run_crossrec(name, seed, work / "crossrec" / f"{stamp}_seed{seed}",
+                                 args.crossrec_override, args.exclude_seen)
+            add(r)
 
 
 def reference(name: str, args: argparse.Namespace, console: Console) -> dict:
@@ -323,18 +353,15 @@ def reference(name: str, args: argparse.Namespace, console: Console) -> dict:
                   + ", ".join(f"{p} {check[p]['same']}/{check[p]['crossrec']} identical" for p in ("train", "valid", "test"))
                   + f"; users with exactly 3 interactions: {len(check['users_with_3_interactions'])}")
     out = Path(args.out.format(domain=name))
-    dataset = domain.fingerprint()
     rb_over = parse_kv(args.recbole_override, "--recbole-override")
-    runs = run_seeds(name, domain.n_items, split, inter.parent, work, rb_over, args, console)
-    for tool, skipped in (("recbole", args.skip_recbole), ("crossrec", args.skip_crossrec)):
-        if skipped:
-            runs += kept_runs(out, dataset, args.exclude_seen, tool)
-    record = {"domain": name, "dataset": dataset, "split": "leave-one-out", "exclude_seen": args.exclude_seen,
-              "split_check": check, "recbole_config": {**RECBOLE_CONFIG, **rb_over},
-              "crossrec_overrides": [*crossrec_experiment(), *args.crossrec_override], "runs": runs,
-              "summary": summarize(runs)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    record = {"domain": name, "dataset": domain.fingerprint(), "split": "leave-one-out",
+              "exclude_seen": args.exclude_seen, "split_check": check, "recbole_config": {**RECBOLE_CONFIG, **rb_over},
+              "crossrec_overrides": [*crossrec_experiment(), *args.crossrec_override], "runs": []}
+    record["runs"], source = kept_runs(out, record)
+    if source is not None:
+        console.print(f"kept from {source}: " + ", ".join(f"{r['tool']} seed {r['seed']}" for r in record["runs"]))
+    run_seeds(name, domain.n_items, split, inter.parent, work, rb_over, args, console, record, out)
+    save(record, out)
     console.print(table(record))
     console.print(f"written: {out}")
     return record
@@ -346,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     p.add_argument("--skip-recbole", action="store_true")
     p.add_argument("--skip-crossrec", action="store_true")
+    p.add_argument("--rerun", action="store_true", help="run the seeds again even where a kept JSON has them")
     p.add_argument("--exclude-seen", action="store_true", help="mask each example's history in both tools")
     p.add_argument("--recbole-override", action="append", default=[], metavar="KEY=VALUE", help="RecBole config (YAML value)")
     p.add_argument("--crossrec-override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override for crossrec")

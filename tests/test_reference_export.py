@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -70,3 +72,61 @@ def test_short_users_and_truncation(ref, tmp_path):
     assert check["test"] == {"crossrec": 3, "recbole": 3, "same": 3, "differ_users": []}
     assert check["valid"] == {"crossrec": 3, "recbole": 2, "same": 2, "differ_users": ["2"]}
     assert check["train"]["recbole"] == check["train"]["crossrec"] + 1 and check["train"]["differ_users"] == ["2"]
+
+
+def fake_run(tool: str, seed: int, ndcg: float) -> dict:
+    metrics = {k: ndcg for k in ("recall@10", "ndcg@10", "recall@50", "ndcg@50")}
+    return {"tool": tool, "seed": seed, "valid": metrics, "test": metrics, "seconds_per_epoch": 1.0,
+            "best_epoch": 1, "epochs_run": 2, "wall_seconds": 3.0, "run_dir": "x"}
+
+
+def test_runs_are_kept_across_invocations(ref, tmp_path, monkeypatch):
+    """A (tool, seed) in the JSON of the same setup is not run again; a different setup starts
+    afresh; each finished run is saved at once; --rerun replaces the kept run."""
+    split = make_split(tiny_domain([4, 5, 6]))
+    calls: list[tuple[str, int]] = []
+
+    def recbole(name, data_dir, seed, out, overrides, mask_seen):
+        calls.append(("recbole", seed))
+        return fake_run("recbole", seed, 0.1 + seed) | {"items": 10, "examples": ref.crossrec_examples(split, 50)}
+
+    def crossrec(name, seed, out, overrides, mask_seen):
+        calls.append(("crossrec", seed))
+        assert (tmp_path / "r.json").is_file()  # RecBole's run of this seed is already saved
+        return fake_run("crossrec", seed, 0.2 + seed)
+
+    monkeypatch.setattr(ref, "run_recbole", recbole)
+    monkeypatch.setattr(ref, "run_crossrec", crossrec)
+    monkeypatch.setattr(ref, "RECORDS", tmp_path / "records")
+    out = tmp_path / "r.json"
+
+    def invoke(seeds: list[int], sha: str = "abc", rerun: bool = False) -> dict:
+        args = SimpleNamespace(seeds=seeds, skip_recbole=False, skip_crossrec=False, rerun=rerun,
+                               exclude_seen=False, crossrec_override=[])
+        record = {"domain": "tiny", "dataset": {"sha256": sha}, "exclude_seen": False, "recbole_config": {"a": 1},
+                  "crossrec_overrides": ["experiment=sasrec"], "runs": []}
+        record["runs"], _ = ref.kept_runs(out, record)
+        ref.run_seeds("tiny", 10, split, tmp_path, tmp_path, {}, args, ref.Console(quiet=True), record, out)
+        return record
+
+    invoke([0])
+    assert calls == [("recbole", 0), ("crossrec", 0)]
+    record = invoke([0, 1])
+    assert calls[2:] == [("recbole", 1), ("crossrec", 1)]  # seed 0 kept, not run again
+    saved = json.loads(out.read_text())
+    assert sorted((r["tool"], r["seed"]) for r in saved["runs"]) == [("crossrec", 0), ("crossrec", 1),
+                                                                      ("recbole", 0), ("recbole", 1)]
+    assert saved["summary"]["recbole"]["test N@10"]["mean"] == pytest.approx(0.6)  # (0.1 + 1.1) / 2
+    assert saved["summary"]["gap_test_ndcg@10"] == pytest.approx((0.7 - 0.6) / 0.6)
+    assert record["runs"] == saved["runs"]
+    out.rename(tmp_path / "moved.json")  # only the committed copy is left: it is read instead
+    (tmp_path / "records").mkdir()
+    (tmp_path / "moved.json").rename(tmp_path / "records" / "r.json")
+    invoke([1])
+    assert len(calls) == 4
+    invoke([0], rerun=True)
+    assert calls[4:] == [("recbole", 0), ("crossrec", 0)]
+    assert len(json.loads(out.read_text())["runs"]) == 4
+    invoke([0], sha="other")  # other data: nothing kept
+    assert calls[6:] == [("recbole", 0), ("crossrec", 0)]
+    assert [(r["tool"], r["seed"]) for r in json.loads(out.read_text())["runs"]] == [("recbole", 0), ("crossrec", 0)]
