@@ -270,7 +270,7 @@ def table(out: Path) -> None:
                 digest = "; ".join(f"sha256 `{h}` for {', '.join(ms)}" for h, ms in shas.items())
             lines += ["", f"Data: {data['users']:,} users, {data['items']:,} items, {data['interactions']:,} interactions, "
                           f"{digest}.", ""]
-        lines += _fusion(domain, carried)
+        lines += _side_by_side(domain) + _fusion(domain, carried)
     lines += _multimodal(carried) + _transfer(carried) + _genre_split(carried) + _preference(carried)
     out.write_text("\n".join(lines) + "\n")
     print(f"wrote {out}")
@@ -486,6 +486,36 @@ def _reference_runs(domain: str) -> list[dict]:
             if r.get("tool") == "recbole":
                 by_seed.setdefault(int(r["seed"]), r)
     return [by_seed[k] for k in sorted(by_seed)]
+
+
+def _side_by_side(domain: str) -> list[str]:
+    """Per seed that scripts/reference_recbole.py ran for both tools (one after the other, same load):
+    RecBole's and crossrec's valid / test NDCG@10, the relative test gap, s/epoch and best epoch."""
+    path = RECORDS / "reference" / f"{domain}.json"
+    ref = json.loads(path.read_text()) if path.is_file() else {}
+    by = {(r["tool"], int(r["seed"])): r for r in ref.get("runs", [])}
+    seeds = sorted(k for t, k in by if t == "recbole" and ("crossrec", k) in by)
+    if ref.get("exclude_seen") or not seeds:
+        return []
+    lines = [f"### {domain}: RecBole and crossrec side by side (`scripts/reference_recbole.py --domain {domain}`)", "",
+             f"Each seed runs RecBole 1.2.1's SASRec (its defaults) and `crossrec finetune "
+             f"{' '.join(ref['crossrec_overrides'])}` one after the other on the same split (data sha256 "
+             f"`{ref['dataset']['sha256'][:16]}`), one thread each; gap = crossrec / RecBole - 1 on test NDCG@10.", "",
+             "| seed | RecBole valid / test NDCG@10 | crossrec valid / test NDCG@10 | gap | s/epoch RecBole / crossrec "
+             "| best epoch RecBole / crossrec |", "|---|---|---|---|---|---|"]
+    gaps = []
+    for k in seeds:
+        rb, cr = by[("recbole", k)], by[("crossrec", k)]
+        gaps.append(cr["test"]["ndcg@10"] / rb["test"]["ndcg@10"] - 1)
+        lines.append(f"| {k} | {rb['valid']['ndcg@10']:.4f} / {rb['test']['ndcg@10']:.4f} "
+                     f"| {cr['valid']['ndcg@10']:.4f} / {cr['test']['ndcg@10']:.4f} | {gaps[-1]:+.1%} "
+                     f"| {rb['seconds_per_epoch']:.1f} / {cr['seconds_per_epoch']:.1f} | {rb['best_epoch']} / {cr['best_epoch']} |")
+    if len(seeds) > 1:
+        mean = lambda tool, part: Agg.of([by[(tool, k)][part]["ndcg@10"] for k in seeds])  # noqa: E731
+        lines.append(f"| mean ± std (n={len(seeds)}) | {mean('recbole', 'valid')} / {mean('recbole', 'test')} "
+                     f"| {mean('crossrec', 'valid')} / {mean('crossrec', 'test')} "
+                     f"| {mean('crossrec', 'test').mean / mean('recbole', 'test').mean - 1:+.1%} | | |")
+    return lines + [""]
 
 
 def _reference(domain: str, carried: dict) -> tuple[int, dict[str, Agg]] | None:
