@@ -32,8 +32,9 @@ every finished run, so an interruption loses at most the run in progress. Runs a
 invocations: a (tool, seed) already in that JSON, or else in its committed copy under
 docs/benchmark-records/reference/ (``scripts/benchmarks.py table`` copies it there), for the same
 data, masking, RecBole config and crossrec overrides, is not run again (``--rerun`` runs it
-anew). So ``--seeds 0,1,2`` can be spread over several sittings and the table still lists both
-tools, each seed run back to back by this script. --skip-recbole / --skip-crossrec run one tool
+anew). So ``--seeds 0,1,2`` can be spread over several sittings, or over parallel invocations with one
+seed each (a save keeps the runs another invocation saved meanwhile), and the table still lists
+both tools, each seed run back to back by this script. --skip-recbole / --skip-crossrec run one tool
 only. Run directories: outputs/reference/<domain>/{recbole,crossrec}/.
 """
 
@@ -305,8 +306,21 @@ def kept_runs(out: Path, record: dict) -> tuple[list[dict], Path | None]:
     return [], None
 
 
+def on_disk(out: Path, record: dict) -> list[dict]:
+    """The runs ``out`` holds now if it is of the same setup (else none)."""
+    if not out.is_file():
+        return []
+    old = json.loads(out.read_text(encoding="utf-8"))
+    return old.get("runs", []) if same_setup(old, record) else []
+
+
 def save(record: dict, out: Path) -> None:
-    """Write ``record`` (with its summary) whole, through a temporary file: never half-written."""
+    """Write ``record`` (with its summary) whole, through a temporary file: never half-written.
+    Runs that ``out`` holds and ``record`` lacks (saved meanwhile by an invocation running other
+    seeds of the same setup in parallel) are kept."""
+    mine = {(r["tool"], int(r["seed"])) for r in record["runs"]}
+    record["runs"] = sorted([*record["runs"], *(r for r in on_disk(out, record) if (r["tool"], int(r["seed"])) not in mine)],
+                            key=lambda r: (int(r["seed"]), r["tool"] != "recbole"))
     record["summary"] = summarize(record["runs"])
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

@@ -130,3 +130,29 @@ def test_runs_are_kept_across_invocations(ref, tmp_path, monkeypatch):
     invoke([0], sha="other")  # other data: nothing kept
     assert calls[6:] == [("recbole", 0), ("crossrec", 0)]
     assert [(r["tool"], r["seed"]) for r in json.loads(out.read_text())["runs"]] == [("recbole", 0), ("crossrec", 0)]
+
+
+def test_parallel_invocations_keep_each_others_runs(ref, tmp_path, monkeypatch):
+    """Two invocations of one domain, one seed each, started together: whichever saves last still
+    writes the runs the other saved meanwhile; a JSON of another setup is not merged in."""
+    split = make_split(tiny_domain([4, 5, 6]))
+    out = tmp_path / "r.json"
+    monkeypatch.setattr(ref, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(ref, "run_crossrec", lambda name, seed, *a: fake_run("crossrec", seed, 0.2 + seed))
+
+    def start(seed: int, sha: str = "abc") -> tuple[dict, SimpleNamespace]:
+        record = {"domain": "tiny", "dataset": {"sha256": sha}, "exclude_seen": False, "recbole_config": {"a": 1},
+                  "crossrec_overrides": ["experiment=sasrec"], "runs": []}
+        record["runs"], _ = ref.kept_runs(out, record)  # read when it starts: the other's runs not there yet
+        return record, SimpleNamespace(seeds=[seed], skip_recbole=True, skip_crossrec=False, rerun=False,
+                                       exclude_seen=False, crossrec_override=[])
+
+    (a, a_args), (b, b_args) = start(1), start(2)
+    ref.run_seeds("tiny", 10, split, tmp_path, tmp_path, {}, a_args, ref.Console(quiet=True), a, out)
+    ref.run_seeds("tiny", 10, split, tmp_path, tmp_path, {}, b_args, ref.Console(quiet=True), b, out)
+    saved = json.loads(out.read_text())
+    assert [(r["tool"], r["seed"]) for r in saved["runs"]] == [("crossrec", 1), ("crossrec", 2)]
+    assert saved["summary"]["crossrec"]["test N@10"]["mean"] == pytest.approx(1.7)  # (1.2 + 2.2) / 2
+    c, c_args = start(3, sha="other")
+    ref.run_seeds("tiny", 10, split, tmp_path, tmp_path, {}, c_args, ref.Console(quiet=True), c, out)
+    assert [(r["tool"], r["seed"]) for r in json.loads(out.read_text())["runs"]] == [("crossrec", 3)]
