@@ -102,21 +102,44 @@ def test_vectors_needs_the_files_name():
         SeqRec(SeqRecConfig(dim=8, heads=2, features=["vectors"]), None, backbone_trains=False)
 
 
-def test_a_domain_declares_vector_files_and_a_run_fuses_them(tmp_path):
+def test_a_domain_declares_vector_files_and_fusion_multimodal_fuses_them_all(tmp_path):
+    """`fusion=multimodal` takes every file the domain declares (genres, release year), in order,
+    and the run's config.yaml and metrics.json name them."""
+    import yaml
+
     from tests.conftest import run_inprocess
 
     table = genre_vectors(1682)
+    rows = [ln.split("\t") for ln in ML_ITEMS.read_text(encoding="utf-8").splitlines()[1:]]
+    years = {r[0]: float(r[2]) - 1900.0 for r in rows if r[2].isdigit()}  # the few without a year: "missing"
+    assert 1600 < len(years) < 1682
     (tmp_path / "meta.tsv").write_text("".join(f"{i}\t{' '.join(f'{x:g}' for x in v)}\n" for i, v in table.items()))
+    (tmp_path / "year.tsv").write_text("".join(f"{i}\t{y:g}\n" for i, y in years.items()))
     conf = tmp_path / "conf" / "domain"
     conf.mkdir(parents=True)
     movies = (REPO / "crossrec_cli" / "conf" / "domain" / "movies.yaml").read_text()
     (conf / "films.yaml").write_text(movies.replace("name: movies", "name: films")
-                                     + f"vectors: {{meta: {{path: {tmp_path / 'meta.tsv'}}}}}\n")
-    rec = run_inprocess("finetune", "experiment=smoke", "domain=films", "fusion=gated", "model.features=[text,vectors:meta]",
+                                     + f"vectors:\n  meta: {{path: {tmp_path / 'meta.tsv'}}}\n"
+                                     f"  year: {{path: {tmp_path / 'year.tsv'}}}\n")
+    rec = run_inprocess("finetune", "experiment=smoke", "domain=films", "fusion=multimodal",
                         f"hydra.searchpath=[file://{tmp_path / 'conf'}]", run_dir=tmp_path / "run")
-    assert rec["features"] == ["text", "vectors:meta"] and rec["mode"] == "inductive"
+    assert rec["features"] == ["text", "vectors:meta", "vectors:year"] and rec["mode"] == "inductive"
+    assert rec["fusion"] == "gated"
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["model"]["features"] == ["text", "vectors:meta", "vectors:year"]
     gates = rec["fusion_gates"]["films"]
-    assert set(gates) == {"text", "vectors:meta"} and sum(gates.values()) == pytest.approx(1.0, abs=1e-3)
+    assert set(gates) == {"text", "vectors:meta", "vectors:year"} and sum(gates.values()) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_fusion_multimodal_on_a_domain_without_vector_files_is_one_line(tmp_path, capsys):
+    from tests.conftest import run_inprocess
+
+    with pytest.raises(SystemExit) as stop:
+        run_inprocess("finetune", "experiment=smoke", "domain=movies", "fusion=multimodal", run_dir=tmp_path / "run")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "model.features" in err and "movies declares none" in err
+    assert not (tmp_path / "run" / "metrics.json").exists()
 
 
 def test_image_vectors_from_a_local_vision_model_and_real_image_files(tmp_path):
@@ -158,3 +181,20 @@ def test_a_bad_parquet_row_names_the_file_and_row(tmp_path):
     pq.write_table(pa.table({"item_id": ["1", "2"], "x": [1.0, float("nan")]}), tmp_path / "b.parquet")
     with pytest.raises(CrossrecError, match=r"row 2 \(item '2'\) has a non-finite value"):
         read_vectors(tmp_path / "b.parquet", None)
+
+
+def test_fusion_multimodal_in_transfer_takes_the_source_files_and_masks_a_target_without_them(tmp_path):
+    """The expansion reads source and target domain files; music declares no vectors, so its
+    items all get the "missing" vector (the feature itself is tested above)."""
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands._common import expand_vector_features
+
+    conf = tmp_path / "conf" / "domain"
+    conf.mkdir(parents=True)
+    movies = (REPO / "crossrec_cli" / "conf" / "domain" / "movies.yaml").read_text()
+    (conf / "films.yaml").write_text(movies.replace("name: movies", "name: films")
+                                     + "vectors: {image: {path: clip.npy, ids: ids.txt}, meta: {path: meta.tsv}}\n")
+    cfg = compose("transfer", ["fusion=multimodal", "source=films", "target=music", "model.features=[text,id,vectors]",
+                               f"hydra.searchpath=[file://{tmp_path / 'conf'}]"], tmp_path / "run")
+    expand_vector_features(cfg)
+    assert list(cfg.model.features) == ["text", "id", "vectors:image", "vectors:meta"]

@@ -220,6 +220,29 @@ def set_threads(num_threads: int | str, concurrent_jobs: int = 1) -> int:
     return n
 
 
+def expand_vector_features(cfg: DictConfig) -> None:
+    """``vectors`` alone in ``model.features`` (``fusion=multimodal``): every vector file the run's
+    domains declare (``vectors:`` of the domain files), as ``vectors:<name>`` in the order first
+    declared. Rewritten in ``cfg`` before config.yaml is written, so the run records the files it fused."""
+    model = cfg.get("model")
+    listed = model.get("features") if model is not None else None
+    if not listed or "vectors" not in [str(n) for n in listed]:
+        return
+    ov = (OmegaConf.to_container(cfg.data.overrides) if cfg.get("data") is not None else None) or {}
+    chosen = domain_names(cfg)
+    files = [OmegaConf.to_container(cfg.domain if len(chosen) == 1 else cfg.domain[n], resolve=True) for n in chosen]
+    named = [n for key in ("domains", "source", "target") if cfg.get(key) is not None for n in names(cfg.get(key))]
+    files += [read_domain_file(n, config_dirs(cfg))[0] for n in named if n not in chosen]
+    declared = list(dict.fromkeys(str(k) for f in files + [ov] for k in (f.get("vectors") or {})))
+    if not declared:
+        raise CrossrecError("model.features", f"'vectors' takes every vector file the run's domains declare, "
+                            f"and {', '.join(chosen + named) or 'none of them'} declares none",
+                            "add vectors: {NAME: {path: FILE}} to the domain file, or name the features without 'vectors'")
+    expanded = [m for n in listed for m in ([f"vectors:{d}" for d in declared] if str(n) == "vectors" else [str(n)])]
+    with open_dict(cfg):
+        cfg.model.features = expanded
+
+
 def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
     """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
     try:
@@ -228,6 +251,7 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
         plain = OmegaConf.to_container(cfg, resolve=True)
         check_common(plain, recipe.__module__.rpartition(".")[2])  # crossrec_cli.commands.<command>
         check_targets(plain, list(cfg.get("allowed_targets") or []))
+        expand_vector_features(cfg)
         if cfg.get("resume") is True and not has_checkpoint(run_dir(cfg)):
             # a requeued job that was stopped before its first checkpoint: run it from the start
             log.warning("resume=true: %s holds no checkpoint yet; starting the run from the beginning", run_dir(cfg))
