@@ -58,7 +58,12 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
     plain = [o for o in overrides if not o.startswith("hydra.") or o.startswith("hydra.searchpath")]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3", job_name=config_name):
-            compose(config_name=config_name, overrides=plain)
+            composed = compose(config_name=config_name, overrides=plain)
+            check = getattr(importlib.import_module(f"crossrec_cli.commands.{config_name}"), "check_overrides", None)
+            problem = check(composed, plain) if check is not None else None  # a command's own rule
+            if problem is not None:
+                print(problem.one_line(), file=sys.stderr)
+                sys.exit(2)
             # (a `_target_` is judged by the target allowlist, later and with its own message)
             added = [o for o in plain if o.startswith("+") and not o.startswith("++") and "_target_" not in o]
             if added:  # `+name=...` may add inside a section, never a top-level key nothing reads

@@ -227,8 +227,8 @@ def test_resume_compares_score_auto_by_the_score_it_picks(tmp_path, capsys):
 
 @pytest.mark.parametrize("command, override, message", [
     ("finetune", "+fusionn=kg", "error: fusionn: crossrec finetune has no such key or choice"),
-    ("pretrain", "fusion=kg", "error: config key fusion: crossrec pretrain has no fusion choice; "
-                              "fusion= applies to: crossrec finetune, crossrec transfer"),
+    ("pretrain", "trainer=default", "error: config key trainer: crossrec pretrain has no trainer choice; "
+                                    "trainer= applies to: crossrec finetune, crossrec transfer"),
 ])
 def test_a_key_or_choice_the_command_does_not_have_is_refused(tmp_path, command, override, message):
     from tests.conftest import run_cli

@@ -344,3 +344,71 @@ def test_a_fusion_kg_run_from_before_hops_and_relation_text_resumes_unless_they_
         check_resume_config(compose("finetune", ["experiment=smoke", "fusion=kg", "resume=true",
                                                  "model.feature_settings.kg.hops=2"], tmp_path))
     assert "config key model.feature_settings.kg.hops" in capsys.readouterr().err
+
+
+# -- pretrain with a fused item tower ------------------------------------------------------------
+
+def test_pretrain_with_a_fused_tower_trains_the_kg_tables_through_the_fused_views():
+    """pretrain's views are the tower's fused item vectors: the neighbours objective moves the
+    entity table of the items it pairs, and the backbone (full fine-tuning) too."""
+    import yaml
+
+    from crossrec_cli.training.pretrain import pretrain_item_tower
+
+    tiny = yaml.safe_load((REPO / "crossrec_cli" / "conf" / "backbone" / "tiny.yaml").read_text())["config"]
+    bb = build_backbone("tiny", config=tiny, seed=0)
+    torch.manual_seed(0)
+    tower = SeqRec(SeqRecConfig(dim=8, heads=2, features=["text", "kg"], fusion="gated"), bb, backbone_trains=True)
+    cat = _catalogue()
+    tower.add_catalogue("d", cat)
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    pairs = np.array([[0, 2], [2, 0], [1, 3], [3, 1]])  # item 0 (entity e1) next to item 2 (e2), and back
+    history = pretrain_item_tower(bb, {"d": (list(cat.data["text"]), pairs)}, "neighbors", 2, 4, 1e-2, 0.05, 16,
+                                  "mean", seed=0, tower=tower)
+    after = tower.state_dict()
+    assert len(history) == 2 and history[0]["steps"] == 1
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert "features.kg.tables.d.ent.weight" in moved and any(k.startswith("fusion.") for k in moved)
+    assert any(k.startswith("backbone_model.") for k in moved)
+    assert not any(k.startswith("user.") for k in moved)  # no user tower in pretraining
+
+
+def test_pretrain_fusion_kg_saves_the_tower_and_finetune_init_from_loads_it(tmp_path):
+    """`crossrec pretrain fusion=kg` -> checkpoint/model.safetensors (item tower only); finetune
+    `init_from=` it starts from those tensors and refuses another model.dim in one line."""
+    from safetensors.torch import load_file
+
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands._common import load_domains
+    from crossrec_cli.commands.recsys import build_model, load_init
+    from tests.conftest import read_metrics, run_inprocess
+
+    pre = tmp_path / "pre"
+    run_inprocess("pretrain", "experiment=smoke", "domain=music", "fusion=kg", "pretrain.objective=neighbors",
+                  run_dir=pre)
+    m = read_metrics(pre)
+    assert m["features"] == ["text", "kg"] and m["fusion"] == "gated" and m["history"][0]["loss"] > 0
+    saved = load_file(str(pre / "checkpoint" / "model.safetensors"))
+    assert any(k.startswith("features.kg.") for k in saved) and all(k.startswith(("features.", "fusion.")) for k in saved)
+    cfg = compose("finetune", ["experiment=smoke", "domain=music", "fusion=kg", f"init_from={pre}"], tmp_path / "ft")
+    model = build_model(cfg, [(s.name, d) for s, d in load_domains(cfg)])
+    assert any(not torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    load_init(cfg, model)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    wide = compose("finetune", ["experiment=smoke", "domain=music", "fusion=kg", "model.dim=48", f"init_from={pre}"],
+                   tmp_path / "ft2")
+    with pytest.raises(CrossrecError, match=r"init_from: .*has shape \(32,\), this model's \(48,\)"):
+        load_init(wide, build_model(wide, [(s.name, d) for s, d in load_domains(wide)]))
+
+
+def test_pretrain_refuses_a_fusion_without_features_and_model_settings_it_would_not_read(tmp_path):
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands.pretrain import check_overrides
+    from tests.conftest import run_cli
+
+    proc = run_cli("pretrain", "experiment=smoke", "fusion=gated", run_dir=tmp_path / "a", check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("error: fusion: gated fuses item features")
+    plain = ["experiment=smoke", "model.dim=64"]
+    assert "reads the model settings only for a fused" in str(check_overrides(compose("pretrain", plain, tmp_path), plain))
+    fused = ["experiment=smoke", "fusion=kg", "model.dim=64"]
+    assert check_overrides(compose("pretrain", fused, tmp_path), fused) is None

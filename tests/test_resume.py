@@ -174,3 +174,20 @@ def test_entry_point_returns_the_validation_monitor():
     cfg = OmegaConf.create({"trainer": {"monitor": "ndcg@10"}})
     rec = {"valid": {"a": {"ndcg@10": 0.2}, "b": {"ndcg@10": 0.4}}, "test": {"a": {"ndcg@10": 0.9}}}
     assert objective(cfg, rec) == pytest.approx(0.3) and objective(cfg, None) is None
+
+
+def test_a_pretrain_run_from_before_pretrain_had_an_item_tower_resumes(tmp_path):
+    """Its config.yaml has no model settings: a plain pretrain resumes it, a fused one is refused."""
+    import yaml
+    from omegaconf import OmegaConf
+
+    from crossrec_cli.cli import compose
+    from crossrec_cli.commands._common import check_resume_config
+
+    run = tmp_path / "pre"
+    saved = OmegaConf.to_container(compose("pretrain", ["experiment=smoke"], run), resolve=True)
+    del saved["model"]
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    check_resume_config(compose("pretrain", ["experiment=smoke", f"resume={run}"], run))
+    with pytest.raises(SystemExit):
+        check_resume_config(compose("pretrain", ["experiment=smoke", "fusion=kg", f"resume={run}"], run))

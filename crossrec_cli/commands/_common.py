@@ -170,16 +170,20 @@ def check_resume_config(cfg: DictConfig) -> None:
     if not path.is_file():
         raise CrossrecError(str(path), "nothing to resume: no config.yaml in the run directory",
                             "pass resume=<the interrupted run directory>")
-    from crossrec_cli.commands.recsys import item_score
+    from crossrec_cli.commands.recsys import item_features, item_score
 
     saved = OmegaConf.load(path)
     old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
     for flat, c in ((old, saved), (new, cfg)):  # auto compares as the score it picks (a run may spell it out)
         if flat.get("model.score") == "auto":
             flat["model.score"] = item_score(c)
+    # a pretrain run written before pretrain had an item tower: its model settings were never read
+    towerless = not any(k.startswith("model.") for k in old) and item_features(cfg) == ["text"]
     lines = []
     for key in sorted(set(old) | set(new)):
         if any(key == f or key.startswith(f + ".") for f in RESUME_FREE):
+            continue
+        if towerless and key.startswith("model."):
             continue
         if key not in old and key in ADDED_KEYS and new.get(key) == ADDED_KEYS[key]:
             continue

@@ -2,7 +2,10 @@
 
 Recipe: domains -> item texts (+ history neighbours) -> backbone + adapter -> InfoNCE epochs ->
 merged backbone saved as a plain model folder in ``checkpoint/backbone`` that
-``finetune/transfer init_from=<this run>`` start from. Under torchrun every process encodes its
+``finetune/transfer init_from=<this run>`` start from. With ``fusion=`` and item features beyond
+text (``fusion=kg``, ``fusion=multimodal``, ``model.features=[text,kg]``) the views are the fused
+item tower's vectors (``model`` settings as in finetune), and the tower's own tensors (feature
+tables, projection, fusion) go to ``checkpoint/model.safetensors``, which ``init_from`` loads too. Under torchrun every process encodes its
 share of each batch and the InfoNCE scores the whole batch; rank 0 writes the run's results.
 """
 
@@ -13,9 +16,11 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from safetensors.torch import save_file
 
 from crossrec_cli.adapters import ADAPTERS
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
+from crossrec_cli.commands.recsys import build_model, item_features
 from crossrec_cli.data import make_split
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
@@ -26,6 +31,20 @@ from crossrec_cli.training.preempt import EXIT_PREEMPTED
 from crossrec_cli.training.pretrain import OBJECTIVES, neighbor_pairs, pretrain_item_tower
 
 RUNS_DISTRIBUTED = True  # torchrun: see training/distributed.py
+TOWER_PARTS = ("features.", "fusion.")  # SeqRec's item tower, saved by a fused pretrain (not the user tower)
+
+
+def check_overrides(cfg: DictConfig, overrides: list[str]) -> CrossrecError | None:
+    """``model.*`` on the command line shapes the fused item tower only: with item features that
+    are text alone pretrain trains the backbone alone and would not read it."""
+    if item_features(cfg) != ["text"]:
+        return None
+    given = [o.split("=", 1)[0].lstrip("+~") for o in overrides]
+    key = next((k for k in given if k == "model" or k.startswith("model.")), None)
+    if key is None:
+        return None
+    return CrossrecError(key, "crossrec pretrain reads the model settings only for a fused item tower (features "
+                         "beyond text)", "add fusion=kg or fusion=multimodal ('model.features=[text,...]'), or drop it")
 
 
 def pretrain_adversary(cfg: DictConfig, domains: list[str]):
@@ -53,6 +72,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                             f"use one of {mergeable}")
     if cfg.backbone.kind == "none":
         raise CrossrecError("backbone", "pretraining needs a language model", "choose backbone=minilm (or tiny)")
+    features = item_features(cfg)
+    fused = features != ["text"]  # a fused item tower: its vectors are the views
+    if not fused and str(cfg.model.fusion) != "sum":
+        raise CrossrecError("fusion", f"{cfg.model.fusion} fuses item features, and model.features is {features}",
+                            "add features, e.g. 'model.features=[text,kg]' (or fusion=kg / multimodal), or drop fusion=")
     domains = load_domains(cfg, cfg.domains) if cfg.get("domains") else load_domains(cfg)
     data = {}
     for spec, d in domains:
@@ -60,15 +84,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         data[spec.name] = (d.item_text, neighbor_pairs(split.train_seqs))
     b = cfg.backbone
     dev = resolve_device(str(cfg.device))  # before anything loads: a missing GPU is one line
-    backbone = build_backbone(b.name, b.path, b.get("local"), b.get("config"), b.kind, cfg.seed, b.trust_remote_code)
-    backbone.model.to(dev)
     from crossrec_cli.adapters import apply_adapter, param_counts
 
-    hp = {k: v for k, v in cfg.adapter.items() if k != "name"}
     steps = sum(-(-len(objective.units(t, n)) // p.batch_size) for t, n in data.values())
     steps = min(steps, p.max_steps or steps) * p.epochs
-    backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=max(1, steps), **hp)
-    trainable, total = param_counts(backbone.model)
+    tower = None
+    if fused:  # finetune's item tower: backbone + adapter, every domain's catalogue registered
+        tower = build_model(cfg, [(s.name, d) for s, d in domains], steps=max(1, steps))
+        backbone = tower.backbone
+    else:
+        backbone = build_backbone(b.name, b.path, b.get("local"), b.get("config"), b.kind, cfg.seed, b.trust_remote_code)
+        backbone.model.to(dev)
+        hp = {k: v for k, v in cfg.adapter.items() if k != "name"}
+        backbone.model = apply_adapter(backbone.model, cfg.adapter.name, total_steps=max(1, steps), **hp)
+    trainable, total = param_counts(backbone.model if tower is None else tower)
     adversary = pretrain_adversary(cfg, list(data))
     logger = open_run_logger(cfg)
     try:
@@ -77,7 +106,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
                                       resume=bool(cfg.get("resume")), checkpoint_every=int(p.checkpoint_every),
                                       log_metrics=logger, grad_clip=float(p.get("grad_clip") or 0.0),
                                       progress=bool(cfg.get("progress", False)), adversary=adversary,
-                                      precision=str(p.get("precision") or "fp32"))
+                                      precision=str(p.get("precision") or "fp32"), tower=tower)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "pretrain", "status": "interrupted", "seed": cfg.seed,
@@ -86,14 +115,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not distributed.is_main():  # rank 0 writes the pretrained backbone and the metrics
         return {"command": "pretrain", "status": "complete", "rank": distributed.rank()}
     model = backbone.model.merge_and_unload() if hasattr(backbone.model, "merge_and_unload") else backbone.model
-    ckpt.write_checkpoint(out / "checkpoint", {
-        "backbone": lambda path: (model.save_pretrained(path, safe_serialization=True),
-                                  backbone.tokenizer.save_pretrained(path)),
-    }, meta={"objective": p.objective, "domains": list(data)})
+    writers = {"backbone": lambda path: (model.save_pretrained(path, safe_serialization=True),
+                                         backbone.tokenizer.save_pretrained(path))}
+    if tower is not None:  # the item tower's own tensors (the backbone is the folder above)
+        state = {k: v.detach().cpu().contiguous() for k, v in tower.state_dict().items() if k.startswith(TOWER_PARTS)}
+        writers["model.safetensors"] = lambda path: save_file(state, path)
+    ckpt.write_checkpoint(out / "checkpoint", writers,
+                          meta={"objective": p.objective, "domains": list(data), "features": features})
     record = metrics_record(
         "pretrain", f"pretrain-{p.objective}", "inductive", "none", cfg.seed,
         {s.name: d.fingerprint() for s, d in domains}, {}, {},
         backbone=b.name, adapter=cfg.adapter.name, trainable_params=trainable, total_params=total,
+        features=features, fusion=str(cfg.model.fusion),
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         history=history, seconds_per_epoch=sum(h["seconds"] for h in history) / max(1, len(history)),
         wall_seconds=time.perf_counter() - t0, status="complete",

@@ -48,14 +48,15 @@ def total_steps(cfg: DictConfig, splits: dict[str, Split], tc: TrainConfig) -> i
 
 
 def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: TrainConfig | None = None,
-                splits: dict[str, Split] | None = None) -> SeqRec:
-    """The recommender of ``cfg`` with every domain's catalogue registered."""
+                splits: dict[str, Split] | None = None, steps: int | None = None) -> SeqRec:
+    """The recommender of ``cfg`` with every domain's catalogue registered. ``steps``: the training
+    steps when the caller counts them itself (pretrain; AdaLoRA's schedule reads them)."""
     if cfg.model.name != "seqrec":
         raise CrossrecError("model", f"{cfg.model.name!r} is a baseline, not a trainable model",
                             "use `crossrec evaluate model=...` for baselines, or model=seqrec")
     if cfg.backbone.kind == "none" and cfg.model.get("features") is None and not cfg.model.item_ids:
         raise CrossrecError("model.item_ids", "backbone=none needs item ids", "set model.item_ids=true (ID-only SASRec)")
-    steps = total_steps(cfg, splits, tc) if (tc and splits) else 1  # only AdaLoRA's schedule reads it
+    steps = steps or (total_steps(cfg, splits, tc) if (tc and splits) else 1)  # only AdaLoRA's schedule reads it
     bcfg = OmegaConf.to_container(cfg.backbone, resolve=True)
     pretrained = Path(str(cfg.init_from)).expanduser() / "checkpoint" / "backbone" if cfg.get("init_from") else None
     if pretrained is not None and (pretrained / "config.json").is_file():  # a `crossrec pretrain` run
@@ -296,17 +297,25 @@ def load_init(cfg: DictConfig, model: SeqRec) -> None:
     if not cfg.get("init_from"):
         return
     run = Path(str(cfg.init_from)).expanduser()
-    if (run / "checkpoint" / "backbone" / "config.json").is_file():
-        return  # a pretrain run: its backbone was loaded by build_model
+    if (run / "checkpoint" / "backbone" / "config.json").is_file():  # a pretrain run: build_model loaded its backbone
+        if (run / "checkpoint" / "model.safetensors").is_file():  # a fused pretrain's item tower too
+            load_matching(model, run, strict_shapes=True)
+        return
     if not load_matching(model, run):
         raise CrossrecError(str(run / "checkpoint"), "no weights match this model",
                             "init_from needs the same backbone and adapter")
 
 
-def load_matching(model: SeqRec, run: Path) -> int:
-    """Copy the tensors of ``run/checkpoint`` whose names and shapes match ``model``."""
+def load_matching(model: SeqRec, run: Path, strict_shapes: bool = False) -> int:
+    """Copy the tensors of ``run/checkpoint`` whose names and shapes match ``model``
+    (``strict_shapes``: a tensor of the same name with another shape is an error)."""
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(Path(run) / "checkpoint")))
     own = model.state_dict()
+    if strict_shapes:
+        for k, v in state.items():
+            if k in own and own[k].shape != v.shape:
+                raise CrossrecError("init_from", f"{run}: {k} has shape {tuple(v.shape)}, this model's "
+                                    f"{tuple(own[k].shape)}", "use the model settings (model.dim, ...) the run used")
     take = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     model.load_state_dict(take, strict=False)
     log.info("loaded %d of %d tensors from %s", len(take), len(state), run)

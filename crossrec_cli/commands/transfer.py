@@ -79,7 +79,10 @@ def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt,
     model = build_model(cfg, catalogues, tc, splits_src)
     key = f"{tspec.name}+{sspec.name}"
     model.add_composite(key, tspec.name, sspec.name)
-    load_matching(model, Path(str(cfg.init_from)) if cfg.get("init_from") else out / "source")
+    if cfg.get("init_from"):
+        load_init(cfg, model)  # a pretrain run: its backbone (+ a fused item tower)
+    else:
+        load_matching(model, out / "source")
     phase = _phase(cfg, model, {key: part}, {key: full}, tc, out / "with_context", logger)
     metrics = evaluate_model(cfg, model, key, full)
     return {"model": model, "key": key, "split": full, "metrics": metrics, "phase": phase, "shared_users": int(len(shared))}

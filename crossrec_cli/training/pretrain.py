@@ -3,6 +3,10 @@
 Objectives (InfoNCE over the batch, temperature ``tau``):
 - ``contrastive``: two dropout views of the same item text are positives (SimCSE);
 - ``neighbors``: an item and the next item in some user's history are positives.
+
+An item's view is its pooled text vector, or, with a fused item tower (``fusion=`` with item
+features beyond text: KG, vectors, ids), the tower's fused item vector, so the objective also
+trains the tower's feature tables and fusion.
 """
 
 from __future__ import annotations
@@ -51,7 +55,8 @@ class Objective:
         """The units of a batch that become rows of the InfoNCE (all of them unless said)."""
         return idx
 
-    def views(self, backbone: Backbone, texts: list[str], idx: np.ndarray, max_length: int, pooling: str):
+    def views(self, encode: Callable[[np.ndarray], torch.Tensor], idx: np.ndarray):
+        """The two (B, d) views of a batch's rows; ``encode(items)`` is one item vector per index."""
         raise NotImplementedError
 
 
@@ -61,9 +66,8 @@ class Contrastive(Objective):
     def units(self, texts, pairs):
         return np.arange(len(texts))
 
-    def views(self, backbone, texts, idx, max_length, pooling):
-        batch = [texts[i] for i in idx]
-        return forward_pool(backbone, batch, max_length, pooling), forward_pool(backbone, batch, max_length, pooling)
+    def views(self, encode, idx):
+        return encode(idx), encode(idx)
 
 
 class Neighbors(Objective):
@@ -75,9 +79,8 @@ class Neighbors(Objective):
     def rows(self, idx):
         return idx[np.unique(idx[:, 0], return_index=True)[1]]  # one pair per anchor item
 
-    def views(self, backbone, texts, idx, max_length, pooling):
-        return (forward_pool(backbone, [texts[i] for i in idx[:, 0]], max_length, pooling),
-                forward_pool(backbone, [texts[i] for i in idx[:, 1]], max_length, pooling))
+    def views(self, encode, idx):
+        return encode(idx[:, 0]), encode(idx[:, 1])
 
 
 OBJECTIVES: Registry[Objective] = Registry("pretrain objective", "pretrain.objective", "crossrec_cli.training")
@@ -106,24 +109,39 @@ class _Trained:
 
 
 class Pretrain(EngineObjective):
-    """InfoNCE of an objective's two views, batches never mixing domains."""
+    """InfoNCE of an objective's two views, batches never mixing domains. ``tower``: a fused item
+    tower (``SeqRec``, its catalogues registered under the names of ``domains``) whose item vectors
+    are the views; None: the backbone's pooled text vectors."""
 
     loss_name = "pretrain/loss"
 
     def __init__(self, backbone: Backbone, domains: dict[str, tuple[list[str], np.ndarray]], objective: str,
                  batch_size: int, tau: float, max_length: int, pooling: str, seed: int, max_steps: int | None,
-                 adversary: Any = None):
-        self.backbone, self.domains, self.objective = backbone, domains, objective
+                 adversary: Any = None, tower: Any = None):
+        self.backbone, self.domains, self.objective, self.tower = backbone, domains, objective, tower
         self.adversary = adversary  # FGM / PGD on the token embeddings (adversarial/perturb.py)
         self.batch_size, self.tau, self.max_length, self.pooling = batch_size, tau, max_length, pooling
         self.seed, self.max_steps = seed, max_steps
-        self.trainable = [n for n, p in backbone.model.named_parameters() if p.requires_grad]
+        self.trainable = [n for n, p in self.module().named_parameters() if p.requires_grad]
 
     def plan(self, epoch: int) -> list:
         return _plan(self.domains, self.objective, self.batch_size, self.seed, epoch, self.max_steps)
 
     def module(self) -> torch.nn.Module:
-        return self.backbone.model
+        return self.backbone.model if self.tower is None else self.tower
+
+    def encoder(self, name: str) -> Callable[[np.ndarray], torch.Tensor]:
+        """Item indices of domain ``name`` -> their vectors, with gradients."""
+        if self.tower is None:
+            texts = self.domains[name][0]
+            return lambda items: forward_pool(self.backbone, [texts[i] for i in items], self.max_length, self.pooling)
+
+        def fused(items: np.ndarray) -> torch.Tensor:
+            dev = self.tower.user.pos.weight.device
+            fresh = torch.as_tensor(np.unique(items), device=dev)  # re-encoded through a training backbone
+            return self.tower.tower_vectors(self.tower.item_matrix(name, fresh))[torch.as_tensor(items, device=dev)]
+
+        return fused
 
     def shard(self, batch, rank: int, world: int) -> Shard:
         """Process ``rank``'s contiguous slice of the batch's rows, padded (repeating the first
@@ -146,12 +164,14 @@ class Pretrain(EngineObjective):
             idx = obj.rows(idx)
 
         def closure() -> torch.Tensor:
-            a, b = obj.views(self.backbone, self.domains[name][0], idx, self.max_length, self.pooling)
+            a, b = obj.views(self.encoder(name), idx)
             if n_rows is not None:  # every process's rows, in batch order
                 a, b = distributed.gather_rows(a, n_rows), distributed.gather_rows(b, n_rows)
             return info_nce(a, b, self.tau)
 
         loss = closure() if self.adversary is None else self.adversary.step_loss(_Trained(self.backbone), name, closure)
+        extra = self.tower.feature_loss(name) if self.tower is not None else None  # e.g. the KG's TransE loss
+        loss = loss if extra is None else loss + extra
         return loss + adapter_loss(self.backbone.model), 1.0
 
     def after_step(self, step: int) -> None:
@@ -165,11 +185,11 @@ class Pretrain(EngineObjective):
         return rec
 
     def weights(self) -> dict[str, torch.Tensor]:
-        params = dict(self.backbone.model.named_parameters())
+        params = dict(self.module().named_parameters())
         return {n: params[n].detach().cpu().contiguous() for n in self.trainable}
 
     def load_weights(self, state: dict[str, torch.Tensor], source: str) -> None:
-        self.backbone.model.load_state_dict(state, strict=False)
+        self.module().load_state_dict(state, strict=False)
 
 
 def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], np.ndarray]], objective: str,
@@ -178,8 +198,9 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
                         resume: bool = False, checkpoint_every: int = 0,
                         log_metrics: Callable[[dict[str, float], int], None] | None = None,
                         grad_clip: float = 0.0, progress: bool = False, adversary: Any = None,
-                        precision: str = "fp32") -> list[dict]:
-    """Train ``backbone.model`` in place. ``domains[name] = (item texts, neighbour pairs)``.
+                        precision: str = "fp32", tower: Any = None) -> list[dict]:
+    """Train ``backbone.model`` in place (with ``tower``, a fused item tower holding it: the whole
+    tower). ``domains[name] = (item texts, neighbour pairs)``.
 
     Returns per-epoch records {epoch, loss, steps, seconds}. Batches never mix domains, so
     in-batch negatives come from the same catalogue. Runs the one training loop
@@ -188,14 +209,14 @@ def pretrain_item_tower(backbone: Backbone, domains: dict[str, tuple[list[str], 
     EXIT_PREEMPTED); ``resume`` continues exactly where it stopped; ``grad_clip`` > 0 clips the
     gradient norm of every step (0: no clipping).
     """
-    params = [p for p in backbone.model.parameters() if p.requires_grad]
+    task = Pretrain(backbone, domains, objective, batch_size, tau, max_length, pooling, seed, max_steps, adversary, tower)
+    params = [p for p in task.module().parameters() if p.requires_grad]
     if not params:
         raise ValueError("the backbone has no trainable parameters (adapter=frozen?)")
     opt = torch.optim.AdamW(params, lr=lr)
-    backbone.model.train()
-    task = Pretrain(backbone, domains, objective, batch_size, tau, max_length, pooling, seed, max_steps, adversary)
+    task.module().train()
     settings = LoopSettings(epochs, grad_clip, checkpoint_every, keep_last=2, progress=progress, label="pretrain",
                             precision=precision)
     prog = run(task, opt, settings, checkpoints, resume and checkpoints is not None, log_metrics)
-    backbone.model.eval()
+    task.module().eval()
     return prog.history
