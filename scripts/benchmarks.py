@@ -119,8 +119,8 @@ def run_one(model: str, domain: str, seed: int) -> Path:
         args = MODELS[model][1]
         cmd = [CLI, *args, f"domain={domain}", f"seed={seed}", f"hydra.run.dir={out}"]
         cmd += ["progress=false"] if args_train(model) else []
-        if (out / "metrics.json").is_file():  # interrupted: continue it exactly
-            cmd.append(f"resume={out}")
+        if (out / "config.yaml").is_file():  # started before, interrupted or killed: continue from its
+            cmd.append("resume=true")          # last checkpoint exactly (from the start when it has none)
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
