@@ -388,6 +388,7 @@ def test_pretrain_fusion_kg_saves_the_tower_and_finetune_init_from_loads_it(tmp_
                   run_dir=pre)
     m = read_metrics(pre)
     assert m["features"] == ["text", "kg"] and m["fusion"] == "gated" and m["history"][0]["loss"] > 0
+    assert m["mode"] == "transductive"  # entity tables; the fingerprint covers the graph
     saved = load_file(str(pre / "checkpoint" / "model.safetensors"))
     assert any(k.startswith("features.kg.") for k in saved) and all(k.startswith(("features.", "fusion.")) for k in saved)
     cfg = compose("finetune", ["experiment=smoke", "domain=music", "fusion=kg", f"init_from={pre}"], tmp_path / "ft")

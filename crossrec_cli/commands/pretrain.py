@@ -5,8 +5,9 @@ merged backbone saved as a plain model folder in ``checkpoint/backbone`` that
 ``finetune/transfer init_from=<this run>`` start from. With ``fusion=`` and item features beyond
 text (``fusion=kg``, ``fusion=multimodal``, ``model.features=[text,kg]``) the views are the fused
 item tower's vectors (``model`` settings as in finetune), and the tower's own tensors (feature
-tables, projection, fusion) go to ``checkpoint/model.safetensors``, which ``init_from`` loads too. Under torchrun every process encodes its
-share of each batch and the InfoNCE scores the whole batch; rank 0 writes the run's results.
+tables, projection, fusion) go to ``checkpoint/model.safetensors``, which ``init_from`` loads too.
+Under torchrun every process encodes its share of each batch and the InfoNCE scores the whole
+batch; rank 0 writes the run's results.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from safetensors.torch import save_file
 
 from crossrec_cli.adapters import ADAPTERS
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, run_dir, seed_everything, write_metrics
-from crossrec_cli.commands.recsys import build_model, item_features
+from crossrec_cli.commands.recsys import build_model, item_features, model_mode
 from crossrec_cli.data import make_split
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
@@ -123,8 +124,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     ckpt.write_checkpoint(out / "checkpoint", writers,
                           meta={"objective": p.objective, "domains": list(data), "features": features})
     record = metrics_record(
-        "pretrain", f"pretrain-{p.objective}", "inductive", "none", cfg.seed,
-        {s.name: d.fingerprint() for s, d in domains}, {}, {},
+        "pretrain", f"pretrain-{p.objective}", model_mode(cfg), "none", cfg.seed,
+        {s.name: d.fingerprint(features) for s, d in domains}, {}, {},
         backbone=b.name, adapter=cfg.adapter.name, trainable_params=trainable, total_params=total,
         features=features, fusion=str(cfg.model.fusion),
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
