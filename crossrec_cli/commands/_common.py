@@ -86,6 +86,13 @@ def domain_names(cfg: DictConfig) -> list[str]:
     return [str(n) for n in cfg.runtime.domains]
 
 
+def selected_domain(cfg: DictConfig, name: str) -> dict:
+    """Domain ``name`` of the ``domain`` selection as the run sees it (command-line ``domain.*``
+    overrides included; with several domains ``cfg.domain[name]``), resolved."""
+    node = cfg.domain if len(domain_names(cfg)) == 1 else cfg.domain[name]
+    return OmegaConf.to_container(node, resolve=True)
+
+
 def load_domains(cfg: DictConfig, value: Any = None) -> list[tuple[DomainSpec, Domain]]:
     """Load the domains named by ``value`` (default: the ``domain`` selection), each with
     ``data.overrides`` merged in. The selection's own config node is used, so command-line
@@ -97,8 +104,7 @@ def load_domains(cfg: DictConfig, value: Any = None) -> list[tuple[DomainSpec, D
     chosen = domain_names(cfg)
     out = []
     for n in chosen:
-        node = cfg.domain if len(chosen) == 1 else cfg.domain[n]
-        raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(node, resolve=True)), ov or {}))
+        raw = OmegaConf.to_container(OmegaConf.merge(OmegaConf.create(selected_domain(cfg, n)), ov or {}))
         where = next((str(d / "domain" / f"{n}.yaml") for d in dirs if (d / "domain" / f"{n}.yaml").is_file()), "domain")
         spec = DomainSpec.from_dict(raw, where=where)
         out.append((spec, load_domain(spec)))
@@ -232,9 +238,9 @@ def expand_vector_features(cfg: DictConfig) -> None:
     listed = model.get("features") if model is not None else None
     if not listed or "vectors" not in [str(n) for n in listed]:
         return
-    ov = (OmegaConf.to_container(cfg.data.overrides) if cfg.get("data") is not None else None) or {}
+    ov = OmegaConf.to_container(cfg.data.overrides) or {}
     chosen = domain_names(cfg)
-    files = [OmegaConf.to_container(cfg.domain if len(chosen) == 1 else cfg.domain[n], resolve=True) for n in chosen]
+    files = [selected_domain(cfg, n) for n in chosen]
     named = [n for key in ("domains", "source", "target") if cfg.get(key) is not None for n in names(cfg.get(key))]
     files += [read_domain_file(n, config_dirs(cfg))[0] for n in named if n not in chosen]
     declared = list(dict.fromkeys(str(k) for f in files + [ov] for k in (f.get("vectors") or {})))
