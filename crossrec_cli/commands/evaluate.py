@@ -16,7 +16,7 @@ from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split, extras_by_key, groups_of, test_report
-from crossrec_cli.evaluation.ranking import read_candidates
+from crossrec_cli.evaluation.ranking import candidate_lists
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.models.baselines import BASELINES, BaselineContext
 
@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if "text_norm" in cfg.model:
         extra["text_norm"] = str(cfg.model.text_norm)
     domains = load_domains(cfg)
-    if cfg.eval.candidates and len(domains) != 1:
+    if cfg.eval.candidates and cfg.eval.candidates != "published" and len(domains) != 1:
         raise CrossrecError("eval.candidates", "a candidate file needs exactly one domain", "pass one domain=")
     dataset, valid, test, cache, extras = {}, {}, {}, {}, {}
     for spec, domain in domains:
@@ -57,8 +57,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         user_vecs, item_vecs = baseline_scorer(cfg, domain, split, cache)
         cands = None
         if cfg.eval.candidates:
-            cands = read_candidates(cfg.eval.candidates, {u: i for i, u in enumerate(domain.user_ids)},
-                                    {t: i for i, t in enumerate(domain.item_ids)})
+            cands = candidate_lists(str(cfg.eval.candidates), domain)
         res = evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
                              str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk,
                              **ranking_options(cfg))

@@ -20,7 +20,7 @@ from crossrec_cli.adapters import ADAPTERS, param_counts
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split, extras_by_key, groups_of, test_report
 from crossrec_cli.evaluation.metrics import ndcg_gains
-from crossrec_cli.evaluation.ranking import full_ranks, read_candidates
+from crossrec_cli.evaluation.ranking import candidate_lists, full_ranks
 from crossrec_cli.models.build import build_recommender
 from crossrec_cli.models.features import Catalogue
 from crossrec_cli.models.prior import pick_prior_weight
@@ -251,8 +251,7 @@ def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domai
                                          refresh=model.backbone_trains if refresh is None else refresh)
     cands = None
     if cfg.eval.candidates and domain is not None:
-        cands = read_candidates(cfg.eval.candidates, {u: i for i, u in enumerate(domain.user_ids)},
-                                {t: i for i, t in enumerate(domain.item_ids)})
+        cands = candidate_lists(str(cfg.eval.candidates), domain)
     sample = cfg.eval.get("valid_users") if parts == ("valid",) else None  # early stopping only
     res = evaluate_split(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen, cands,
                          str(cfg.eval.candidates), cfg.eval.user_chunk, cfg.eval.item_chunk, parts,

@@ -199,6 +199,7 @@ class Domain:
     given_split: Any = None  # crossrec_cli.data.split.Split when the dataset ships its split
     origin: str = ""
     user_attributes: dict[str, dict[str, str]] = field(default_factory=dict)  # column -> {user id: value}
+    mixed: Any = None  # every user's mixed-domain history as published (format: cdsr, data/cdsr.py)
 
     @property
     def item_text(self) -> list[str]:

@@ -194,6 +194,17 @@ def candidate_ranks(
     return ranks
 
 
+def candidate_lists(value: str, domain) -> dict[int, np.ndarray]:
+    """``eval.candidates``: ``published`` (the lists a benchmark publishes with its data, rebuilt by
+    its reader: format cdsr, ``data/cdsr.py``) or a FILE read by ``read_candidates``."""
+    if value == "published":
+        from crossrec_cli.data.cdsr import published_candidates
+
+        return published_candidates(domain)
+    return read_candidates(value, {u: i for i, u in enumerate(domain.user_ids)},
+                           {t: i for i, t in enumerate(domain.item_ids)})
+
+
 def read_candidates(path: str | Path, user_index: dict[str, int], item_index: dict[str, int]) -> dict[int, np.ndarray]:
     """Read ``user_id<TAB>item ids separated by spaces``; returns user index -> item indices."""
     path = Path(path).expanduser()
