@@ -174,3 +174,56 @@ def test_evaluate_published_candidates_from_the_cli(tmp_path):
     assert bad.returncode == 2
     assert "eval.candidates" in bad.stderr and "no published candidates" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_mixed_histories_are_the_lines(cdsr):
+    """with_context on two sides of one benchmark: each input is the user's line, the target's
+    items as they are, the other side's shifted by the target catalogue's size."""
+    from crossrec_cli.data.context import mixed_histories
+
+    folder, files = cdsr
+    doms = {"early": load_domain(spec(folder, "A")), "late": load_domain(spec(folder, "B"))}
+    splits = {n: make_split(d) for n, d in doms.items()}
+    mixed, keys, record = mixed_histories(doms, {"early": "ml", "late": "ml"}, splits)
+    assert keys == {"early": "early+late", "late": "late+early"}
+    early, late = doms["early"], doms["late"]
+
+    def ids(seq):  # global index -> raw movie id
+        return [int(early.item_ids[i]) if i < early.n_items else int(late.item_ids[i - early.n_items]) for i in seq]
+
+    m = mixed["early"]
+    for u, seq in zip(m.train_users.tolist(), m.train_seqs):
+        name, user = early.user_ids[u].split(":")
+        assert ids(seq) == files[name][user]  # the whole line: both sides
+    for part in ("valid", "test"):
+        ev = getattr(m, part)
+        assert np.array_equal(ev.targets, getattr(splits["early"], part).targets)
+        for u, hist in zip(ev.users.tolist(), ev.histories):
+            assert ids(hist) == files[part][early.user_ids[u].split(":")[1]][:-1]
+    n_ctx = record["early"]["examples_with_context"]["test"]
+    assert 0 < n_ctx <= len(m.test)
+
+
+def test_finetune_mixed_history_end_to_end(tmp_path):
+    folder = tmp_path / "data"
+    write_cdsr(folder)
+    conf = tmp_path / "conf" / "domain"
+    conf.mkdir(parents=True)
+    for name, side in (("early", "A"), ("late", "B")):
+        (conf / f"{name}.yaml").write_text(f"name: {name}\nformat: cdsr\npath: {folder}\ndataset: {side}\n"
+                                           "text_fields: [title]\nshared_user_space: ml\n")
+    small = ["backbone=tiny", "trainer.epochs=1", "trainer.batch_size=16", "trainer.max_steps_per_epoch=4",
+             "model.dim=32", "model.max_history=20", "progress=false", "eval.cache_vectors=false",
+             "domain=[early,late]", f"hydra.searchpath=[file://{tmp_path / 'conf'}]"]
+    run_cli("finetune", *small, "mixed_history=true", run_dir=tmp_path / "mixed")
+    m = read_metrics(tmp_path / "mixed")
+    assert set(m["test"]) == {"early", "late"}
+    assert m["mixed_history"]["early"]["context"] == "late"
+    assert m["mixed_history"]["late"]["examples_with_context"]["test"] > 0
+    # a run that read mixed histories is not silently reloaded for single-domain inputs
+    bad = run_cli("evaluate", f"run={tmp_path / 'mixed'}", run_dir=tmp_path / "ev", check=False)
+    assert bad.returncode == 2 and "mixed_history" in bad.stderr and "Traceback" not in bad.stderr
+    # a domain without a partner in the run is one line naming the key
+    alone = run_cli("finetune", *small[:-2], "domain=early", small[-1], "mixed_history=true", run_dir=tmp_path / "a",
+                    check=False)
+    assert alone.returncode == 2 and "mixed_history" in alone.stderr and "Traceback" not in alone.stderr

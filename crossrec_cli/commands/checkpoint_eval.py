@@ -85,7 +85,12 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     meta_path = run / "checkpoint" / "crossrec.json"
     if not meta_path.is_file():
         raise CrossrecError(str(meta_path), "run has no finished checkpoint", "use a run that completed training")
-    trained_on = json.loads(meta_path.read_text())["domains"]
+    meta = json.loads(meta_path.read_text())
+    trained_on = meta["domains"]
+    if meta.get("mixed_history"):
+        raise CrossrecError("run", f"{run} read mixed-domain histories (mixed_history=true); reloading it for "
+                            "single-domain inputs would score another model", "read its metrics.json: finetune "
+                            "evaluated it on both parts with the mixed histories")
     if _domain_given(cfg):
         domains = load_domains(cfg)
     else:

@@ -20,6 +20,7 @@ from crossrec_cli.commands.recsys import (
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
+from crossrec_cli.data.context import mixed_histories
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.training import distributed
@@ -46,8 +47,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     splits = {spec.name: make_split(d, spec.order, spec.order_seed) for spec, d in domains}
     for name, split in splits.items():
         check_evaluable(split, name)
+    keys, mixed = {name: name for name in splits}, {}  # the model's catalogue key of each domain
+    if cfg.mixed_history:
+        splits, keys, mixed = mixed_histories({s.name: d for s, d in domains},
+                                              {s.name: s.shared_user_space for s, _ in domains}, splits)
     tc = train_config(cfg, splits)
     model = build_model(cfg, [(s.name, d) for s, d in domains], tc, splits)
+    for name, key in keys.items():
+        if key != name:  # the domain's items, then the other domain's as context
+            model.add_composite(key, name, key.split("+", 1)[1])
     load_init(cfg, model)
     adversary = adversary_of(cfg, model, [s.name for s, _ in domains])
     if distributed.is_main() and distributed.world_size() > 1 and {"fgm", "pgd"} & set(names(cfg.adversarial.name)):
@@ -56,13 +64,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     logger = open_run_logger(cfg)
 
     def valid_only(m):
-        return {k: evaluate_model(cfg, m, k, s, parts=("valid",))["valid"] for k, s in splits.items()}
+        return {keys[k]: evaluate_model(cfg, m, keys[k], s, parts=("valid",))["valid"] for k, s in splits.items()}
 
     dataset = {s.name: d.fingerprint(item_features(cfg)) for s, d in domains}
     if distributed.is_main():
         check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
     try:
-        prog = fit(model, splits, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
+        prog = fit(model, {keys[k]: s for k, s in splits.items()}, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
                    show_progress=bool(cfg.progress), adversary=adversary)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
@@ -71,7 +79,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise
     if not distributed.is_main():  # rank 0 tests the best weights and writes the run's results
         return {"command": "finetune", "status": "complete", "rank": distributed.rank()}
-    result = save_final(cfg, model, out, splits, domains, prog, tc)
+    result = save_final(cfg, model, out, splits, domains, prog, tc, keys)
     record = metrics_record(
         "finetune", cfg.model.name, model_mode(cfg), "candidates" if cfg.eval.candidates else "full", cfg.seed,
         result["dataset"], result["valid"], result["test"],
@@ -81,7 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
         seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),
         wall_seconds=time.perf_counter() - t_start, history=_history(prog.history),
-        status="complete", **early_stopping_sample(cfg), **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups") if k in result},
+        status="complete", **early_stopping_sample(cfg), **({"mixed_history": mixed} if mixed else {}), **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups") if k in result},
     )
     path = finish(cfg, record, logger)
     if prog.history:

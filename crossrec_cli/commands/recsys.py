@@ -328,8 +328,10 @@ def load_best(model: SeqRec, out: Path) -> None:
 
 
 def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Split],
-               domains: list[tuple[DomainSpec, Domain]], prog: Progress, tc: TrainConfig) -> dict[str, Any]:
-    """Reload the best weights, save peft adapters in peft's format, evaluate every domain."""
+               domains: list[tuple[DomainSpec, Domain]], prog: Progress, tc: TrainConfig,
+               keys: dict[str, str] | None = None) -> dict[str, Any]:
+    """Reload the best weights, save peft adapters in peft's format, evaluate every domain
+    (``keys``: a domain's catalogue key in the model when it is not its name: mixed histories)."""
     load_best(model, out)
     if model.backbone_trains and ADAPTERS.get(str(cfg.adapter.name)).separate_weights(str(cfg.adapter.name)):
         from crossrec_cli.adapters import save_adapter
@@ -338,12 +340,14 @@ def save_final(cfg: DictConfig, model: SeqRec, out: Path, splits: dict[str, Spli
     trainable, total = param_counts(model)
     dataset, valid, test, extras = {}, {}, {}, {}
     for spec, domain in domains:
-        res = evaluate_model(cfg, model, spec.name, splits[spec.name], domain, spec=spec)
+        res = evaluate_model(cfg, model, (keys or {}).get(spec.name, spec.name), splits[spec.name], domain, spec=spec)
         dataset[spec.name] = domain.fingerprint(item_features(cfg)) | {"split": splits[spec.name].kind}
         valid[spec.name], test[spec.name] = res["valid"], res["test"]
         extras[spec.name] = res.get("extras", {})
     (out / "checkpoint").mkdir(exist_ok=True)
     meta = {"domains": [s.name for s, _ in domains], "best_epoch": prog.best_epoch, "monitor": tc.monitor}
+    if keys and any(k != n for n, k in keys.items()):
+        meta["mixed_history"] = {n: k for n, k in keys.items() if k != n}
     from crossrec_cli.io import atomic_write_text
 
     atomic_write_text(out / "checkpoint" / "crossrec.json", json.dumps(meta, indent=1))

@@ -78,12 +78,18 @@ def evaluate_split(
             if len(evalset) == 0:
                 out[name] = {}
                 continue
-            exclude = evalset.histories if exclude_seen else None
+            exclude = own_items(evalset.histories, item_vecs.shape[0]) if exclude_seen else None
             ranks = full_ranks(user_vectors(evalset), item_vecs, evalset.targets, exclude, user_chunk, item_chunk,
                                score_dtype, device)
         out[name] = rank_metrics(ranks, topk)
         out[name]["examples"] = int(len(ranks))
     return out
+
+
+def own_items(histories: list[np.ndarray], n_items: int) -> list[np.ndarray]:
+    """Each history's items of the ranked catalogue (0..n_items-1): a mixed history's items of
+    another domain (indices from n_items on, data/context.py) are inputs, never seen candidates."""
+    return [h[h < n_items] for h in histories]
 
 
 def test_report(
@@ -110,13 +116,15 @@ def test_report(
     if not len(ev):
         return {}
     users = user_vectors(ev)
-    exclude = ev.histories if exclude_seen else None
+    n = item_vecs.shape[0]
+    own = own_items(ev.histories, n)
+    exclude = own if exclude_seen else None
     k = max(topk)
     top, _ = top_items(users, item_vecs, k, exclude, user_chunk)
-    counts = split.train_item_counts(item_vecs.shape[0])
+    counts = split.train_item_counts(n)[:n]
     beyond: dict[str, float] = {}
     for kk in topk:  # one top-k list, read at every k
-        beyond |= beyond_accuracy(top, counts, ev.histories, kk)
+        beyond |= beyond_accuracy(top, counts, own, kk)
     out: dict[str, dict] = {"beyond_accuracy": beyond}
     if groups:
         ranks = full_ranks(users, item_vecs, ev.targets, exclude, user_chunk, item_chunk, score_dtype, device)
