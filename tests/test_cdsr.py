@@ -220,6 +220,10 @@ def test_finetune_mixed_history_end_to_end(tmp_path):
     assert set(m["test"]) == {"early", "late"}
     assert m["mixed_history"]["early"]["context"] == "late"
     assert m["mixed_history"]["late"]["examples_with_context"]["test"] > 0
+    # one domain trained and ranked, the other read only as its context
+    run_cli("finetune", *small[:-2], "domain=early", small[-1], "context=late", run_dir=tmp_path / "ctx")
+    c = read_metrics(tmp_path / "ctx")
+    assert set(c["test"]) == {"early"} and c["mixed_history"] == {"early": m["mixed_history"]["early"]}
     # a run that read mixed histories is not silently reloaded for single-domain inputs
     bad = run_cli("evaluate", f"run={tmp_path / 'mixed'}", run_dir=tmp_path / "ev", check=False)
     assert bad.returncode == 2 and "mixed_history" in bad.stderr and "Traceback" not in bad.stderr

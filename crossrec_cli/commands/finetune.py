@@ -48,11 +48,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for name, split in splits.items():
         check_evaluable(split, name)
     keys, mixed = {name: name for name in splits}, {}  # the model's catalogue key of each domain
-    if cfg.mixed_history:
-        splits, keys, mixed = mixed_histories({s.name: d for s, d in domains},
-                                              {s.name: s.shared_user_space for s, _ in domains}, splits)
+    context = load_domains(cfg, cfg.context) if cfg.context else []  # inputs only: never trained or ranked
+    if cfg.mixed_history or context:
+        every = domains + context
+        ctx_splits = {s.name: make_split(d, s.order, s.order_seed) for s, d in context}
+        splits, keys, mixed = mixed_histories({s.name: d for s, d in every}, {s.name: s.shared_user_space for s, _ in every},
+                                              splits | ctx_splits, targets=list(splits))
     tc = train_config(cfg, splits)
-    model = build_model(cfg, [(s.name, d) for s, d in domains], tc, splits)
+    model = build_model(cfg, [(s.name, d) for s, d in domains + context], tc, splits)
     for name, key in keys.items():
         if key != name:  # the domain's items, then the other domain's as context
             model.add_composite(key, name, key.split("+", 1)[1])

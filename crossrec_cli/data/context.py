@@ -131,13 +131,13 @@ def context_pairs(spaces: dict[str, str | None]) -> dict[str, str]:
     return out
 
 
-def mixed_histories(domains: dict[str, Domain], spaces: dict[str, str | None],
-                    splits: dict[str, Split]) -> tuple[dict[str, Split], dict[str, str], dict[str, dict]]:
-    """``mixed_history=true``: each domain's split with the other domain of its shared user space
-    as context (``with_context``), the composite key the model knows it by (``<target>+<source>``)
-    and, per domain, what metrics.json records: the context domain and how many examples of each
-    part have context items in their input."""
-    pairs = context_pairs(spaces)
+def mixed_histories(domains: dict[str, Domain], spaces: dict[str, str | None], splits: dict[str, Split],
+                    targets: list[str] | None = None) -> tuple[dict[str, Split], dict[str, str], dict[str, dict]]:
+    """``mixed_history=true``: each domain of ``targets`` (default: all) with the other domain of
+    its shared user space as context (``with_context``), the composite key the model knows it by
+    (``<target>+<source>``) and, per domain, what metrics.json records: the context domain and
+    how many examples of each part have context items in their input."""
+    pairs = {t: s for t, s in context_pairs(spaces).items() if targets is None or t in targets}
     mixed, record = {}, {}
     for t, src in pairs.items():
         mixed[t], shared = with_context(domains[t], splits[t], domains[src], splits[src])
