@@ -10,7 +10,7 @@ from crossrec_cli.data import DomainSpec, load_domain, make_split
 from crossrec_cli.data.cdsr import published_candidates
 from crossrec_cli.data.domain import BUNDLED_DIR
 from crossrec_cli.errors import CrossrecError
-from tests.conftest import read_metrics, run_cli
+from conftest import read_metrics, run_cli
 
 SPLIT_AT = 600  # movies 1..600 -> side A (ids 0..599), 601..1682 -> side B (600..1681)
 
@@ -231,3 +231,36 @@ def test_finetune_mixed_history_end_to_end(tmp_path):
     alone = run_cli("finetune", *small[:-2], "domain=early", small[-1], "mixed_history=true", run_dir=tmp_path / "a",
                     check=False)
     assert alone.returncode == 2 and "mixed_history" in alone.stderr and "Traceback" not in alone.stderr
+
+
+def test_a_step_projects_only_the_context_items_it_reads():
+    """A composite's training step with ``context`` rows computes the same loss and gradients as
+    with the whole source catalogue projected (the unread rows never enter a logit)."""
+    import torch
+
+    from crossrec_cli.training.loop import TrainConfig, batch_loss
+    from test_seqrec import _model
+
+    def composite():
+        m = _model(dropout=0.0)
+        m.add_catalogue("s", [f"source {i}" for i in range(20)])
+        m.encoded["s"] = torch.randn(20, 12, generator=torch.Generator().manual_seed(1))
+        m.add_composite("d+s", "d", "s")
+        torch.manual_seed(3)
+        torch.nn.init.normal_(m.domain_emb.weight, std=0.02)
+        return m
+
+    inp = torch.tensor([[-1, 31, 2, 40], [33, 34, 5, 6]])  # 30.. are source items (30 + j)
+    tgt = torch.tensor([[-1, 2, 35, 7], [34, 5, 6, 9]])
+    tc = TrainConfig()
+    grads = []
+    for use_context in (True, False):
+        m = composite()
+        if not use_context:
+            m.item_matrix = lambda key, fresh=None, context=None, _f=m.item_matrix: _f(key, fresh, None)
+        loss = batch_loss(m, "d+s", inp, tgt, tc)
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = grads
+    assert a == pytest.approx(b, abs=1e-6)
+    assert ga.keys() == gb.keys() and all(torch.allclose(ga[k], gb[k], atol=1e-6) for k in ga)

@@ -232,3 +232,35 @@ def test_prior_contributions_split_the_prior_score_exactly():
     part = float(users[0, 8:] @ items[7, 8:])  # the prior's columns: user state . 2 x item vector
     got = prior_contributions(m, items[[3, 4, 5, 9], 8:], items[7, 8:])
     assert got.sum() == pytest.approx(part, abs=1e-5) and len(got) == 4
+
+
+def test_residual_towers_start_as_the_text_scorer_and_train_away_from_it():
+    """projection=residual + readout=residual + text_norm=center (dim = the LM's 12): before any
+    step the model's logits are model=text_zeroshot's cosine / temperature, exactly; one
+    optimiser step on the next-item loss moves them (the gains were zero, now they are not)."""
+    m = _model(dropout=0.0, dim=12, projection="residual", readout="residual", text_norm="center").eval()
+    histories = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 8, 9]]
+    hist = pad_histories(histories, 6)
+    items = m.item_matrix("d")
+    logits = m.logits(m.user_states(items, hist)[:, -1], items)
+    lm = m.encoded["d"]
+    centred = lm - lm.mean(0)
+    ev = EvalSet(np.zeros(3, dtype=int), [np.asarray(h) for h in histories], np.zeros(3, dtype=int))
+    users = F.normalize(mean_history_vectors(centred, ev, history=6, recency=0.9), dim=-1)
+    assert torch.allclose(logits, users @ F.normalize(centred, dim=-1).T / m.cfg.temperature, atol=1e-4)
+    m.train()
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    loss = F.cross_entropy(m.logits(m.user_states(m.item_matrix("d"), hist)[:, -1], m.item_matrix("d")),
+                           torch.tensor([6, 8, 0]))
+    loss.backward()
+    opt.step()
+    assert m.user.gain.abs().sum() > 0 and m.features["text"].proj.scale.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        after = m.logits(m.user_states(m.item_matrix("d"), hist)[:, -1], m.item_matrix("d"))
+    assert not torch.allclose(after, logits, atol=1e-4)
+
+
+def test_residual_needs_the_hidden_size():
+    with pytest.raises(CrossrecError, match="model.dim"):
+        _model(dim=8, projection="residual")

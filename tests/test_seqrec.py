@@ -19,7 +19,7 @@ class FakeBackbone:
 
 def _model(**kw) -> SeqRec:
     torch.manual_seed(0)
-    cfg = SeqRecConfig(dim=8, max_history=6, heads=2, **kw)
+    cfg = SeqRecConfig(**({"dim": 8, "max_history": 6, "heads": 2} | kw))
     m = SeqRec(cfg, FakeBackbone(), backbone_trains=False)
     m.add_catalogue("d", [f"item {i}" for i in range(30)])
     m.encoded["d"] = torch.randn(30, 12) * 0.5 + 3.0  # anisotropic: one large shared direction

@@ -7,6 +7,9 @@
   anisotropic LM space before the map (Hou et al., KDD 2022, eq. 2).
 - ``moe``: UniSRec's mixture-of-experts adaptor: ``experts`` whitening maps mixed by a softmax
   gate computed from the text vector itself, with gate noise while training (eq. 3-4).
+- ``residual``: the LM vector plus a learned two-layer correction scaled by a per-dimension gain
+  that starts at zero (LayerScale, Touvron et al. 2021): item vectors start as the language
+  model's and stay in its space, which every domain shares.
 """
 
 from __future__ import annotations
@@ -81,8 +84,29 @@ def identity(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
     return nn.Dropout(dropout)
 
 
+class Residual(nn.Module):
+    """(N, d) -> (N, d): ``x + scale * mlp(dropout(x))``, ``scale`` starting at zero."""
+
+    def __init__(self, d: int, dropout: float = 0.0):
+        super().__init__()
+        self.drop = nn.Dropout(dropout)
+        self.mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.scale = nn.Parameter(torch.zeros(d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.scale * self.mlp(self.drop(x))
+
+
+def residual(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+    """The LM vector plus a correction learned from zero; needs model.dim = the hidden size."""
+    if d_in != d_out:
+        raise CrossrecError("model.dim", f"{d_out}, but model.projection=residual keeps the backbone's {d_in} "
+                            "dimensions", f"set model.dim={d_in}")
+    return Residual(d_in, dropout)
+
+
 PROJECTIONS: Registry[Callable[[int, int, int, float], nn.Module]] = Registry("projection", "model.projection")
-for _name, _build in {"linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe, "identity": identity}.items():
+for _name, _build in {"linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe, "identity": identity, "residual": residual}.items():
     PROJECTIONS.add(_name, _build)
 
 

@@ -98,6 +98,8 @@ class UserTower(nn.Module):
         self.norm = nn.LayerNorm(cfg.dim) if cfg.norm_first else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         init_weights(self, cfg.init_std)
+        if cfg.readout == "residual":  # the transformer's share of the user state, learned from zero
+            self.gain = nn.Parameter(torch.zeros(cfg.dim))
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return READOUTS.get(self.cfg.readout)(self, h, valid)
@@ -120,11 +122,22 @@ def running_mean(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torc
     return (h * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
 
 
+def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The text scorer's user (the L2-normalised recency-weighted mean of the L2-normalised item
+    vectors up to each position, ``model.text_prior_recency``) plus the causal transformer's state
+    times a per-dimension gain that starts at zero: an untrained model ranks as
+    ``model=text_zeroshot`` does (with ``projection=residual``, ``text_norm=center``, cosine), and
+    training adds what the sequence tells beyond it, in the language model's space."""
+    base = TextPrior(tower.cfg.text_prior_recency).users(F.normalize(h, dim=-1) * valid.unsqueeze(-1).to(h.dtype), valid)
+    return base + tower.gain * tower.attend(h, valid)
+
+
 # model.readout: (tower, item vectors (B, L, d), valid (B, L)) -> user states (B, L, d)
 READOUTS: Registry[Callable[[UserTower, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
     "readout", "model.readout")
 READOUTS.add("last", UserTower.attend)
 READOUTS.add("mean", running_mean)
+READOUTS.add("residual", residual_readout)
 
 # model.positions: (position table, valid (B, L)) -> position vectors, (1 or B, L, d)
 POSITIONS: Registry[Callable[[nn.Embedding, torch.Tensor], torch.Tensor]] = Registry("positions", "model.positions")
@@ -234,17 +247,21 @@ class SeqRec(nn.Module):
         for feature in self.features.values():
             feature.refresh(key, cache)
 
-    def item_matrix(self, key: str, fresh: torch.Tensor | None = None) -> torch.Tensor:
+    def item_matrix(self, key: str, fresh: torch.Tensor | None = None, context: torch.Tensor | None = None) -> torch.Tensor:
         """(N, dim) item vectors of a domain: its features fused. ``fresh`` (item indices) are
         re-encoded with gradients through a training backbone; the rest come from the last refresh.
-        With ``model.text_prior`` the text prior's item vectors follow as more columns (N, dim + hidden)."""
+        With ``model.text_prior`` the text prior's item vectors follow as more columns (N, dim + hidden).
+        ``context`` (a composite, frozen backbone): the only source rows the caller reads (a batch's
+        inputs); the other source rows are left zero, so a step projects a few context items, not
+        the whole other catalogue."""
         if key in self.composites:
             t, src = self.composites[key]
             nt = self.n_items(t)
             ft = fs = None
             if fresh is not None:
                 ft, fs = fresh[fresh < nt], fresh[fresh >= nt] - nt
-            target, source = self.item_matrix(t, ft), self.item_matrix(src, fs)
+            target = self.item_matrix(t, ft)
+            source = self.item_matrix(src, fs) if context is None or fresh is not None else self._rows_of(src, context)
             dom = F.pad(self.domain_emb.weight, (0, target.shape[1] - self.cfg.dim))  # the prior's columns stay
             return torch.cat([target + dom[0], source + dom[1]])
         out = self.fusion([f(key, fresh) for f in self.features.values()], key)
@@ -252,6 +269,19 @@ class SeqRec(nn.Module):
         out = perturb(key, out) if perturb is not None else out
         prior = self.prior_columns(key, self.features["text"].base(key)) if self.reads_text else None
         return out if prior is None else torch.cat([out, prior.to(out.dtype)], 1)
+
+    def _rows_of(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """(N, dim [+ prior]) of domain ``key`` with only ``rows`` computed, the rest zero."""
+        rows = rows.to(self.user.pos.weight.device)
+        sub = self.fusion([f.rows(key, rows) for f in self.features.values()], key)
+        perturb = getattr(self, "item_perturb", None)
+        if perturb is not None:  # adversarial perturbations read the whole matrix
+            return self.item_matrix(key)
+        prior = self.prior_columns(key, self.features["text"].base(key)) if self.reads_text else None
+        width = sub.shape[1] + (0 if prior is None else prior.shape[1])
+        out = sub.new_zeros(self.n_items(key), width)
+        out = out.index_copy(0, rows, sub if prior is None else torch.cat([sub, prior[rows].to(sub.dtype)], 1))
+        return out
 
     def prior_columns(self, key: str, lm: torch.Tensor) -> torch.Tensor | None:
         """The text prior's item columns for LM vectors ``lm`` of domain ``key``'s catalogue (None

@@ -112,7 +112,10 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     if model.backbone_trains:  # encode only the unique items this batch touches
         parts = [inp[inp >= 0], targets] + ([negatives] if negatives is not None else [])
         fresh = torch.unique(torch.cat(parts))
-    items = model.item_matrix(key, fresh)
+    context = None
+    if key in model.composites and fresh is None:  # only the batch's context items are projected
+        context = torch.unique(inp[inp >= n_items]) - n_items
+    items = model.item_matrix(key, fresh, context)
     users = model.user_states(items, inp)[mask]
     return loss(model, users, items, targets, n_items, negatives)
 

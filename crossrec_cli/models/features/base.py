@@ -92,6 +92,11 @@ class ItemFeature(nn.Module):
         with gradients when the feature's encoder trains."""
         raise NotImplementedError
 
+    def rows(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """(len(rows), dim): ``forward(key)[rows]``; a feature overrides it to compute only those
+        rows (the context items of a mixed history, a few of a large catalogue)."""
+        return self(key)[rows]
+
 
 # builder(ctx, name) -> ItemFeature; ``name`` is the model.features entry, "kind" or "kind:arg"
 # (e.g. "vectors:image": the registered kind "vectors", reading the domain's "image" vectors)

@@ -29,3 +29,6 @@ class ItemIds(ItemFeature):
 
     def forward(self, key: str, fresh: torch.Tensor | None = None) -> torch.Tensor:
         return self.emb[key].weight
+
+    def rows(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        return self.emb[key].weight[rows]

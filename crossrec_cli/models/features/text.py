@@ -71,6 +71,10 @@ class TextFeature(ItemFeature):
             base = base.index_copy(0, fresh.to(base.device), new)
         return self.proj(self.normalise(key, base))
 
+    def rows(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """The projection of those rows only (the normalisation still reads the whole catalogue)."""
+        return self.proj(self.normalise(key, self.base(key))[rows])
+
     def normalise(self, key: str, base: torch.Tensor) -> torch.Tensor:
         """``model.text_norm``: centre (and scale) the LM vectors with their own domain's
         catalogue statistics, (N, hidden) -> (N, hidden). LM spaces are anisotropic (every item
