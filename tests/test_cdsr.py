@@ -224,9 +224,14 @@ def test_finetune_mixed_history_end_to_end(tmp_path):
     run_cli("finetune", *small[:-2], "domain=early", small[-1], "context=late", run_dir=tmp_path / "ctx")
     c = read_metrics(tmp_path / "ctx")
     assert set(c["test"]) == {"early"} and c["mixed_history"] == {"early": m["mixed_history"]["early"]}
-    # a run that read mixed histories is not silently reloaded for single-domain inputs
-    bad = run_cli("evaluate", f"run={tmp_path / 'mixed'}", run_dir=tmp_path / "ev", check=False)
-    assert bad.returncode == 2 and "mixed_history" in bad.stderr and "Traceback" not in bad.stderr
+    # evaluate run= reloads it with the same mixed inputs: the same test metrics
+    run_cli("evaluate", f"run={tmp_path / 'ctx'}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]", run_dir=tmp_path / "ev")
+    e = read_metrics(tmp_path / "ev")
+    assert e["test"]["early"] == c["test"]["early"] and e["mixed_history"] == {"early": "late"}
+    # recommend would read single-domain histories: refused in one line
+    bad = run_cli("recommend", f"run={tmp_path / 'ctx'}", f"hydra.searchpath=[file://{tmp_path / 'conf'}]",
+                  run_dir=tmp_path / "rec", check=False)
+    assert bad.returncode == 2 and "mixed-domain" in bad.stderr and "Traceback" not in bad.stderr
     # a domain without a partner in the run is one line naming the key
     alone = run_cli("finetune", *small[:-2], "domain=early", small[-1], "mixed_history=true", run_dir=tmp_path / "a",
                     check=False)

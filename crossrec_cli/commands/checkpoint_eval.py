@@ -57,6 +57,12 @@ class LoadedRun:
     trained_on: list[str]
     domains: list[tuple[DomainSpec, Domain]]
     splits: dict[str, Split] = field(default_factory=dict)
+    keys: dict[str, str] = field(default_factory=dict)  # a mixed-history run: domain -> its composite key
+    context: dict[str, Domain] = field(default_factory=dict)  # ... and every domain its histories read
+
+    def key(self, name: str) -> str:
+        """The model's catalogue key of domain ``name`` (its composite for a mixed-history run)."""
+        return self.keys.get(name, name)
 
     @property
     def unseen(self) -> list[str]:
@@ -68,6 +74,11 @@ class LoadedRun:
         if name not in self.splits:
             spec, domain = next((s, d) for s, d in self.domains if s.name == name)
             self.splits[name] = make_split(domain, spec.order, spec.order_seed)
+            if name in self.keys:  # the histories the run was trained and evaluated with
+                from crossrec_cli.data.context import with_context
+
+                src = self.context[self.keys[name].split("+", 1)[1]]
+                self.splits[name] = with_context(domain, self.splits[name], src, make_split(src))[0]
         return self.splits[name]
 
 
@@ -87,10 +98,7 @@ def load_run(cfg: DictConfig) -> LoadedRun:
         raise CrossrecError(str(meta_path), "run has no finished checkpoint", "use a run that completed training")
     meta = json.loads(meta_path.read_text())
     trained_on = meta["domains"]
-    if meta.get("mixed_history"):
-        raise CrossrecError("run", f"{run} read mixed-domain histories (mixed_history=true); reloading it for "
-                            "single-domain inputs would score another model", "read its metrics.json: finetune "
-                            "evaluated it on both parts with the mixed histories")
+    keys = dict(meta.get("mixed_history") or {})  # domain -> "<domain>+<context domain>"
     if _domain_given(cfg):
         domains = load_domains(cfg)
     else:
@@ -104,15 +112,35 @@ def load_run(cfg: DictConfig) -> LoadedRun:
         raise CrossrecError(f"domain={unseen[0]}", "a transductive model (item ids) cannot score a domain it was "
                             f"not trained on (it was trained on {', '.join(trained_on)})",
                             "use one of its training domains, or an inductive (text) run")
-    model = build_model(mcfg, [(s.name, d) for s, d in domains])
+    if keys:
+        given = [s.name for s, _ in domains]
+        if [n for n in given if n not in keys]:
+            raise CrossrecError("domain", f"{run} read mixed-domain histories (mixed_history) of {', '.join(keys)}; it "
+                                f"ranks those domains only, with the same inputs", f"pass domain= among {', '.join(keys)}")
+        keys = {n: k for n, k in keys.items() if n in given}
+        context = [(s, load_domain(s)) for s in (domain_spec(k.split("+", 1)[1], config_dirs(cfg), overrides(saved))
+                                                 for k in keys.values()) if s.name not in given]
+        domains_ctx = {s.name: (s, d) for s, d in domains + context}
+    model = build_model(mcfg, [(s.name, d) for s, d in (list(domains_ctx.values()) if keys else domains)])
+    for name, key in keys.items():
+        model.add_composite(key, name, key.split("+", 1)[1])
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
-    loaded = LoadedRun(model, mcfg, saved, trained_on, domains)
+    loaded = LoadedRun(model, mcfg, saved, trained_on, domains, keys=keys,
+                       context={n: d for n, (_, d) in domains_ctx.items()} if keys else {})
     auto = zero_shot_prior(mcfg, model) == "auto"  # its weight is chosen on each unseen domain's validation examples
     rank_unseen(mcfg, model, unseen, trained_on, lambda n: load_domain(domain_spec(n, config_dirs(cfg), overrides(saved))),
                 {n: loaded.split(n) for n in unseen} if auto else None)
     return loaded
+
+
+def single_domain_inputs(loaded: LoadedRun, command: str) -> None:
+    """``recommend`` / ``explain`` read each user's history in one domain: a mixed-history run is
+    refused in one line, not fed inputs it was never trained on."""
+    if loaded.keys:
+        raise CrossrecError("run", f"{command} reads single-domain histories, but the run read mixed-domain ones "
+                            f"({', '.join(loaded.keys.values())})", "evaluate it with `crossrec evaluate run=...`")
 
 
 def robustness(cfg: DictConfig, mcfg: DictConfig, model: SeqRec, spec: DomainSpec, domain: Domain, split,
@@ -148,7 +176,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     for spec, domain in domains:
         split = loaded.split(spec.name)
         check_evaluable(split, spec.name)
-        res = evaluate_model(mcfg, model, spec.name, split, domain, refresh=model.backbone_trains, spec=spec)
+        res = evaluate_model(mcfg, model, loaded.key(spec.name), split, domain, refresh=model.backbone_trains, spec=spec)
         extras[spec.name] = res.get("extras", {})
         if cfg.get("robustness"):
             extras[spec.name]["robustness"] = robustness(cfg, mcfg, model, spec, domain, split, res["test"])
@@ -162,7 +190,8 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
         features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")), score=item_score(mcfg), **text_prior(mcfg),
-        **zero_shot_record(cfg, model, unseen),
+        **zero_shot_record(cfg, model, unseen), **({"mixed_history": {n: k.split("+", 1)[1] for n, k in loaded.keys.items()}}
+                                                   if loaded.keys else {}),
         trainable_params=trainable, total_params=total, **({"fusion_gates": gates} if any(gates.values()) else {}),
         **extras_by_key(extras),
     )

@@ -63,7 +63,7 @@ def explain_user(scorer, domain, history: list[int], items: list[int], cfg: Dict
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from crossrec_cli.commands.checkpoint_eval import load_run
+    from crossrec_cli.commands.checkpoint_eval import load_run, single_domain_inputs
     from crossrec_cli.commands.recommend import histories
     from crossrec_cli.evaluation.ranking import top_items
     from crossrec_cli.explain.attribution import Scorer, attention_maps
@@ -71,6 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     seed_everything(cfg.seed)
     loaded = load_run(cfg)
+    single_domain_inputs(loaded, "explain")
     if len(loaded.domains) != 1:
         raise CrossrecError("domain", f"explain works on one domain, got {[s.name for s, _ in loaded.domains]}",
                             "pass domain=NAME")

@@ -68,11 +68,12 @@ def scorer(cfg: DictConfig, domain: Domain, users: EvalSet, name: str):
     """(user vectors of ``users``, item vectors, model name, mode, metrics.json entries of the
     zero-shot settings that applied) from ``run=`` or the baseline."""
     if cfg.get("run"):
-        from crossrec_cli.commands.checkpoint_eval import load_run
+        from crossrec_cli.commands.checkpoint_eval import load_run, single_domain_inputs
         from crossrec_cli.commands.recsys import model_mode, zero_shot_record
         from crossrec_cli.models.seqrec import seqrec_scorer
 
         loaded = load_run(cfg)  # refuses a transductive run on a domain it never saw
+        single_domain_inputs(loaded, "recommend")
         user_vecs, item_vecs = seqrec_scorer(loaded.model, name, cfg.eval.batch_size, refresh=loaded.model.backbone_trains)
         unseen = [name] if name in loaded.unseen else []
         mode = "zero-shot" if unseen else model_mode(loaded.saved)
