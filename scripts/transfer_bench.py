@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""The transfer table of docs/transfer.md: the arms of scripts/transfer_arms.yaml, seeds.
+
+    python scripts/transfer_bench.py run --food-kitchen DIR [--arms a,b] [--seeds 0,1,2] [--jobs 2]
+    python scripts/transfer_bench.py table
+
+`run` executes each arm's steps (crossrec command lines, nothing else) into
+outputs/transfer-bench/<arm>/seed<k>/<step>/ and copies each step's metrics.json into
+docs/transfer-records/<arm>/seed<k>/<step>.json (committed). A step whose metrics.json exists is
+skipped; an interrupted training step resumes (resume=true), so the command can be repeated.
+With --jobs N, N (arm, seed) units run side by side, each with OMP_NUM_THREADS=1; a unit that
+reads another arm's run waits for it. `table` writes docs/transfer.md's tables and plot from the
+records alone: a fresh checkout regenerates them without the data or a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).parent / "crossrec")
+ROOT = REPO / "outputs" / "transfer-bench"
+RECORDS = REPO / "docs" / "transfer-records"
+ARMS = Path(__file__).with_name("transfer_arms.yaml")
+REF = re.compile(r"\{run:([a-z0-9_]+):([a-z0-9_]+)\}")
+
+
+def plan() -> tuple[list[str], dict[str, dict]]:
+    bench = yaml.safe_load(ARMS.read_text())["food_kitchen"]
+    return bench["overrides"], bench["arms"]
+
+
+def run_dir(arm: str, seed: int, step: str, arms: dict) -> Path:
+    return ROOT / arm / (f"seed{seed}" if arms[arm].get("seeded", True) else "once") / step
+
+
+def record_path(arm: str, seed: int, step: str, arms: dict) -> Path:
+    return RECORDS / arm / (f"seed{seed}" if arms[arm].get("seeded", True) else "once") / f"{step}.json"
+
+
+def command(arm: str, step: str, seed: int, data: str, overrides: list[str], arms: dict) -> list[str]:
+    def fill(text: str) -> str:
+        text = REF.sub(lambda m: str(run_dir(m.group(1), seed, m.group(2), arms)), text)
+        return text.format(seed=seed, data=data, repo=REPO)
+
+    args = [fill(a) for a in arms[arm]["steps"][step]]
+    quiet = ["progress=false"] if args[0] in ("finetune", "transfer", "pretrain") else []  # no bars in a log file
+    return [CLI, *args, *(fill(o) for o in overrides), *quiet]
+
+
+def run_unit(arm: str, seed: int, data: str, overrides: list[str], arms: dict, env: dict, done: dict) -> None:
+    for dep in {m.group(1) for s in arms[arm]["steps"].values() for a in s for m in REF.finditer(a)} - {arm}:
+        done[(dep, seed)].wait()
+    for step in arms[arm]["steps"]:
+        out = run_dir(arm, seed, step, arms)
+        if not (out / "metrics.json").is_file() or json.loads((out / "metrics.json").read_text()).get("status") == "interrupted":
+            cmd = command(arm, step, seed, data, overrides, arms) + [f"hydra.run.dir={out}"]
+            if (out / "config.yaml").is_file() and cmd[1] in ("finetune", "transfer", "pretrain"):
+                cmd.append("resume=true")
+            out.mkdir(parents=True, exist_ok=True)
+            print(f"[{arm} seed {seed}] {step}: {' '.join(cmd[1:])}", flush=True)
+            with open(out.parent / f"{step}.out", "w") as log:
+                rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+            if rc != 0:
+                print(f"[{arm} seed {seed}] {step} exited {rc}: see {out.parent / f'{step}.out'}", flush=True)
+                done[(arm, seed)].set()
+                return
+        dest = record_path(arm, seed, step, arms)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(out / "metrics.json", dest)
+    done[(arm, seed)].set()
+
+
+def run(args: argparse.Namespace) -> None:
+    overrides, arms = plan()
+    chosen = args.arms.split(",") if args.arms else list(arms)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    units = [(a, s) for s in seeds for a in chosen if arms[a].get("seeded", True) or s == seeds[0]]
+    done = {(a, s): threading.Event() for a in arms for s in seeds}
+    for a, s in done:  # an arm not run now counts as done (its runs are on disk, or the step fails in one line)
+        if (a, s) not in units:
+            done[(a, s)].set()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1" if args.jobs > 1 else "2")}
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for f in [pool.submit(run_unit, a, s, args.food_kitchen, overrides, arms, env, done) for a, s in units]:
+            f.result()
+    table(args)
+
+
+# ---- the table -------------------------------------------------------------------------------
+
+def records() -> dict[tuple[str, str], list[dict]]:
+    """(arm, step) -> every seed's metrics record."""
+    out: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(RECORDS.glob("*/*/*.json")):
+        out.setdefault((path.parts[-3], path.stem), []).append(json.loads(path.read_text()))
+    return out
+
+
+def cell(recs: list[dict], domain: str, metric: str, part: str = "test", where: str | None = None) -> str:
+    vals = []
+    for r in recs:
+        src = r["transfer"][where] if where else r
+        if domain in src.get(part, {}) and metric in src[part][domain]:
+            vals.append(src[part][domain][metric])
+    if not vals:
+        return "–"
+    if len(vals) == 1:
+        return f"{vals[0]:.4f} (n=1)"
+    return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f} (n={len(vals)})"
+
+
+ROWS = [  # (label, arm, step, where in a transfer record)
+    ("popularity", "popularity", "full", None),
+    ("untrained text scorer (`model=text_zeroshot`, MiniLM)", "text_zeroshot", "full", None),
+    ("Food model, single-domain histories (defaults)", "food", "full", None),
+    ("Food model, mixed histories (`context=kitchen`)", "food_mixed", "full", None),
+    ("Food model, `experiment=lm_space`", "food_lm_space", "full", None),
+    ("Food model, `experiment=lm_space`, mixed histories", "food_lm_space_mixed", "full", None),
+]
+PUBLISHED = [(label, arm, "published", None) for label, arm, _, _ in ROWS]
+ZERO_SHOT = [
+    ("untrained text scorer", "text_zeroshot", "full", None),
+    ("Food model (defaults) alone", "food", "to_kitchen_alone", None),
+    ("Food model (defaults) as shipped (+ 2 x text scorer, aligned)", "food", "to_kitchen_shipped", None),
+    ("Food model `experiment=lm_space` alone", "food_lm_space", "to_kitchen_alone", None),
+    ("Food model `experiment=lm_space` as shipped", "food_lm_space", "to_kitchen_shipped", None),
+]
+FEW_SHOT = [
+    ("10 % of Kitchen users, from scratch (control)", "kitchen_10pct_from_food", "full", "control"),
+    ("10 % of Kitchen users, from the Food model (`transfer init_from=`)", "kitchen_10pct_from_food", "full", "adapted"),
+]
+
+
+def section(title: str, rows: list, recs: dict, domains: list[str], metrics: list[str]) -> list[str]:
+    head = [f"### {title}", "", "| scorer | " + " | ".join(f"{d} {m}" for d in domains for m in metrics) + " |",
+            "|---|" + "---|" * (len(domains) * len(metrics))]
+    for label, arm, step, where in rows:
+        got = recs.get((arm, step))
+        if not got:
+            continue
+        head.append(f"| {label} | " + " | ".join(cell(got, d, m, where=where) for d in domains for m in metrics) + " |")
+    return head + [""]
+
+
+def table(args: argparse.Namespace) -> None:
+    recs = records()
+    lines = [
+        "<!-- generated by `python scripts/transfer_bench.py table` from docs/transfer-records/; do not edit -->",
+        "",
+        section("Food-Kitchen, full ranking over the target domain's items (test)", ROWS, recs, ["food", "kitchen"],
+                ["ndcg@10", "recall@10"]),
+        section("Food-Kitchen, the published candidates (target + 999 negatives, seed 42; test)", PUBLISHED, recs,
+                ["food", "kitchen"], ["ndcg@10", "recall@10"]),
+        section("Food -> Kitchen zero-shot: trained on Food only, ranking Kitchen (full ranking, test)", ZERO_SHOT, recs,
+                ["kitchen"], ["ndcg@10", "recall@10"]),
+        section("Food -> Kitchen few-shot (full ranking, test)", FEW_SHOT, recs, ["kitchen"], ["ndcg@10", "recall@10"]),
+    ]
+    out = REPO / "docs" / "transfer-table.md"
+    out.write_text("\n".join(x if isinstance(x, str) else "\n".join(x) for x in lines))
+    print(out.read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--food-kitchen", required=True, help="the Food-Kitchen folder (format cdsr)")
+    r.add_argument("--arms", default=None)
+    r.add_argument("--seeds", default="0,1,2")
+    r.add_argument("--jobs", type=int, default=2)
+    sub.add_parser("table")
+    args = p.parse_args()
+    run(args) if args.cmd == "run" else table(args)
+
+
+if __name__ == "__main__":
+    main()
