@@ -203,7 +203,7 @@ def gains(recs: dict, pairs: list[tuple[str, str, str, str, str]]) -> list[str]:
     return out
 
 
-def table(args: argparse.Namespace) -> None:
+def table(args: argparse.Namespace, out: Path | None = None) -> None:
     recs = records()
     parts = [
         INTRO,
@@ -226,7 +226,7 @@ def table(args: argparse.Namespace) -> None:
         ]),
         "",
     ]
-    out = REPO / "docs" / "transfer.md"
+    out = out or REPO / "docs" / "transfer.md"
     out.write_text("\n".join(parts))
     print(out.read_text())
 
