@@ -138,6 +138,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "backbone.kind": _choice("crossrec_cli.models.backbone:KINDS", "none", example="encoder"),
     "backbone.pooling": _choice("crossrec_cli.models.encode:POOLINGS", example="mean"),
     "model.experts": (lambda v: _int(v, 1), "a positive integer", "8"),
+    "model.residual_dim": (lambda v: _int(v, 1), "a positive integer", "64"),
     "model.init_std": (_positive, "a number > 0", "0.02"),
     "model.norm_first": (lambda v: isinstance(v, bool), "true or false", "false"),
     "model.temperature": (_positive, "a number > 0", "0.07"),

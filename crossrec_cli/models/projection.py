@@ -57,25 +57,25 @@ class MoEAdaptor(nn.Module):
         return (gates.unsqueeze(-1) * out).sum(-2)
 
 
-def linear(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+def linear(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 64) -> nn.Module:
     return nn.Linear(d_in, d_out)
 
 
-def mlp(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+def mlp(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 64) -> nn.Module:
     """Two layers (d_in -> d_in -> d_out, GELU): enough capacity to give each item a vector of
     its own from its text, as an id table would."""
     return nn.Sequential(nn.Dropout(dropout), nn.Linear(d_in, d_in), nn.GELU(), nn.Linear(d_in, d_out))
 
 
-def whiten(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+def whiten(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 64) -> nn.Module:
     return Whitening(d_in, d_out, dropout)
 
 
-def moe(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+def moe(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 64) -> nn.Module:
     return MoEAdaptor(d_in, d_out, experts, dropout)
 
 
-def identity(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+def identity(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 64) -> nn.Module:
     """The LM vector itself (with ``model.projection_dropout``): item vectors stay in the language
     model's space, which a domain the model never saw shares; needs model.dim = the hidden size."""
     if d_in != d_out:
@@ -85,31 +85,34 @@ def identity(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
 
 
 class Residual(nn.Module):
-    """(N, d) -> (N, d): ``x + scale * mlp(dropout(x))``, ``scale`` starting at zero."""
+    """(N, d) -> (N, d): ``x + scale * mlp(dropout(x))``, ``scale`` starting at zero; the MLP's
+    hidden layer is ``hidden`` wide (``model.residual_dim``): a low-rank correction."""
 
-    def __init__(self, d: int, dropout: float = 0.0):
+    def __init__(self, d: int, dropout: float = 0.0, hidden: int = 64):
         super().__init__()
         self.drop = nn.Dropout(dropout)
-        self.mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, d))
         self.scale = nn.Parameter(torch.zeros(d))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.scale * self.mlp(self.drop(x))
 
 
-def residual(d_in: int, d_out: int, experts: int, dropout: float) -> nn.Module:
+def residual(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 64) -> nn.Module:
     """The LM vector plus a correction learned from zero; needs model.dim = the hidden size."""
     if d_in != d_out:
         raise CrossrecError("model.dim", f"{d_out}, but model.projection=residual keeps the backbone's {d_in} "
                             "dimensions", f"set model.dim={d_in}")
-    return Residual(d_in, dropout)
+    return Residual(d_in, dropout, hidden)
 
 
-PROJECTIONS: Registry[Callable[[int, int, int, float], nn.Module]] = Registry("projection", "model.projection")
+PROJECTIONS: Registry[Callable[..., nn.Module]] = Registry("projection", "model.projection")
 for _name, _build in {"linear": linear, "mlp": mlp, "whiten": whiten, "moe": moe, "identity": identity, "residual": residual}.items():
     PROJECTIONS.add(_name, _build)
 
 
-def build_projection(name: str, d_in: int, d_out: int, experts: int = 8, dropout: float = 0.0) -> nn.Module:
-    """The projection registered under ``name`` (``model.projection``)."""
-    return PROJECTIONS.get(name)(d_in, d_out, experts, dropout)
+def build_projection(name: str, d_in: int, d_out: int, experts: int = 8, dropout: float = 0.0,
+                     hidden: int = 64) -> nn.Module:
+    """The projection registered under ``name`` (``model.projection``); ``hidden``: the width of
+    ``residual``'s correction (``model.residual_dim``)."""
+    return PROJECTIONS.get(name)(d_in, d_out, experts, dropout, hidden)

@@ -52,6 +52,7 @@ class SeqRecConfig:
     experts: int = 8  # projection=moe
     projection_dropout: float = 0.0  # dropout on the LM vectors before whiten / moe
     text_norm: str = "none"  # none | center | standardize: LM vectors by their domain's catalogue statistics
+    residual_dim: int = 64  # width of the learned corrections of projection=residual / readout=residual
     text_prior: float = 0.0  # weight of the untrained text scorer added to every logit (models/prior.py); 0 = off
     text_prior_recency: float = 0.9  # its recency weighting over the history (model=text_zeroshot's default)
     pooling: str = "mean"
@@ -85,20 +86,24 @@ class UserTower(nn.Module):
     def __init__(self, cfg: SeqRecConfig):
         super().__init__()
         self.cfg = cfg
-        self.pos = nn.Embedding(cfg.max_history, cfg.dim)
+        # readout=residual runs its transformer at model.residual_dim between two linear maps
+        width = cfg.residual_dim if cfg.readout == "residual" else cfg.dim
+        self.pos = nn.Embedding(cfg.max_history, width)
         # SASRec: LayerNorm(item + position) -> dropout -> post-LN blocks; pre-LN blocks end in
         # a final LayerNorm instead
-        self.in_norm = nn.Identity() if cfg.norm_first else nn.LayerNorm(cfg.dim)
+        self.in_norm = nn.Identity() if cfg.norm_first else nn.LayerNorm(width)
         layer = nn.TransformerEncoderLayer(
-            cfg.dim, cfg.heads, 4 * cfg.dim, cfg.dropout, batch_first=True, norm_first=cfg.norm_first, activation="gelu"
+            width, cfg.heads, 4 * width, cfg.dropout, batch_first=True, norm_first=cfg.norm_first, activation="gelu"
         )
         if cfg.ffn_dropout is not None:  # torch drops the FFN's hidden units too; SASRec / RecBole do not
             layer.dropout = nn.Dropout(cfg.ffn_dropout)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(cfg.dim) if cfg.norm_first else nn.Identity()
+        self.norm = nn.LayerNorm(width) if cfg.norm_first else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         init_weights(self, cfg.init_std)
         if cfg.readout == "residual":  # the transformer's share of the user state, learned from zero
+            self.down, self.up = nn.Linear(cfg.dim, width), nn.Linear(width, cfg.dim)
+            init_weights(self, cfg.init_std)
             self.gain = nn.Parameter(torch.zeros(cfg.dim))
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -129,7 +134,7 @@ def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> 
     ``model=text_zeroshot`` does (with ``projection=residual``, ``text_norm=center``, cosine), and
     training adds what the sequence tells beyond it, in the language model's space."""
     base = TextPrior(tower.cfg.text_prior_recency).users(F.normalize(h, dim=-1) * valid.unsqueeze(-1).to(h.dtype), valid)
-    return base + tower.gain * tower.attend(h, valid)
+    return base + tower.gain * tower.up(tower.attend(tower.down(h), valid))
 
 
 # model.readout: (tower, item vectors (B, L, d), valid (B, L)) -> user states (B, L, d)

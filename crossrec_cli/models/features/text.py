@@ -30,7 +30,8 @@ class TextFeature(ItemFeature):
         super().__init__()
         cfg = ctx.cfg
         self.ctx = ctx
-        self.proj = build_projection(cfg.projection, ctx.backbone.hidden_size, cfg.dim, cfg.experts, cfg.projection_dropout)
+        self.proj = build_projection(cfg.projection, ctx.backbone.hidden_size, cfg.dim, cfg.experts, cfg.projection_dropout,
+                                     cfg.residual_dim)
         init_weights(self.proj, cfg.init_std)
         self.texts: dict[str, list[str]] = {}
         self.encoded: dict[str, torch.Tensor] = {}  # LM vectors per domain (N, hidden), detached
