@@ -60,7 +60,7 @@ def test_the_shipped_registries_hold_every_configured_name():
     assert set(OBJECTIVES.names()) == {"contrastive", "neighbors"}
     from crossrec_cli.data.domain import READERS
 
-    assert set(READERS.names()) == {"recbole", "movielens", "lastfm", "amazon", "instruction"}
+    assert set(READERS.names()) == {"recbole", "movielens", "lastfm", "amazon", "instruction", "cdsr"}
 
 
 def test_rank_metrics_reports_every_registered_metric_in_order():
@@ -100,7 +100,7 @@ def test_config_check_takes_choices_from_the_tables_that_build_them(monkeypatch)
     assert isinstance(build_projection("plugged", 4, 4), nn.Identity)
     with pytest.raises(CrossrecError) as err:
         check_common({"model": {"name": "seqrec", "projection": "mpl"}})
-    assert err.value.one_line() == ("error: model.projection: expected linear, mlp, whiten, moe, identity or plugged, "
+    assert err.value.one_line() == ("error: model.projection: expected linear, mlp, whiten, moe, identity, residual or plugged, "
                                     "got 'mpl'; e.g. model.projection=mlp")
     with pytest.raises(CrossrecError, match="backbone.pooling: expected mean, cls or last, got 'max'"):
         check_common({"backbone": {"pooling": "max"}})

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
@@ -115,4 +116,6 @@ def build_projection(name: str, d_in: int, d_out: int, experts: int = 8, dropout
                      hidden: int = 64) -> nn.Module:
     """The projection registered under ``name`` (``model.projection``); ``hidden``: the width of
     ``residual``'s correction (``model.residual_dim``)."""
-    return PROJECTIONS.get(name)(d_in, d_out, experts, dropout, hidden)
+    build = PROJECTIONS.get(name)
+    takes_hidden = "hidden" in inspect.signature(build).parameters  # a plugged builder may take the first four only
+    return build(d_in, d_out, experts, dropout, **({"hidden": hidden} if takes_hidden else {}))
