@@ -186,7 +186,12 @@ eval.zero_shot_align=false`); "as shipped" is `crossrec evaluate run=...` with i
 domain the run never saw (+ 2 x the untrained text scorer in every logit, aligned catalogue means).
 `experiment=lm_space` gives towers that start as the untrained text scorer and learn corrections
 from zero in the language model's space (`model.projection=residual model.readout=residual
-model.text_norm=center model.dim=384`).
+model.text_norm=center model.dim=384`); its arms have no finished record yet, so no row shows it.
+
+Few-shot: `crossrec transfer init_from=<the Food run> source=food target=kitchen
+target_fraction=0.1` adapts the Food model on a seeded 10 % of Kitchen's training users
+("adapted") and trains the same model from its initialisation on the same users ("control");
+both rank every Kitchen test example.
 """
 
 
