@@ -67,7 +67,7 @@ class MixedLines:
         return {ln.user: ln for part in (self.train, self.valid, self.test) for ln in part}
 
 
-def _item_tables(spec: DomainSpec, folder: Path) -> dict[str, Path]:
+def _item_tables(folder: Path) -> dict[str, Path]:
     """Side -> its item table (``items_<S>_*.tsv`` or ``items_<S>.tsv``)."""
     tables: dict[str, Path] = {}
     for path in sorted(folder.glob("items_*.tsv")):
@@ -104,7 +104,7 @@ def read_lines(spec: DomainSpec, folder: Path) -> tuple[dict[str, RawItems], Mix
     """Every side's items and every line of the folder."""
     if not spec.dataset:
         raise CrossrecError(f"domain.{spec.name}.dataset", "missing side", "format cdsr: dataset: A (the <S> of items_<S>_*.tsv)")
-    tables = _item_tables(spec, folder)
+    tables = _item_tables(folder)
     if spec.dataset not in tables:
         raise CrossrecError(f"domain.{spec.name}.dataset", f"no items_{spec.dataset}_*.tsv in {folder}",
                             f"expected one of {sorted(tables)}")
