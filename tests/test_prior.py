@@ -255,6 +255,7 @@ def test_residual_towers_start_as_the_text_scorer_and_train_away_from_it():
     loss.backward()
     opt.step()
     assert m.user.gain.abs().sum() > 0 and m.features["text"].proj.scale.abs().sum() > 0
+    assert m.user.recency != pytest.approx(0.9, abs=1e-6)  # the text scorer's recency is learned too
     m.eval()
     with torch.no_grad():
         after = m.logits(m.user_states(m.item_matrix("d"), hist)[:, -1], m.item_matrix("d"))
@@ -264,3 +265,16 @@ def test_residual_towers_start_as_the_text_scorer_and_train_away_from_it():
 def test_residual_needs_the_hidden_size():
     with pytest.raises(CrossrecError, match="model.dim"):
         _model(dim=8, projection="residual")
+
+
+def test_prior_users_with_a_tensor_recency_equal_the_number_and_pass_gradients():
+    """TextPrior.users(..., recency=tensor) (readout=residual's learned recency) gives what the
+    number gives, and d(output)/d(recency) exists."""
+    h = torch.randn(2, 5, 4)
+    valid = torch.tensor([[False, True, True, True, True], [True] * 5])
+    h = h * valid.unsqueeze(-1)
+    r = torch.tensor(0.7, requires_grad=True)
+    got = TextPrior(0.9).users(h, valid, r)
+    assert torch.allclose(got, TextPrior(0.7).users(h, valid), atol=1e-6)
+    got[:, -1].sum().backward()
+    assert r.grad is not None and r.grad.abs() > 0

@@ -41,19 +41,19 @@ class TextPrior:
         lm = lm.float()
         return weight * F.normalize(TEXT_NORMS.get("center")(lm, lm if catalogue is None else catalogue.float()), dim=-1)
 
-    def users(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def users(self, h: torch.Tensor, valid: torch.Tensor, recency: torch.Tensor | None = None) -> torch.Tensor:
         """Prior item vectors of left-padded histories (B, L, hidden), zero at padding, and the
         valid mask (B, L) -> (B, L, hidden): at each position the L2-normalised mean of the items
-        up to it, the newest weighing 1, the one before ``recency``, ... (causal)."""
-        total = torch.zeros_like(h[:, 0])
-        weight = torch.zeros_like(h[:, 0, :1])
-        out = []
+        up to it, the newest weighing 1, the one before ``recency``, ... (causal). ``recency``: a
+        tensor in (0, 1] to use instead of this prior's own (a learned one: gradients flow).
+        One (L, L) decay matrix times the history: W[t, j] = recency ** (t - j) for j <= t."""
+        n = h.shape[1]
+        steps = torch.arange(n, device=h.device)
+        gap = (steps[:, None] - steps[None, :]).to(h.dtype)
+        r = torch.as_tensor(self.recency if recency is None else recency, dtype=h.dtype, device=h.device)
+        w = torch.where(gap >= 0, r ** gap.clamp_min(0), torch.zeros((), dtype=h.dtype, device=h.device))
         m = valid.unsqueeze(-1).to(h.dtype)
-        for t in range(h.shape[1]):
-            total = self.recency * total + h[:, t]
-            weight = self.recency * weight + m[:, t]
-            out.append(total / weight.clamp_min(1e-12))
-        return F.normalize(torch.stack(out, 1), dim=-1)
+        return F.normalize((w @ h) / (w @ m).clamp_min(1e-12), dim=-1)
 
 
 def pick_prior_weight(gains: dict[float, np.ndarray]) -> float:

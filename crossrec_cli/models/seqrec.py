@@ -7,6 +7,8 @@ One model serves several domains: each registers its own catalogue with every it
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -105,6 +107,14 @@ class UserTower(nn.Module):
             self.down, self.up = nn.Linear(cfg.dim, width), nn.Linear(width, cfg.dim)
             init_weights(self, cfg.init_std)
             self.gain = nn.Parameter(torch.zeros(cfg.dim))
+            # the text scorer's recency, learned: sigmoid(recency_logit), from model.text_prior_recency
+            r = min(float(cfg.text_prior_recency), 1 - 1e-4)
+            self.recency_logit = nn.Parameter(torch.tensor(math.log(r / (1 - r))))
+
+    @property
+    def recency(self) -> float:
+        """readout=residual: the learned recency of its text-scorer part, in (0, 1)."""
+        return float(torch.sigmoid(self.recency_logit))
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return READOUTS.get(self.cfg.readout)(self, h, valid)
@@ -129,11 +139,15 @@ def running_mean(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torc
 
 def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The text scorer's user (the L2-normalised recency-weighted mean of the L2-normalised item
-    vectors up to each position, ``model.text_prior_recency``) plus the causal transformer's state
-    times a per-dimension gain that starts at zero: an untrained model ranks as
-    ``model=text_zeroshot`` does (with ``projection=residual``, ``text_norm=center``, cosine), and
-    training adds what the sequence tells beyond it, in the language model's space."""
-    base = TextPrior(tower.cfg.text_prior_recency).users(F.normalize(h, dim=-1) * valid.unsqueeze(-1).to(h.dtype), valid)
+    vectors up to each position) plus the causal transformer's state times a per-dimension gain
+    that starts at zero: an untrained model ranks as ``model=text_zeroshot`` does (with
+    ``projection=residual``, ``text_norm=center``, cosine), and training adds what the sequence
+    tells beyond it, in the language model's space. The recency is learned too, from
+    ``model.text_prior_recency``: how fast interest moves on is a property of sequences, not of one
+    catalogue's items, so what it learns carries to a domain the model never saw."""
+    recency = torch.sigmoid(tower.recency_logit)
+    base = TextPrior(tower.cfg.text_prior_recency).users(F.normalize(h, dim=-1) * valid.unsqueeze(-1).to(h.dtype), valid,
+                                                         recency)
     return base + tower.gain * tower.up(tower.attend(tower.down(h), valid))
 
 
