@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The transfer table of docs/transfer.md: the arms of scripts/transfer_arms.yaml, seeds.
 
-    python scripts/transfer_bench.py run --food-kitchen DIR [--arms a,b] [--seeds 0,1,2] [--jobs 2]
+    python scripts/transfer_bench.py run [--food-kitchen DIR] [--arms a,b] [--seeds 0,1,2] [--jobs 2]
     python scripts/transfer_bench.py table
 
 `run` executes each arm's steps (crossrec command lines, nothing else) into
@@ -37,9 +37,15 @@ ARMS = Path(__file__).with_name("transfer_arms.yaml")
 REF = re.compile(r"\{run:([a-z0-9_]+):([a-z0-9_]+)\}")
 
 
-def plan() -> tuple[list[str], dict[str, dict]]:
-    bench = yaml.safe_load(ARMS.read_text())["food_kitchen"]
-    return bench["overrides"], bench["arms"]
+def plan() -> dict[str, dict]:
+    """Every arm of every benchmark of transfer_arms.yaml, each with its benchmark's overrides."""
+    arms: dict[str, dict] = {}
+    for name, bench in yaml.safe_load(ARMS.read_text()).items():
+        for arm, body in bench["arms"].items():
+            if arm in arms:
+                raise SystemExit(f"{ARMS}: arm {arm!r} is in two benchmarks")
+            arms[arm] = {**body, "overrides": list(bench.get("overrides") or []), "benchmark": name}
+    return arms
 
 
 def run_dir(arm: str, seed: int, step: str, arms: dict) -> Path:
@@ -50,23 +56,23 @@ def record_path(arm: str, seed: int, step: str, arms: dict) -> Path:
     return RECORDS / arm / (f"seed{seed}" if arms[arm].get("seeded", True) else "once") / f"{step}.json"
 
 
-def command(arm: str, step: str, seed: int, data: str, overrides: list[str], arms: dict) -> list[str]:
+def command(arm: str, step: str, seed: int, data: str | None, arms: dict) -> list[str]:
     def fill(text: str) -> str:
         text = REF.sub(lambda m: str(run_dir(m.group(1), seed, m.group(2), arms)), text)
         return text.format(seed=seed, data=data, repo=REPO)
 
     args = [fill(a) for a in arms[arm]["steps"][step]]
     quiet = ["progress=false"] if args[0] in ("finetune", "transfer", "pretrain") else []  # no bars in a log file
-    return [CLI, *args, *(fill(o) for o in overrides), *quiet]
+    return [CLI, *args, *(fill(o) for o in arms[arm]["overrides"]), *quiet]
 
 
-def run_unit(arm: str, seed: int, data: str, overrides: list[str], arms: dict, env: dict, done: dict) -> None:
+def run_unit(arm: str, seed: int, data: str | None, arms: dict, env: dict, done: dict) -> None:
     for dep in {m.group(1) for s in arms[arm]["steps"].values() for a in s for m in REF.finditer(a)} - {arm}:
         done[(dep, seed)].wait()
     for step in arms[arm]["steps"]:
         out = run_dir(arm, seed, step, arms)
         if not (out / "metrics.json").is_file() or json.loads((out / "metrics.json").read_text()).get("status") == "interrupted":
-            cmd = command(arm, step, seed, data, overrides, arms) + [f"hydra.run.dir={out}"]
+            cmd = command(arm, step, seed, data, arms) + [f"hydra.run.dir={out}"]
             if (out / "config.yaml").is_file() and cmd[1] in ("finetune", "transfer", "pretrain"):
                 cmd.append("resume=true")
             out.mkdir(parents=True, exist_ok=True)
@@ -84,8 +90,14 @@ def run_unit(arm: str, seed: int, data: str, overrides: list[str], arms: dict, e
 
 
 def run(args: argparse.Namespace) -> None:
-    overrides, arms = plan()
+    arms = plan()
     chosen = args.arms.split(",") if args.arms else list(arms)
+    unknown = [a for a in chosen if a not in arms]
+    if unknown:
+        raise SystemExit(f"--arms: {', '.join(unknown)} not in {ARMS.name} (arms: {', '.join(arms)})")
+    needs = sorted({arms[a]["benchmark"] for a in chosen if "{data}" in " ".join(arms[a]["overrides"])})
+    if needs and not args.food_kitchen:
+        raise SystemExit(f"--food-kitchen: the arms of {', '.join(needs)} read the benchmark's folder; pass it")
     seeds = [int(s) for s in args.seeds.split(",")]
     units = [(a, s) for s in seeds for a in chosen if arms[a].get("seeded", True) or s == seeds[0]]
     done = {(a, s): threading.Event() for a in arms for s in seeds}
@@ -94,7 +106,7 @@ def run(args: argparse.Namespace) -> None:
             done[(a, s)].set()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1" if args.jobs > 1 else "2")}
     with ThreadPoolExecutor(args.jobs) as pool:
-        for f in [pool.submit(run_unit, a, s, args.food_kitchen, overrides, arms, env, done) for a, s in units]:
+        for f in [pool.submit(run_unit, a, s, args.food_kitchen, arms, env, done) for a, s in units]:
             f.result()
     table(args)
 
@@ -289,7 +301,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--food-kitchen", required=True, help="the Food-Kitchen folder (format cdsr)")
+    r.add_argument("--food-kitchen", default=None, help="the Food-Kitchen folder (format cdsr), for its arms")
     r.add_argument("--arms", default=None)
     r.add_argument("--seeds", default="0,1,2")
     r.add_argument("--jobs", type=int, default=2)

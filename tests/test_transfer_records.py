@@ -27,11 +27,11 @@ def test_committed_records_regenerate_the_page(bench, tmp_path):
 
 
 def test_every_step_is_a_crossrec_command_and_references_resolve(bench):
-    overrides, arms = bench.plan()
+    arms = bench.plan()
     commands = {"evaluate", "finetune", "transfer", "pretrain"}
     for arm, body in arms.items():
         for step in body["steps"]:
-            cmd = bench.command(arm, step, 0, "/data", overrides, arms)
+            cmd = bench.command(arm, step, 0, "/data", arms)
             assert cmd[1] in commands and "{" not in " ".join(cmd), (arm, step, cmd)
     # every record under docs/transfer-records belongs to a step of the plan
     for path in (REPO / "docs" / "transfer-records").glob("*/*/*.json"):
