@@ -24,6 +24,7 @@ from crossrec_cli.commands.recsys import (
     rank_unseen, zero_shot_prior, zero_shot_record,
 )
 from crossrec_cli.data import Domain, DomainSpec, Split, load_domain, make_split
+from crossrec_cli.data.context import context_of, with_context
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import extras_by_key
@@ -75,9 +76,7 @@ class LoadedRun:
             spec, domain = next((s, d) for s, d in self.domains if s.name == name)
             self.splits[name] = make_split(domain, spec.order, spec.order_seed)
             if name in self.keys:  # the histories the run was trained and evaluated with
-                from crossrec_cli.data.context import with_context
-
-                src = self.context[self.keys[name].split("+", 1)[1]]
+                src = self.context[context_of(self.keys[name])]
                 self.splits[name] = with_context(domain, self.splits[name], src, make_split(src))[0]
         return self.splits[name]
 
@@ -118,12 +117,12 @@ def load_run(cfg: DictConfig) -> LoadedRun:
             raise CrossrecError("domain", f"{run} read mixed-domain histories (mixed_history) of {', '.join(keys)}; it "
                                 f"ranks those domains only, with the same inputs", f"pass domain= among {', '.join(keys)}")
         keys = {n: k for n, k in keys.items() if n in given}
-        context = [(s, load_domain(s)) for s in (domain_spec(k.split("+", 1)[1], config_dirs(cfg), overrides(saved))
+        context = [(s, load_domain(s)) for s in (domain_spec(context_of(k), config_dirs(cfg), overrides(saved))
                                                  for k in keys.values()) if s.name not in given]
         domains_ctx = {s.name: (s, d) for s, d in domains + context}
     model = build_model(mcfg, [(s.name, d) for s, d in (list(domains_ctx.values()) if keys else domains)])
     for name, key in keys.items():
-        model.add_composite(key, name, key.split("+", 1)[1])
+        model.add_composite(key, name, context_of(key))
     state = SeqRec.upgrade_state(read_safetensors(_checkpoint_file(run / "checkpoint")))
     own = model.state_dict()
     load_trainable_state(model, {k: v for k, v in state.items() if k in own}, str(run / "checkpoint"))
@@ -190,7 +189,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
         "candidates" if cfg.eval.candidates else "full", int(saved.seed), dataset, valid, test,
         run=str(run), trained_on=trained_on, backbone=saved.backbone.name, adapter=saved.adapter.name,
         features=item_features(mcfg), fusion=str(mcfg.model.get("fusion", "sum")), score=item_score(mcfg), **text_prior(mcfg),
-        **zero_shot_record(cfg, model, unseen), **({"mixed_history": {n: k.split("+", 1)[1] for n, k in loaded.keys.items()}}
+        **zero_shot_record(cfg, model, unseen), **({"mixed_history": {n: context_of(k) for n, k in loaded.keys.items()}}
                                                    if loaded.keys else {}),
         trainable_params=trainable, total_params=total, **({"fusion_gates": gates} if any(gates.values()) else {}),
         **extras_by_key(extras),

@@ -20,7 +20,7 @@ from crossrec_cli.commands.recsys import (
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
-from crossrec_cli.data.context import mixed_histories
+from crossrec_cli.data.context import context_of, mixed_histories
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.training import distributed
@@ -58,7 +58,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg, [(s.name, d) for s, d in domains + context], tc, splits)
     for name, key in keys.items():
         if key != name:  # the domain's items, then the other domain's as context
-            model.add_composite(key, name, key.split("+", 1)[1])
+            model.add_composite(key, name, context_of(key))
     load_init(cfg, model)
     adversary = adversary_of(cfg, model, [s.name for s, _ in domains])
     if distributed.is_main() and distributed.world_size() > 1 and {"fgm", "pgd"} & set(names(cfg.adversarial.name)):

@@ -22,6 +22,7 @@ from crossrec_cli.commands.recsys import (
     zero_shot,
 )
 from crossrec_cli.data import make_split
+from crossrec_cli.data.context import composite_key, short_history_mask, with_context
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.data.split import subsample_training_users
 from crossrec_cli.errors import CrossrecError
@@ -67,7 +68,6 @@ def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt,
     space = tspec.shared_user_space
     if not cfg.overlap.context or not space or len(sources) != 1 or sources[0][0].shared_user_space != space:
         return None
-    from crossrec_cli.data.context import with_context
 
     sspec, sdom = sources[0]
     full, shared = with_context(target, split_full, sdom, splits_src[sspec.name])
@@ -77,7 +77,7 @@ def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt,
     catalogues = [(sspec.name, sdom), (tspec.name, target)]
     seed_everything(cfg.seed)
     model = build_model(cfg, catalogues, tc, splits_src)
-    key = f"{tspec.name}+{sspec.name}"
+    key = composite_key(tspec.name, sspec.name)
     model.add_composite(key, tspec.name, sspec.name)
     if cfg.get("init_from"):
         load_init(cfg, model)  # a pretrain run: its backbone (+ a fused item tower)
@@ -92,7 +92,6 @@ def _cold_start(cfg, arms: dict, n_target: int) -> dict:
     """Test metrics on examples whose target-domain history has <= overlap.cold_start_max items."""
     import numpy as np
 
-    from crossrec_cli.data.context import short_history_mask
     from crossrec_cli.data.split import Split
 
     k = int(cfg.overlap.cold_start_max)

@@ -114,6 +114,16 @@ def mixed_split(target: Domain, split: Split, source: Domain) -> tuple[Split, np
             np.asarray(sorted(shared)))
 
 
+def composite_key(target: str, source: str) -> str:
+    """The model's catalogue key of ``target``'s examples read with ``source``'s items as context."""
+    return f"{target}+{source}"
+
+
+def context_of(key: str) -> str:
+    """The context domain of a composite key (``composite_key``'s ``source``)."""
+    return key.split("+", 1)[1]
+
+
 def context_pairs(spaces: dict[str, str | None]) -> dict[str, str]:
     """Domain -> the one other domain of ``spaces`` (name -> ``shared_user_space``) sharing its
     users: the context each domain's histories gain under ``mixed_history=true``."""
@@ -145,4 +155,4 @@ def mixed_histories(domains: dict[str, Domain], spaces: dict[str, str | None], s
         record[t] = {"context": src, "shared_users": int(len(shared)),
                      "examples_with_context": {p: int(sum(bool((h >= n_t).any()) for h in getattr(mixed[t], p).histories))
                                                for p in ("valid", "test")}}
-    return mixed, {t: f"{t}+{s}" for t, s in pairs.items()}, record
+    return mixed, {t: composite_key(t, s) for t, s in pairs.items()}, record
