@@ -140,6 +140,7 @@ ROWS = [  # (label, arm, step, where in a transfer record)
     ("Food model, single-domain histories (defaults)", "food", "full", None),
     ("Food model, mixed histories (`context=kitchen`)", "food_mixed", "full", None),
     ("Food model, `experiment=lm_space`", "food_lm_space", "full", None),
+    ("Food model, `experiment=lm_space model.readout=pool`", "food_lm_pool", "full", None),
     ("Food model, `experiment=lm_space`, mixed histories", "food_lm_space_mixed", "full", None),
 ]
 PUBLISHED = [(label, arm, "published", None) for label, arm, _, _ in ROWS]
@@ -150,6 +151,8 @@ ZERO_SHOT = [
     ("Food model (defaults) as shipped (+ 2 x text scorer, aligned)", "food", "to_kitchen_shipped", None),
     ("Food model `experiment=lm_space` alone", "food_lm_space", "to_kitchen_alone", None),
     ("Food model `experiment=lm_space` as shipped", "food_lm_space", "to_kitchen_shipped", None),
+    ("Food model `experiment=lm_space model.readout=pool` alone", "food_lm_pool", "to_kitchen_alone", None),
+    ("Food model `experiment=lm_space model.readout=pool` as shipped", "food_lm_pool", "to_kitchen_shipped", None),
 ]
 FEW_SHOT = [
     ("10 % of Kitchen users, from scratch (control)", "kitchen_10pct_from_food", "full", "control"),

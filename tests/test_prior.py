@@ -255,7 +255,7 @@ def test_residual_towers_start_as_the_text_scorer_and_train_away_from_it():
     loss.backward()
     opt.step()
     assert m.user.gain.abs().sum() > 0 and m.features["text"].proj.scale.abs().sum() > 0
-    assert m.user.recency != pytest.approx(0.9, abs=1e-6)  # the text scorer's recency is learned too
+    assert float(torch.sigmoid(m.user.recency_logit)) != pytest.approx(0.9, abs=1e-6)  # recency learned too
     m.eval()
     with torch.no_grad():
         after = m.logits(m.user_states(m.item_matrix("d"), hist)[:, -1], m.item_matrix("d"))
@@ -278,3 +278,37 @@ def test_prior_users_with_a_tensor_recency_equal_the_number_and_pass_gradients()
     assert torch.allclose(got, TextPrior(0.7).users(h, valid), atol=1e-6)
     got[:, -1].sum().backward()
     assert r.grad is not None and r.grad.abs() > 0
+
+
+def test_pool_readout_starts_as_the_text_scorer_and_stays_in_the_history_span():
+    """readout=pool (+ projection=residual, text_norm=center): before any step the logits are
+    model=text_zeroshot's cosine / temperature; after a step they move (the query and the distance
+    bias learn); and a user vector is always a combination of its own history's item vectors (its
+    component orthogonal to their span is zero), on a catalogue the model never trained on too."""
+    m = _model(dropout=0.0, dim=12, projection="residual", readout="pool", text_norm="center").eval()
+    histories = [[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 8, 9]]
+    hist = pad_histories(histories, 6)
+    items = m.item_matrix("d")
+    logits = m.logits(m.user_states(items, hist)[:, -1], items)
+    centred = m.encoded["d"] - m.encoded["d"].mean(0)
+    ev = EvalSet(np.zeros(3, dtype=int), [np.asarray(h) for h in histories], np.zeros(3, dtype=int))
+    users = F.normalize(mean_history_vectors(centred, ev, history=6, recency=0.9), dim=-1)
+    assert torch.allclose(logits, users @ F.normalize(centred, dim=-1).T / m.cfg.temperature, atol=1e-4)
+    m.train()
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = F.cross_entropy(m.logits(m.user_states(m.item_matrix("d"), hist)[:, -1], m.item_matrix("d")),
+                               torch.tensor([6, 8, 0]))
+        loss.backward()
+        opt.step()
+    assert m.user.query.weight.abs().sum() > 0 and not torch.allclose(m.user.back_bias, torch.arange(6.0) * np.log(0.9))
+    m.eval()
+    with torch.no_grad():
+        items = m.item_matrix("d")
+        after = m.user_states(items, hist)[:, -1]
+        assert not torch.allclose(m.logits(after, items), logits, atol=1e-4)
+        for row, h in zip(after, histories):
+            basis = F.normalize(items[h], dim=-1).T  # (d, len(h))
+            inside = basis @ torch.linalg.lstsq(basis, row.unsqueeze(1)).solution
+            assert torch.allclose(inside.squeeze(1), row, atol=1e-5)

@@ -40,7 +40,7 @@ class SeqRecConfig:
     heads: int = 2
     dropout: float = 0.5
     ffn_dropout: float | None = None  # between the feed-forward's two maps (None: = dropout; RecBole: 0)
-    readout: str = "last"  # last (causal transformer) | mean (mean of history vectors)
+    readout: str = "last"  # last (causal transformer) | mean (mean of history vectors) | residual | pool
     positions: str = "end"  # end: position 0 = the newest item | start: 0 = the oldest item in the window (RecBole)
     score: str = "auto"  # auto (dot for id-only items, cosine with text) | dot | cosine (with temperature)
     temperature: float = 0.07
@@ -88,8 +88,9 @@ class UserTower(nn.Module):
     def __init__(self, cfg: SeqRecConfig):
         super().__init__()
         self.cfg = cfg
-        # readout=residual runs its transformer at model.residual_dim between two linear maps
-        width = cfg.residual_dim if cfg.readout == "residual" else cfg.dim
+        readout = READOUTS.get(cfg.readout)
+        # readout=residual / pool run their transformer at model.residual_dim between two linear maps
+        width = cfg.residual_dim if getattr(readout, "narrow", False) else cfg.dim
         self.pos = nn.Embedding(cfg.max_history, width)
         # SASRec: LayerNorm(item + position) -> dropout -> post-LN blocks; pre-LN blocks end in
         # a final LayerNorm instead
@@ -103,18 +104,8 @@ class UserTower(nn.Module):
         self.norm = nn.LayerNorm(width) if cfg.norm_first else nn.Identity()
         self.drop = nn.Dropout(cfg.dropout)
         init_weights(self, cfg.init_std)
-        if cfg.readout == "residual":  # the transformer's share of the user state, learned from zero
-            self.down, self.up = nn.Linear(cfg.dim, width), nn.Linear(width, cfg.dim)
-            init_weights(self, cfg.init_std)
-            self.gain = nn.Parameter(torch.zeros(cfg.dim))
-            # the text scorer's recency, learned: sigmoid(recency_logit), from model.text_prior_recency
-            r = min(float(cfg.text_prior_recency), 1 - 1e-4)
-            self.recency_logit = nn.Parameter(torch.tensor(math.log(r / (1 - r))))
-
-    @property
-    def recency(self) -> float:
-        """readout=residual: the learned recency of its text-scorer part, in (0, 1)."""
-        return float(torch.sigmoid(self.recency_logit))
+        if getattr(readout, "build", None) is not None:  # the readout's own parameters
+            readout.build(self, cfg, width)
 
     def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return READOUTS.get(self.cfg.readout)(self, h, valid)
@@ -137,6 +128,34 @@ def running_mean(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torc
     return (h * m).cumsum(1) / m.cumsum(1).clamp_min(1.0)
 
 
+@dataclass(frozen=True)
+class Readout:
+    """A ``model.readout``: ``forward(tower, h, valid)``, plus ``build(tower, cfg, width)`` adding
+    its own parameters to the tower, and ``narrow``: its transformer runs at ``model.residual_dim``
+    (between the ``down`` / ``up`` maps its build adds). A plain callable is a readout too."""
+
+    forward: Callable[[UserTower, torch.Tensor, torch.Tensor], torch.Tensor]
+    build: Callable[[UserTower, SeqRecConfig, int], None] | None = None
+    narrow: bool = False
+
+    def __call__(self, tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return self.forward(tower, h, valid)
+
+
+def _logit(p: float) -> float:
+    p = min(max(float(p), 1e-4), 1 - 1e-4)
+    return math.log(p / (1 - p))
+
+
+def _build_residual(tower: UserTower, cfg: SeqRecConfig, width: int) -> None:
+    """The transformer's share of the user state, learned from zero, and the learned recency."""
+    tower.down, tower.up = nn.Linear(cfg.dim, width), nn.Linear(width, cfg.dim)
+    init_weights(tower, cfg.init_std)  # the whole tower again (the draws runs of this readout were made with)
+    tower.gain = nn.Parameter(torch.zeros(cfg.dim))
+    # the text scorer's recency, learned: sigmoid(recency_logit), from model.text_prior_recency
+    tower.recency_logit = nn.Parameter(torch.tensor(_logit(cfg.text_prior_recency)))
+
+
 def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The text scorer's user (the L2-normalised recency-weighted mean of the L2-normalised item
     vectors up to each position) plus the causal transformer's state times a per-dimension gain
@@ -151,12 +170,45 @@ def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> 
     return base + tower.gain * tower.up(tower.attend(tower.down(h), valid))
 
 
+def _build_pool(tower: UserTower, cfg: SeqRecConfig, width: int) -> None:
+    """Keys of the history's items, queries from the transformer's state (zero at the start), and
+    a bias per distance back in the history, from the text scorer's recency weights."""
+    tower.down = nn.Linear(cfg.dim, width)
+    tower.key = nn.Linear(cfg.dim, width)
+    tower.query = nn.Linear(width, width)
+    init_weights(tower, cfg.init_std)
+    nn.init.zeros_(tower.query.weight)
+    nn.init.zeros_(tower.query.bias)
+    back = torch.arange(cfg.max_history, dtype=torch.float32)
+    tower.back_bias = nn.Parameter(back * math.log(min(max(float(cfg.text_prior_recency), 1e-4), 1.0)))
+
+
+def pool_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The user as a weighted mean of its own history's L2-normalised item vectors, the weights
+    learned: softmax over the items up to each position of (the transformer's query . the item's
+    key) + a bias per distance back. It starts as the text scorer (query zero, bias = distance x
+    log ``model.text_prior_recency``: the scorer's recency weights), and whatever it learns, the
+    user stays inside the span of its own items: on a domain the model never saw it can only
+    re-weight that domain's history, never carry the training catalogue's directions into it."""
+    n = h.shape[1]
+    x = F.normalize(h, dim=-1)
+    q = tower.query(tower.attend(tower.down(h), valid))  # (B, L, w)
+    scores = q @ tower.key(h).transpose(1, 2) / math.sqrt(q.shape[-1])  # (B, L, L): position t reads item j
+    steps = torch.arange(n, device=h.device)
+    back = (steps[:, None] - steps[None, :]).clamp_min(0).clamp_max(tower.back_bias.shape[0] - 1)
+    scores = scores + tower.back_bias[back]
+    blocked = (steps[None, :] > steps[:, None]).unsqueeze(0) | ~valid.unsqueeze(1)
+    weights = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1).nan_to_num(0.0)  # padded rows: 0
+    return weights @ x
+
+
 # model.readout: (tower, item vectors (B, L, d), valid (B, L)) -> user states (B, L, d)
 READOUTS: Registry[Callable[[UserTower, torch.Tensor, torch.Tensor], torch.Tensor]] = Registry(
     "readout", "model.readout")
 READOUTS.add("last", UserTower.attend)
 READOUTS.add("mean", running_mean)
-READOUTS.add("residual", residual_readout)
+READOUTS.add("residual", Readout(residual_readout, _build_residual, narrow=True))
+READOUTS.add("pool", Readout(pool_readout, _build_pool, narrow=True))
 
 # model.positions: (position table, valid (B, L)) -> position vectors, (1 or B, L, d)
 POSITIONS: Registry[Callable[[nn.Embedding, torch.Tensor], torch.Tensor]] = Registry("positions", "model.positions")
