@@ -223,7 +223,16 @@ eval.zero_shot_align=false`); "as shipped" is `crossrec evaluate run=...` with i
 domain the run never saw (+ 2 x the untrained text scorer in every logit, aligned catalogue means).
 `experiment=lm_space` gives towers that start as the untrained text scorer and learn corrections
 from zero in the language model's space (`model.projection=residual model.readout=residual
-model.text_norm=center model.dim=384`); its arms have no finished record yet, so no row shows it.
+model.text_norm=center model.dim=384`; the user's text-scorer part learns its recency too).
+`model.readout=pool` on top of it makes the user a learned weighting of its own history's item
+vectors (attention from the transformer's state plus a bias per distance back, starting at the
+text scorer's recency weights): on a domain the model never saw, what it learned can only
+re-weight that domain's items, never carry the training catalogue's directions into it.
+
+The untrained text scorer has one setting, its recency (how much more the newest item weighs);
+the default (0.9) was chosen on movies and music. The sweep below shows what it is worth on each
+Amazon side, and the zero-shot table carries the recency Food's validation picks onto Kitchen: a
+one-number transfer, the least a model trained on Food should match.
 
 Few-shot: `crossrec transfer init_from=<the Food run> source=food target=kitchen
 target_fraction=0.1` adapts the Food model on a seeded 10 % of Kitchen's training users
