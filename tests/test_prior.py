@@ -312,3 +312,36 @@ def test_pool_readout_starts_as_the_text_scorer_and_stays_in_the_history_span():
             basis = F.normalize(items[h], dim=-1).T  # (d, len(h))
             inside = basis @ torch.linalg.lstsq(basis, row.unsqueeze(1)).solution
             assert torch.allclose(inside.squeeze(1), row, atol=1e-5)
+
+
+def test_an_unseen_catalogue_is_read_without_the_residual_correction():
+    """projection=residual: after training moved its correction, a domain the model never trained
+    on (rank_unseen) gets item vectors = its centred LM vectors, the training domain keeps the
+    correction, metrics.json names the domain (zero_shot_items), and ``zero_shot`` puts it back."""
+    from omegaconf import OmegaConf
+
+    from crossrec_cli.commands.recsys import rank_unseen, zero_shot, zero_shot_record
+
+    m = _model(dropout=0.0, dim=12, projection="residual", readout="pool", text_norm="center").eval()
+    m.add_catalogue("new", [f"thing {i}" for i in range(20)])
+    m.encoded["new"] = torch.randn(20, 12) - 1.0
+    with torch.no_grad():
+        m.features["text"].proj.scale.fill_(0.5)
+    centred = {k: m.encoded[k] - m.encoded[k].mean(0) for k in ("d", "new")}
+    cfg = OmegaConf.create({"eval": {"zero_shot_align": False, "zero_shot_prior": 0.0}})
+    with torch.no_grad():
+        corrected = m.item_matrix("new")
+        assert not torch.allclose(corrected, centred["new"], atol=1e-5)
+        with zero_shot(cfg, m, "new", ["d"]) as record:
+            assert torch.allclose(m.item_matrix("new"), centred["new"], atol=1e-5)
+            assert record["zero_shot_items"]["domains"] == ["new"]
+        assert torch.allclose(m.item_matrix("new"), corrected)  # put back on leaving
+        rank_unseen(cfg, m, ["new"], ["d"])
+        assert torch.allclose(m.item_matrix("new"), centred["new"], atol=1e-5)
+        assert not torch.allclose(m.item_matrix("d"), centred["d"], atol=1e-5)  # the training domain keeps it
+        assert "zero_shot_items" not in zero_shot_record(cfg, m, [])
+    plain = _model(dropout=0.0).eval()  # projection=mlp: nothing to leave out, nothing recorded
+    plain.add_catalogue("new", [f"thing {i}" for i in range(20)])
+    plain.encoded["new"] = torch.randn(20, 12)
+    rank_unseen(cfg, plain, ["new"], ["d"])
+    assert "zero_shot_items" not in zero_shot_record(cfg, plain, ["new"])

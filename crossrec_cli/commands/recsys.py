@@ -180,6 +180,9 @@ def zero_shot_record(cfg: DictConfig, model: Any, unseen: list[str]) -> dict[str
     shifted = [n for n in unseen if model.reads_text and n in model.features["text"].shift]
     if shifted:
         out["zero_shot_align"] = {"domains": shifted}
+    plain = [n for n in unseen if model.reads_text and n in model.features["text"].plain]
+    if plain:  # projection=residual: the correction learned on the training catalogues is not applied
+        out["zero_shot_items"] = {"domains": plain, "read": "language-model space (the projection's base)"}
     return out
 
 
@@ -203,10 +206,14 @@ def rank_unseen(cfg: DictConfig, model: Any, unseen: list[str], trained_on: list
                 load: Callable[[str], Domain] | None = None, splits: dict[str, Split] | None = None) -> None:
     """From now on ``model`` ranks the ``unseen`` domains (never trained on) as ``crossrec evaluate``
     ranks a domain a run never saw: ``eval.zero_shot_align`` shifts their LM vectors (``load`` reads
-    a training domain the model holds no catalogue of), ``eval.zero_shot_prior`` adds the text scorer
-    (``auto``: its weight chosen on each domain's validation examples, from ``splits``)."""
+    a training domain the model holds no catalogue of), a projection with a catalogue-specific part
+    (projection=residual's learned correction) reads them through its base only, and
+    ``eval.zero_shot_prior`` adds the text scorer (``auto``: its weight chosen on each domain's
+    validation examples, from ``splits``)."""
     if unseen and model.reads_text and bool(cfg.eval.get("zero_shot_align", False)):
         align_text(model, unseen, trained_on, load)
+    for name in unseen if model.reads_text else []:  # a projection's catalogue-specific part stays with its catalogues
+        model.features["text"].read_plain(name)
     weight = zero_shot_prior(cfg, model)
     for name in unseen:  # ensembled with the text zero-shot scorer (models/prior.py)
         if weight == "auto":
@@ -231,6 +238,7 @@ def zero_shot(cfg: DictConfig, model: Any, target: str, trained_on: list[str],
             model.prior_choice.pop(target, None)
             if model.reads_text:
                 model.features["text"].shift.pop(target, None)
+                model.features["text"].read_plain(target, on=False)
 
 
 def model_mode(cfg: DictConfig) -> str:

@@ -167,7 +167,7 @@ def token_attributions(scorer: Scorer, user: torch.Tensor, text: str, n_steps: i
 
         hidden = last_hidden(bb.model, bb.kind, {"input_ids": input_ids, "attention_mask": attention_mask})
         vec = pool(hidden, attention_mask, cfg.pooling)
-        item = feat.proj(feat.normalise(scorer.key, vec))
+        item = feat.project(scorer.key, feat.normalise(scorer.key, vec))
         prior = model.prior_columns(scorer.key, vec)  # the text prior's part of the score, when it is on
         item = item if prior is None else torch.cat([item, prior.to(item.dtype)], -1)
         return model.logits(user.expand(len(item), -1), item).diagonal()

@@ -87,7 +87,9 @@ def identity(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 
 
 class Residual(nn.Module):
     """(N, d) -> (N, d): ``x + scale * mlp(dropout(x))``, ``scale`` starting at zero; the MLP's
-    hidden layer is ``hidden`` wide (``model.residual_dim``): a low-rank correction."""
+    hidden layer is ``hidden`` wide (``model.residual_dim``): a low-rank correction. The correction
+    is learned on the training catalogues' items and belongs to them: a catalogue the model never
+    trained on is read as ``base(x) = x``, the LM space itself (see ``TextFeature.read_plain``)."""
 
     def __init__(self, d: int, dropout: float = 0.0, hidden: int = 64):
         super().__init__()
@@ -97,6 +99,10 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.scale * self.mlp(self.drop(x))
+
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        """The part of the map that holds for any catalogue: the LM vector as it is."""
+        return x
 
 
 def residual(d_in: int, d_out: int, experts: int, dropout: float, hidden: int = 64) -> nn.Module:

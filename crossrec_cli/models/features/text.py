@@ -36,6 +36,7 @@ class TextFeature(ItemFeature):
         self.texts: dict[str, list[str]] = {}
         self.encoded: dict[str, torch.Tensor] = {}  # LM vectors per domain (N, hidden), detached
         self.shift: dict[str, torch.Tensor] = {}  # per domain: added to its LM vectors (align_to)
+        self.plain: set[str] = set()  # domains read through the projection's base only (read_plain)
 
     def add_catalogue(self, key: str, catalogue: Catalogue) -> None:
         self.texts[key] = list(catalogue.get("text", key))
@@ -70,11 +71,25 @@ class TextFeature(ItemFeature):
             texts = [self.texts[key][i] for i in fresh.tolist()]
             new = forward_pool(self.ctx.backbone, texts, cfg.max_length, cfg.pooling).to(base.dtype)
             base = base.index_copy(0, fresh.to(base.device), new)
-        return self.proj(self.normalise(key, base))
+        return self.project(key, self.normalise(key, base))
 
     def rows(self, key: str, rows: torch.Tensor) -> torch.Tensor:
         """The projection of those rows only (the normalisation still reads the whole catalogue)."""
-        return self.proj(self.normalise(key, self.base(key))[rows])
+        return self.project(key, self.normalise(key, self.base(key))[rows])
+
+    def project(self, key: str, x: torch.Tensor) -> torch.Tensor:
+        """Normalised LM vectors of domain ``key`` -> item vectors: the projection, or its ``base``
+        for a domain marked by ``read_plain``."""
+        return self.proj.base(x) if key in self.plain else self.proj(x)
+
+    def read_plain(self, key: str, on: bool = True) -> bool:
+        """Read domain ``key`` through the projection's ``base`` (the part that holds for every
+        catalogue, e.g. projection=residual without its learned correction), as a domain the model
+        never trained on is; False when the projection has no such part (nothing changes)."""
+        if not hasattr(self.proj, "base"):
+            return False
+        (self.plain.add if on else self.plain.discard)(key)
+        return True
 
     def normalise(self, key: str, base: torch.Tensor) -> torch.Tensor:
         """``model.text_norm``: centre (and scale) the LM vectors with their own domain's
