@@ -227,7 +227,10 @@ model.text_norm=center model.dim=384`; the user's text-scorer part learns its re
 `model.readout=pool` on top of it makes the user a learned weighting of its own history's item
 vectors (attention from the transformer's state plus a bias per distance back, starting at the
 text scorer's recency weights): on a domain the model never saw, what it learned can only
-re-weight that domain's items, never carry the training catalogue's directions into it.
+re-weight that domain's items, never carry the training catalogue's directions into it. The item
+side's learned correction (`projection=residual`) belongs to the catalogues it was learned on: a
+domain the model never trained on is read in the language model's space (metrics.json
+`zero_shot_items` names it), because the Food-learned correction lowered Kitchen's scores.
 
 The untrained text scorer has one setting, its recency (how much more the newest item weighs);
 the default (0.9) was chosen on movies and music. The sweep below shows what it is worth on each
@@ -313,6 +316,18 @@ def zero_shot_ratios(recs: dict, base: tuple[str, str], arms: list[tuple[str, st
     return out
 
 
+def resolution(recs: dict, step: tuple[str, str], dom: str) -> list[str]:
+    """How many test targets the untrained text scorer's top 10 holds on ``dom``: the scale at which
+    a zero-shot difference on that test split is one example."""
+    got = recs.get(step) or []
+    if not got or dom not in got[0].get("test", {}):
+        return []
+    t = got[0]["test"][dom]
+    hits = round(t["recall@10"] * t["examples"])
+    return [f"- {dom} test: {t['examples']} examples, of which the untrained text scorer ranks {hits} in its top 10; "
+            f"one example more or less moves a zero-shot ratio by about {1 / max(hits, 1):.0%}"]
+
+
 def table(args: argparse.Namespace, out: Path | None = None) -> None:
     recs = records()
     picked = source_recency(recs, "food")
@@ -353,6 +368,7 @@ def table(args: argparse.Namespace, out: Path | None = None) -> None:
             (f"movies zero-shot, music model {name} {how}", arm, f"to_movies_{how}")
             for name, arm in (("(defaults)", "music"), ("(lm_space)", "music_lm_space")) for how in ("alone", "shipped")],
             "movies"),
+        *resolution(recs, ("text_zeroshot", "full"), "kitchen"),
         *few_shot_lift(recs, "music_10pct_from_movies", "music", "music at 10 % of its users, from the movies model"),
         *few_shot_lift(recs, "movies_10pct_from_music", "movies", "movies at 10 % of its users, from the music model"),
         "",
