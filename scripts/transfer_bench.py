@@ -237,6 +237,11 @@ the default (0.9) was chosen on movies and music. The sweep below shows what it 
 Amazon side, and the zero-shot table carries the recency Food's validation picks onto Kitchen: a
 one-number transfer, the least a model trained on Food should match.
 
+Movies <-> music: the bundled MovieLens-100K and Last.fm domains (no shared users, leave-one-out
+by time, `python scripts/transfer_bench.py run` without `--food-kitchen`), the same arms where
+they apply: each domain's model on its own domain, on the other zero-shot (alone and as shipped),
+and 10 % of one domain's users from the other's model.
+
 Few-shot: `crossrec transfer init_from=<the Food run> source=food target=kitchen
 target_fraction=0.1` adapts the Food model on a seeded 10 % of Kitchen's training users
 ("adapted") and trains the same model from its initialisation on the same users ("control");
