@@ -305,19 +305,23 @@ def source_recency(recs: dict, source: str) -> tuple[float, dict] | None:
     return best, runs[best]
 
 
-def zero_shot_ratios(recs: dict, base: tuple[str, str], arms: list[tuple[str, str, str]], dom: str) -> list[str]:
-    """Each zero-shot step's test NDCG@10 (seed mean) as a multiple of the untrained text scorer's
-    on the same domain: the bar a model trained elsewhere has to clear."""
+def zero_shot_ratios(recs: dict, base: tuple[str, str], dom: str, names: tuple[str, str],
+                     models: list[tuple[str, str]]) -> list[str]:
+    """Each model's zero-shot steps on ``dom`` (``to_<dom>_alone`` / ``_shipped``), test NDCG@10
+    (seed mean) as a multiple of the untrained text scorer's (``base``): the bar a model trained
+    elsewhere has to clear. ``names``: how the target and the source read in a line."""
     ref = [r["test"][dom]["ndcg@10"] for r in recs.get(base, []) if dom in r.get("test", {})]
     if not ref:
         return []
     out = []
-    for label, arm, step in arms:
-        got = [r["test"][dom]["ndcg@10"] for r in recs.get((arm, step), []) if dom in r.get("test", {})]
-        if got:
-            m = statistics.mean(got)
-            out.append(f"- {label}: {m:.4f}, {m / statistics.mean(ref):.2f}x the untrained text scorer's "
-                       f"{statistics.mean(ref):.4f} (n={len(got)})")
+    for name, arm in models:
+        for how in ("alone", "shipped"):
+            got = [r["test"][dom]["ndcg@10"] for r in recs.get((arm, f"to_{dom}_{how}"), []) if dom in r.get("test", {})]
+            if got:
+                m = statistics.mean(got)
+                out.append(f"- {names[0]} zero-shot, {names[1]} model {name} {how}: {m:.4f}, "
+                           f"{m / statistics.mean(ref):.2f}x the untrained text scorer's {statistics.mean(ref):.4f} "
+                           f"(n={len(got)})")
     return out
 
 
@@ -361,18 +365,12 @@ def table(args: argparse.Namespace, out: Path | None = None) -> None:
             ("Food, published candidates, mixed over single-domain", "food", "food_mixed", "published", "food"),
         ]),
         *few_shot_lift(recs, "kitchen_10pct_from_food", "kitchen", "Kitchen at 10 % of its users, from the Food model"),
-        *zero_shot_ratios(recs, ("text_zeroshot", "full"), [
-            (f"Kitchen zero-shot, Food model {name} {how}", arm, f"to_kitchen_{how}")
-            for name, arm in (("(defaults)", "food"), ("(lm_space)", "food_lm_space"), ("(lm_space, pool)", "food_lm_pool"))
-            for how in ("alone", "shipped")], "kitchen"),
-        *zero_shot_ratios(recs, ("mm_text_zeroshot", "full"), [
-            (f"music zero-shot, movies model {name} {how}", arm, f"to_music_{how}")
-            for name, arm in (("(defaults)", "movies"), ("(lm_space)", "movies_lm_space")) for how in ("alone", "shipped")],
-            "music"),
-        *zero_shot_ratios(recs, ("mm_text_zeroshot", "full"), [
-            (f"movies zero-shot, music model {name} {how}", arm, f"to_movies_{how}")
-            for name, arm in (("(defaults)", "music"), ("(lm_space)", "music_lm_space")) for how in ("alone", "shipped")],
-            "movies"),
+        *zero_shot_ratios(recs, ("text_zeroshot", "full"), "kitchen", ("Kitchen", "Food"),
+                          [("(defaults)", "food"), ("(lm_space)", "food_lm_space"), ("(lm_space, pool)", "food_lm_pool")]),
+        *zero_shot_ratios(recs, ("mm_text_zeroshot", "full"), "music", ("music", "movies"),
+                          [("(defaults)", "movies"), ("(lm_space)", "movies_lm_space")]),
+        *zero_shot_ratios(recs, ("mm_text_zeroshot", "full"), "movies", ("movies", "music"),
+                          [("(defaults)", "music"), ("(lm_space)", "music_lm_space")]),
         *resolution(recs, ("text_zeroshot", "full"), "kitchen"),
         *few_shot_lift(recs, "music_10pct_from_movies", "music", "music at 10 % of its users, from the movies model"),
         *few_shot_lift(recs, "movies_10pct_from_music", "movies", "movies at 10 % of its users, from the music model"),

@@ -180,7 +180,7 @@ def _build_pool(tower: UserTower, cfg: SeqRecConfig, width: int) -> None:
     nn.init.zeros_(tower.query.weight)
     nn.init.zeros_(tower.query.bias)
     back = torch.arange(cfg.max_history, dtype=torch.float32)
-    tower.back_bias = nn.Parameter(back * math.log(min(max(float(cfg.text_prior_recency), 1e-4), 1.0)))
+    tower.back_bias = nn.Parameter(back * math.log(max(float(cfg.text_prior_recency), 1e-4)))  # <= 1: config_check
 
 
 def pool_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
