@@ -68,3 +68,20 @@ def test_bad_num_threads_is_one_line(tmp_path, capsys):
         run_command("evaluate", ["model=popularity", "num_threads=0"], tmp_path)
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: num_threads:") and "auto or a positive integer" in err and "\n" not in err
+
+
+def test_vector_math_is_warmed_before_the_recipe(monkeypatch, tmp_path):
+    # MKL picks each vector-math kernel on its first call; a first call shared by several threads
+    # can run a low-accuracy kernel once (numerics.py): every command warms them first
+    calls = []
+    monkeypatch.setattr(_common, "warm_vector_math", lambda: calls.append(torch.get_num_threads()))
+    run_command("evaluate", ["model=popularity", "num_threads=1"], tmp_path)
+    assert calls == [1]
+
+
+def test_warm_up_covers_the_float_unary_ops():
+    from crossrec_cli.numerics import VML_OPS, warm_vector_math
+    assert {"sqrt", "exp", "log", "tanh", "erf", "rsqrt"} <= set(VML_OPS)  # Adam, softmax, GELU, norms
+    assert warm_vector_math() == VML_OPS
+    x = torch.full((3,), 0.5, dtype=torch.float64)
+    assert all(getattr(torch, op)(x).shape == x.shape for op in VML_OPS)  # each an elementwise torch op

@@ -22,6 +22,7 @@ from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import atomic_write_json, atomic_write_text
+from crossrec_cli.numerics import warm_vector_math
 from crossrec_cli.training import distributed
 from crossrec_cli.training.loggers import Logger, flat_metrics, open_logger
 
@@ -270,6 +271,7 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
         if cfg.get("resume"):
             check_resume_config(cfg)
         set_threads(cfg.get("num_threads", "auto"), int((cfg.get("runtime") or {}).get("concurrent_jobs", 1)))
+        warm_vector_math()  # before any multi-threaded op: same seed, same bits (see numerics.py)
         if distributed.is_main():
             write_config(cfg)
         return recipe(cfg)
