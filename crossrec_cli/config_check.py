@@ -139,6 +139,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "backbone.pooling": _choice("crossrec_cli.models.encode:POOLINGS", example="mean"),
     "model.experts": (lambda v: _int(v, 1), "a positive integer", "8"),
     "model.residual_dim": (lambda v: _int(v, 1), "a positive integer", "64"),
+    "model.general_loss": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                           "a number >= 0", "1.0"),
     "model.init_std": (_positive, "a number > 0", "0.02"),
     "model.norm_first": (lambda v: isinstance(v, bool), "true or false", "false"),
     "model.temperature": (_positive, "a number > 0", "0.07"),

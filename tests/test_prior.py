@@ -345,3 +345,94 @@ def test_an_unseen_catalogue_is_read_without_the_residual_correction():
     plain.encoded["new"] = torch.randn(20, 12)
     rank_unseen(cfg, plain, ["new"], ["d"])
     assert "zero_shot_items" not in zero_shot_record(cfg, plain, ["new"])
+
+
+def _trained(readout: str, steps: int = 3) -> SeqRec:
+    """A lm_space model (projection=residual, text_norm=center) a few Adam steps past its init."""
+    m = _model(dropout=0.0, dim=12, projection="residual", readout=readout, text_norm="center", general_loss=1.0)
+    hist = pad_histories([[3, 4, 5], [7], [1, 2, 3, 4, 5, 6, 8, 9]], 6)
+    opt = torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=5e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        items = m.item_matrix("d")
+        F.cross_entropy(m.logits(m.user_states(items, hist)[:, -1], items), torch.tensor([6, 8, 0])).backward()
+        opt.step()
+    return m.eval()
+
+
+def test_the_general_user_of_residual_is_the_text_scorer_at_the_learned_recency():
+    """readout=residual's domain-general user (Readout.general) is the recency-weighted mean of the
+    history's normalised item vectors at sigmoid(recency_logit), by hand; the full user is not."""
+    m = _trained("residual")
+    r = float(torch.sigmoid(m.user.recency_logit))
+    assert r != pytest.approx(0.9, abs=1e-4)
+    with torch.no_grad():
+        items = m.item_matrix("d")
+        general = m.user_states(items, pad_histories([[3, 4, 5]], 6), general=True)[0, -1]
+        full = m.user_states(items, pad_histories([[3, 4, 5]], 6))[0, -1]
+    x = F.normalize(items[[3, 4, 5]], dim=-1)
+    want = F.normalize(r * r * x[0] + r * x[1] + x[2], dim=0)
+    assert torch.allclose(general, want, atol=1e-5) and not torch.allclose(full, want, atol=1e-3)
+
+
+def test_the_general_user_of_pool_weighs_by_distance_and_likeness_to_the_newest():
+    """readout=pool's general user: softmax over the history of back_bias[distance] + like_newest x
+    cos(item, newest item), times the normalised items; computed by hand for one history."""
+    m = _trained("pool")
+    with torch.no_grad():
+        m.user.like_newest.fill_(1.5)  # a value training could reach, so that the term shows
+        items = m.item_matrix("d")
+        general = m.user_states(items, pad_histories([[3, 4, 5]], 6), general=True)[0, -1]
+    x = F.normalize(items[[3, 4, 5]], dim=-1)
+    scores = m.user.back_bias[[2, 1, 0]] + 1.5 * (x @ x[2])
+    assert torch.allclose(general, torch.softmax(scores, 0) @ x, atol=1e-5)
+
+
+def test_general_loss_adds_the_general_users_next_item_loss():
+    """model.general_loss=w: a step's loss is the model's loss plus w x the same loss of the
+    domain-general users (training/loop.py batch_loss)."""
+    from crossrec_cli.training.loop import TrainConfig, batch_loss
+
+    m = _model(dropout=0.0, dim=12, projection="residual", readout="pool", text_norm="center")
+    with torch.no_grad():
+        m.user.query.weight.normal_(0, 0.5)  # the transformer's share, so that the two users differ
+    inp = torch.tensor([[-1, 3, 4, 5], [7, 8, 9, 1]])
+    tgt = torch.tensor([[-1, 4, 5, 6], [8, 9, 1, 2]])
+    tc = TrainConfig()
+    m.cfg.general_loss = 0.0
+    alone = batch_loss(m, "d", inp, tgt, tc).item()
+    m.cfg.general_loss = 0.5
+    both = batch_loss(m, "d", inp, tgt, tc).item()
+    items = m.item_matrix("d")
+    mask = tgt >= 0
+    logits = m.logits(m.user_states(items, inp, general=True)[mask], items)
+    assert both - alone == pytest.approx(0.5 * F.cross_entropy(logits, tgt[mask]).item(), rel=1e-5)
+
+
+def test_an_unseen_domain_reads_the_general_user_and_says_so():
+    """zero_shot / rank_unseen: the unseen domain's users are the general users (metrics.json
+    ``zero_shot_users``), the training domain's are not, and leaving the block puts it back; a
+    readout without a general part changes nothing and records nothing; general_loss needs one."""
+    from omegaconf import OmegaConf
+
+    from crossrec_cli.commands.recsys import zero_shot, zero_shot_record
+    from crossrec_cli.models.seqrec import seqrec_scorer
+
+    m = _trained("residual")
+    m.add_catalogue("new", [f"thing {i}" for i in range(20)])
+    m.encoded["new"] = torch.randn(20, 12)
+    ev = EvalSet(np.zeros(2, dtype=int), [np.asarray([3, 4, 5]), np.asarray([1])], np.zeros(2, dtype=int))
+    cfg = OmegaConf.create({"eval": {"zero_shot_align": False, "zero_shot_prior": 0.0}})
+    full = seqrec_scorer(m, "new")[0](ev)
+    with zero_shot(cfg, m, "new", ["d"]) as record:
+        users = seqrec_scorer(m, "new")[0](ev)
+        items = m.item_matrix("new")
+        general = m.user_states(items, pad_histories([[3, 4, 5], [1]], 6), general=True)[:, -1]
+        assert torch.allclose(users, F.normalize(general, dim=-1), atol=1e-6)
+        assert record["zero_shot_users"]["domains"] == ["new"] and "residual" in record["zero_shot_users"]["read"]
+        assert not torch.allclose(seqrec_scorer(m, "d")[0](ev), users, atol=1e-4)  # "d" keeps its transformer
+    assert m.general_users == set() and torch.allclose(seqrec_scorer(m, "new")[0](ev), full)
+    plain = _model(dropout=0.0).eval()  # readout=last: no general part
+    assert plain.read_general("new") is False and "zero_shot_users" not in zero_shot_record(cfg, plain, ["new"])
+    with pytest.raises(CrossrecError, match="model.general_loss"):
+        _model(general_loss=1.0)

@@ -183,6 +183,9 @@ def zero_shot_record(cfg: DictConfig, model: Any, unseen: list[str]) -> dict[str
     plain = [n for n in unseen if model.reads_text and n in model.features["text"].plain]
     if plain:  # projection=residual: the correction learned on the training catalogues is not applied
         out["zero_shot_items"] = {"domains": plain, "read": "language-model space (the projection's base)"}
+    general = [n for n in unseen if n in model.general_users]
+    if general:  # readout=residual | pool: the user without its transformer (Readout.general)
+        out["zero_shot_users"] = {"domains": general, "read": f"the domain-general user of readout={model.cfg.readout}"}
     return out
 
 
@@ -214,6 +217,8 @@ def rank_unseen(cfg: DictConfig, model: Any, unseen: list[str], trained_on: list
         align_text(model, unseen, trained_on, load)
     for name in unseen if model.reads_text else []:  # a projection's catalogue-specific part stays with its catalogues
         model.features["text"].read_plain(name)
+    for name in unseen:  # so does the user tower's transformer: the readout's domain-general user reads them
+        model.read_general(name)
     weight = zero_shot_prior(cfg, model)
     for name in unseen:  # ensembled with the text zero-shot scorer (models/prior.py)
         if weight == "auto":
@@ -239,6 +244,7 @@ def zero_shot(cfg: DictConfig, model: Any, target: str, trained_on: list[str],
             if model.reads_text:
                 model.features["text"].shift.pop(target, None)
                 model.features["text"].read_plain(target, on=False)
+            model.read_general(target, on=False)
 
 
 def model_mode(cfg: DictConfig) -> str:

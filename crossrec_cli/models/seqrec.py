@@ -55,6 +55,7 @@ class SeqRecConfig:
     projection_dropout: float = 0.0  # dropout on the LM vectors before whiten / moe
     text_norm: str = "none"  # none | center | standardize: LM vectors by their domain's catalogue statistics
     residual_dim: int = 64  # width of the learned corrections of projection=residual / readout=residual
+    general_loss: float = 0.0  # weight of a next-item loss on the readout's domain-general user alone (residual | pool)
     text_prior: float = 0.0  # weight of the untrained text scorer added to every logit (models/prior.py); 0 = off
     text_prior_recency: float = 0.9  # its recency weighting over the history (model=text_zeroshot's default)
     pooling: str = "mean"
@@ -107,8 +108,20 @@ class UserTower(nn.Module):
         if getattr(readout, "build", None) is not None:  # the readout's own parameters
             readout.build(self, cfg, width)
 
-    def forward(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return READOUTS.get(self.cfg.readout)(self, h, valid)
+    def forward(self, h: torch.Tensor, valid: torch.Tensor, general: bool = False) -> torch.Tensor:
+        """User states; ``general``: the readout's domain-general user only (``Readout.general``)."""
+        readout = READOUTS.get(self.cfg.readout)
+        if general:
+            if not self.has_general:
+                raise CrossrecError("model.readout", f"{self.cfg.readout} has no domain-general user",
+                                    "use model.readout=residual or pool")
+            return readout.general(self, h, valid)
+        return readout(self, h, valid)
+
+    @property
+    def has_general(self) -> bool:
+        """Whether the readout has a domain-general part (``Readout.general``)."""
+        return getattr(READOUTS.get(self.cfg.readout), "general", None) is not None
 
     def attend(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The causal transformer's state at every position."""
@@ -131,12 +144,16 @@ def running_mean(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torc
 @dataclass(frozen=True)
 class Readout:
     """A ``model.readout``: ``forward(tower, h, valid)``, plus ``build(tower, cfg, width)`` adding
-    its own parameters to the tower, and ``narrow``: its transformer runs at ``model.residual_dim``
-    (between the ``down`` / ``up`` maps its build adds). A plain callable is a readout too."""
+    its own parameters to the tower, ``narrow``: its transformer runs at ``model.residual_dim``
+    (between the ``down`` / ``up`` maps its build adds), and ``general(tower, h, valid)``: the part
+    of the user that reads any catalogue the same way (no transformer, nothing tied to the training
+    catalogues' directions), trained alone by ``model.general_loss`` and what a domain the model
+    never trained on is read through (``SeqRec.read_general``). A plain callable is a readout too."""
 
     forward: Callable[[UserTower, torch.Tensor, torch.Tensor], torch.Tensor]
     build: Callable[[UserTower, SeqRecConfig, int], None] | None = None
     narrow: bool = False
+    general: Callable[[UserTower, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def __call__(self, tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         return self.forward(tower, h, valid)
@@ -156,6 +173,13 @@ def _build_residual(tower: UserTower, cfg: SeqRecConfig, width: int) -> None:
     tower.recency_logit = nn.Parameter(torch.tensor(_logit(cfg.text_prior_recency)))
 
 
+def recency_user(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """readout=residual's domain-general user: the text scorer's user with the learned recency."""
+    recency = torch.sigmoid(tower.recency_logit)
+    return TextPrior(tower.cfg.text_prior_recency).users(F.normalize(h, dim=-1) * valid.unsqueeze(-1).to(h.dtype),
+                                                         valid, recency)
+
+
 def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The text scorer's user (the L2-normalised recency-weighted mean of the L2-normalised item
     vectors up to each position) plus the causal transformer's state times a per-dimension gain
@@ -164,10 +188,7 @@ def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> 
     tells beyond it, in the language model's space. The recency is learned too, from
     ``model.text_prior_recency``: how fast interest moves on is a property of sequences, not of one
     catalogue's items, so what it learns carries to a domain the model never saw."""
-    recency = torch.sigmoid(tower.recency_logit)
-    base = TextPrior(tower.cfg.text_prior_recency).users(F.normalize(h, dim=-1) * valid.unsqueeze(-1).to(h.dtype), valid,
-                                                         recency)
-    return base + tower.gain * tower.up(tower.attend(tower.down(h), valid))
+    return recency_user(tower, h, valid) + tower.gain * tower.up(tower.attend(tower.down(h), valid))
 
 
 def _build_pool(tower: UserTower, cfg: SeqRecConfig, width: int) -> None:
@@ -181,25 +202,44 @@ def _build_pool(tower: UserTower, cfg: SeqRecConfig, width: int) -> None:
     nn.init.zeros_(tower.query.bias)
     back = torch.arange(cfg.max_history, dtype=torch.float32)
     tower.back_bias = nn.Parameter(back * math.log(max(float(cfg.text_prior_recency), 1e-4)))  # <= 1: config_check
+    tower.like_newest = nn.Parameter(torch.zeros(()))  # weight of an item's cosine to the newest one
+
+
+def _pool_scores(tower: UserTower, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """readout=pool's domain-general scores (B, L, L) of history item j at position t, from what any
+    catalogue has: a bias per distance back, plus ``like_newest`` x the cosine of item j to the item
+    at t (how much a user's interest stays near its newest item)."""
+    n = x.shape[1]
+    steps = torch.arange(n, device=x.device)
+    back = (steps[:, None] - steps[None, :]).clamp_min(0).clamp_max(tower.back_bias.shape[0] - 1)
+    return tower.back_bias[back] + tower.like_newest * (x @ x.transpose(1, 2))
+
+
+def _pool(scores: torch.Tensor, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """The softmax-weighted mean of the items up to each position (padded rows: 0)."""
+    steps = torch.arange(x.shape[1], device=x.device)
+    blocked = (steps[None, :] > steps[:, None]).unsqueeze(0) | ~valid.unsqueeze(1)
+    return torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1).nan_to_num(0.0) @ x
+
+
+def pool_general(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """readout=pool's domain-general user: the history weighted by distance and likeness to the newest item only."""
+    x = F.normalize(h, dim=-1)
+    return _pool(_pool_scores(tower, x, valid), x, valid)
 
 
 def pool_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The user as a weighted mean of its own history's L2-normalised item vectors, the weights
     learned: softmax over the items up to each position of (the transformer's query . the item's
-    key) + a bias per distance back. It starts as the text scorer (query zero, bias = distance x
-    log ``model.text_prior_recency``: the scorer's recency weights), and whatever it learns, the
-    user stays inside the span of its own items: on a domain the model never saw it can only
-    re-weight that domain's history, never carry the training catalogue's directions into it."""
-    n = h.shape[1]
+    key) + a bias per distance back + ``like_newest`` x the item's cosine to the newest. It starts
+    as the text scorer (query and ``like_newest`` zero, bias = distance x log
+    ``model.text_prior_recency``: the scorer's recency weights), and whatever it learns, the user
+    stays inside the span of its own items: on a domain the model never saw it can only re-weight
+    that domain's history, never carry the training catalogue's directions into it."""
     x = F.normalize(h, dim=-1)
     q = tower.query(tower.attend(tower.down(h), valid))  # (B, L, w)
     scores = q @ tower.key(h).transpose(1, 2) / math.sqrt(q.shape[-1])  # (B, L, L): position t reads item j
-    steps = torch.arange(n, device=h.device)
-    back = (steps[:, None] - steps[None, :]).clamp_min(0).clamp_max(tower.back_bias.shape[0] - 1)
-    scores = scores + tower.back_bias[back]
-    blocked = (steps[None, :] > steps[:, None]).unsqueeze(0) | ~valid.unsqueeze(1)
-    weights = torch.softmax(scores.masked_fill(blocked, float("-inf")), dim=-1).nan_to_num(0.0)  # padded rows: 0
-    return weights @ x
+    return _pool(scores + _pool_scores(tower, x, valid), x, valid)
 
 
 # model.readout: (tower, item vectors (B, L, d), valid (B, L)) -> user states (B, L, d)
@@ -207,8 +247,8 @@ READOUTS: Registry[Callable[[UserTower, torch.Tensor, torch.Tensor], torch.Tenso
     "readout", "model.readout")
 READOUTS.add("last", UserTower.attend)
 READOUTS.add("mean", running_mean)
-READOUTS.add("residual", Readout(residual_readout, _build_residual, narrow=True))
-READOUTS.add("pool", Readout(pool_readout, _build_pool, narrow=True))
+READOUTS.add("residual", Readout(residual_readout, _build_residual, narrow=True, general=recency_user))
+READOUTS.add("pool", Readout(pool_readout, _build_pool, narrow=True, general=pool_general))
 
 # model.positions: (position table, valid (B, L)) -> position vectors, (1 or B, L, d)
 POSITIONS: Registry[Callable[[nn.Embedding, torch.Tensor], torch.Tensor]] = Registry("positions", "model.positions")
@@ -240,6 +280,10 @@ class SeqRec(nn.Module):
         self.prior = TextPrior(cfg.text_prior_recency)
         self.prior_weights: dict[str, float] = {}  # per domain, when not cfg.text_prior (text_prior_on)
         self.prior_choice: dict[str, dict[float, float]] = {}  # eval.zero_shot_prior=auto: valid ndcg@10 per weight
+        self.general_users: set[str] = set()  # domains whose users are read through the tower's general part (read_general)
+        if cfg.general_loss and not self.user.has_general:
+            raise CrossrecError("model.general_loss", f"{cfg.general_loss}, but model.readout={cfg.readout} has no "
+                                "domain-general user to train", "set model.readout=residual or pool, or model.general_loss=0")
         if cfg.text_prior and "text" not in names:
             raise CrossrecError("model.text_prior", f"{cfg.text_prior}, but the item tower reads no text ({names})",
                                 "set model.text_prior=0 or add text to model.features")
@@ -420,18 +464,28 @@ class SeqRec(nn.Module):
         return out
 
     # -- users and scores ----------------------------------------------------------------------
-    def user_states(self, items: torch.Tensor, hist: torch.Tensor) -> torch.Tensor:
+    def user_states(self, items: torch.Tensor, hist: torch.Tensor, general: bool = False) -> torch.Tensor:
         """items: (N, dim) from ``item_matrix``; hist: (B, L) item indices, -1 = padding (left)
-        -> (B, L, dim), with the text prior's user states as more columns when it is on."""
+        -> (B, L, dim), with the text prior's user states as more columns when it is on;
+        ``general``: the user tower's domain-general user (``Readout.general``)."""
         valid = hist >= 0
-        return self.users_of(items[hist.clamp_min(0)] * valid.unsqueeze(-1), valid)
+        return self.users_of(items[hist.clamp_min(0)] * valid.unsqueeze(-1), valid, general)
 
-    def users_of(self, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def users_of(self, h: torch.Tensor, valid: torch.Tensor, general: bool = False) -> torch.Tensor:
         """User states (B, L, ...) from history rows of ``item_matrix`` (B, L, ...), zero at padding:
         the user tower over the towers' columns, the text prior over its own."""
         if h.shape[-1] == self.cfg.dim:
-            return self.user(h, valid)
-        return torch.cat([self.user(self.tower_vectors(h), valid), self.prior.users(h[..., self.cfg.dim:], valid)], -1)
+            return self.user(h, valid, general)
+        return torch.cat([self.user(self.tower_vectors(h), valid, general), self.prior.users(h[..., self.cfg.dim:], valid)],
+                         -1)
+
+    def read_general(self, key: str, on: bool = True) -> bool:
+        """Rank domain ``key``'s users through the user tower's domain-general part (a domain the
+        model never trained on); False when the readout has none (nothing changes)."""
+        if not self.user.has_general:
+            return False
+        (self.general_users.add if on else self.general_users.discard)(key)
+        return True
 
     def logits(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """users (..., dim) x items (M, dim) -> (..., M)."""
@@ -510,7 +564,7 @@ def seqrec_scorer(model: SeqRec, key: str, batch_size: int = 256, refresh: bool 
         out = []
         for a in range(0, len(evalset), batch_size):
             hist = pad_histories(evalset.histories[a : a + batch_size], model.cfg.max_history).to(items.device)
-            out.append(model.user_states(items, hist)[:, -1])
+            out.append(model.user_states(items, hist, key in model.general_users)[:, -1])
         model.train(was_training)
         users = torch.cat(out) if out else torch.zeros(0, items.shape[1])
         return model.scoring_vectors(users, items)[0].cpu()

@@ -117,7 +117,11 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
         context = torch.unique(inp[inp >= n_items]) - n_items
     items = model.item_matrix(key, fresh, context)
     users = model.user_states(items, inp)[mask]
-    return loss(model, users, items, targets, n_items, negatives)
+    out = loss(model, users, items, targets, n_items, negatives)
+    if model.cfg.general_loss:  # the readout's domain-general user ranks alone too (what an unseen domain reads)
+        general = model.user_states(items, inp, general=True)[mask]
+        out = out + model.cfg.general_loss * loss(model, general, items, targets, n_items, negatives)
+    return out
 
 
 Evaluate = Callable[[SeqRec], dict[str, dict[str, float]]]
