@@ -99,6 +99,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "eval.score_dtype": (lambda v: v in _score_dtypes(), "float32 or float64", "float32"),
     "eval.valid_users": (lambda v: v is None or _int(v, 1), "null or a positive integer", "2000"),
     "eval.index": (lambda v: v in ("exact", "faiss"), "exact or faiss", "exact"),
+    "eval.test_users": (lambda v: v in ("split", "all"), "split or all", "all"),
     "eval.faiss.kind": _choice("crossrec_cli.evaluation.index:INDEXES", skip=("exact",), example="flat"),
     "eval.faiss.nlist": (lambda v: v is None or _int(v, 1), "null or a positive integer", "null"),
     "eval.faiss.nprobe": (lambda v: _int(v, 1), "a positive integer", "16"),
@@ -177,6 +178,10 @@ def check_common(cfg: dict[str, Any], command: str | None = None) -> None:
             raise CrossrecError(key, f"expected {expected}, got {value!r}", f"e.g. {key}={example}")
     _known_keys(cfg)
     _index(cfg, command)
+    if _lookup(cfg, "eval.test_users")[1] == "all" and command is not None and command != "evaluate":
+        raise CrossrecError("eval.test_users", f"all is honoured by crossrec evaluate only, not crossrec {command} "
+                            "(its final evaluation is on domains it trains on)", "drop it here; "
+                            "rank an unseen domain's every user with crossrec evaluate run=<this run> domain=<it>")
     monitor, topk = _lookup(cfg, "trainer.monitor")[1], _lookup(cfg, "eval.topk")[1]
     if monitor is not None and topk is not None and int(monitor.split("@")[1]) not in topk:
         raise CrossrecError("trainer.monitor", f"{monitor} is not computed: eval.topk is {topk}",

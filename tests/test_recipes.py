@@ -182,3 +182,22 @@ def test_evaluate_scores_the_preference_task_zero_shot(tmp_path):
     m = read_metrics(tmp_path)
     assert m["command"] == "evaluate" and 0.0 <= m["test"]["movies"]["auc"] <= 1.0
     assert {"auc", "logloss", "accuracy"} <= set(m["test"]["movies"])
+
+
+def test_test_users_all_on_a_domain_never_read(finetuned, tmp_path):
+    """eval.test_users=all (crossrec evaluate): the text scorer on movies (leave-one-out: each of
+    the 40 users has a test example and a training sequence of 2+ items) ranks 40 + 40 examples;
+    a run ranks a domain it never trained on that way; where the scorer read the domain's
+    interactions (the run's own domain, popularity) or the command is not evaluate: one line."""
+    run_inprocess("evaluate", *SMOKE, "model=text_zeroshot", run_dir=tmp_path / "split")
+    run_inprocess("evaluate", *SMOKE, "model=text_zeroshot", "eval.test_users=all", run_dir=tmp_path / "all")
+    assert read_metrics(tmp_path / "split")["test"]["movies"]["examples"] == 40
+    assert read_metrics(tmp_path / "all")["test"]["movies"]["examples"] == 80
+    assert "every training sequence" in read_metrics(tmp_path / "all")["dataset"]["movies"]["split"]
+    run_inprocess("evaluate", *SMOKE, f"run={finetuned}", "domain=music", run_dir=tmp_path / "music")
+    run_inprocess("evaluate", *SMOKE, f"run={finetuned}", "domain=music", "eval.test_users=all", run_dir=tmp_path / "music_all")
+    assert read_metrics(tmp_path / "music_all")["test"]["music"]["examples"] > read_metrics(tmp_path / "music")["test"]["music"]["examples"]
+    for args in (("evaluate", f"run={finetuned}"), ("evaluate", "model=popularity"), ("finetune",)):
+        proc = run_cli(*args, *SMOKE, "eval.test_users=all", run_dir=tmp_path / "bad", check=False)
+        assert proc.returncode == 2 and proc.stderr.strip().startswith("error: eval.test_users: "), proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1

@@ -216,3 +216,17 @@ def test_popularity_cli_matches_independent_numpy(tmp_path):
         split, metric = key.split(".")
         assert record[split]["movies"][metric] == pytest.approx(value, abs=1e-12), key
     assert record["test"]["movies"]["examples"] == 943
+
+
+def test_every_user_adds_each_training_sequences_last_item():
+    """eval.test_users=all (with_every_user): the test examples, then one example per training
+    sequence of two items or more (its last item given the ones before); nothing else changes."""
+    from crossrec_cli.data import EvalSet, Split, with_every_user
+
+    test = EvalSet(np.array([9]), [np.array([1, 2])], np.array([3]))
+    valid = EvalSet(np.array([8]), [np.array([4])], np.array([5]))
+    split = Split(np.array([0, 1, 2]), [np.array([6, 7, 1]), np.array([2]), np.array([3, 4])], valid, test, "given")
+    got = with_every_user(split)
+    assert got.test.users.tolist() == [9, 0, 2] and got.test.targets.tolist() == [3, 1, 4]
+    assert [h.tolist() for h in got.test.histories] == [[1, 2], [6, 7], [3]]
+    assert got.valid is valid and got.train_seqs is split.train_seqs and got.kind.startswith("given, test = ")

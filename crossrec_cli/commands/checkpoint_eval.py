@@ -21,7 +21,7 @@ from crossrec_cli.config_check import check_targets
 from crossrec_cli.commands._common import config_dirs, domain_spec, finish, load_domains, open_run_logger
 from crossrec_cli.commands.recsys import (
     _checkpoint_file, build_model, evaluate_model, item_features, item_score, model_mode, param_counts, text_prior,
-    rank_unseen, zero_shot_prior, zero_shot_record,
+    rank_unseen, test_users, zero_shot_prior, zero_shot_record,
 )
 from crossrec_cli.data import Domain, DomainSpec, Split, load_domain, make_split
 from crossrec_cli.data.context import context_of, with_context
@@ -175,6 +175,7 @@ def evaluate_run(cfg: DictConfig) -> dict[str, Any]:
     for spec, domain in domains:
         split = loaded.split(spec.name)
         check_evaluable(split, spec.name)
+        split = test_users(cfg, split, spec.name, spec.name not in loaded.unseen, "the run (it trained on it)")
         res = evaluate_model(mcfg, model, loaded.key(spec.name), split, domain, refresh=model.backbone_trains, spec=spec)
         extras[spec.name] = res.get("extras", {})
         if cfg.get("robustness"):

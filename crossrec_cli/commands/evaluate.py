@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, open_run_logger, seed_everything
-from crossrec_cli.commands.recsys import ranking_options
+from crossrec_cli.commands.recsys import ranking_options, test_users
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.errors import CrossrecError
@@ -32,6 +32,9 @@ def baseline_scorer(cfg: DictConfig, domain, split, shared: dict):
 def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.task.name != "recommendation":
         from crossrec_cli.commands.tasks import run_task
+
+        if cfg.eval.get("test_users", "split") != "split":
+            raise CrossrecError("eval.test_users", f"task={cfg.task.name} has its own examples", "drop eval.test_users")
 
         return run_task(cfg, "evaluate")
     seed_everything(cfg.seed)
@@ -54,6 +57,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for spec, domain in domains:
         split = make_split(domain, spec.order, spec.order_seed)
         check_evaluable(split, spec.name)
+        split = test_users(cfg, split, spec.name, getattr(BASELINES.get(str(cfg.model.name)), "reads_interactions", True),
+                           f"model={cfg.model.name}")
         user_vecs, item_vecs = baseline_scorer(cfg, domain, split, cache)
         cands = None
         if cfg.eval.candidates:

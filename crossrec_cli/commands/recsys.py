@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from crossrec_cli.io import read_safetensors
 
 from crossrec_cli.commands._common import run_dir
-from crossrec_cli.data import Domain, DomainSpec, Split
+from crossrec_cli.data import Domain, DomainSpec, Split, with_every_user
 from crossrec_cli.adapters import ADAPTERS, param_counts
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.protocol import evaluate_split, extras_by_key, groups_of, test_report
@@ -245,6 +245,19 @@ def zero_shot(cfg: DictConfig, model: Any, target: str, trained_on: list[str],
                 model.features["text"].shift.pop(target, None)
                 model.features["text"].read_plain(target, on=False)
             model.read_general(target, on=False)
+
+
+def test_users(cfg: DictConfig, split: Split, domain: str, reads_interactions: bool, scorer: str) -> Split:
+    """``eval.test_users``: ``split`` keeps the split's test examples; ``all`` adds each training
+    sequence's last item (``with_every_user``), refused for a scorer that read the domain's
+    interactions (``scorer`` names it), whose training users' last items are inside what it read."""
+    if cfg.eval.get("test_users", "split") != "all":
+        return split
+    if reads_interactions:
+        raise CrossrecError("eval.test_users", f"all ranks domain {domain}'s training users' own last items, "
+                            f"which {scorer} read", "use it with model=text_zeroshot, or with run= on a domain "
+                            "the run never trained on")
+    return with_every_user(split)
 
 
 def model_mode(cfg: DictConfig) -> str:

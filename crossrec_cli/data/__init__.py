@@ -2,7 +2,7 @@
 
 from crossrec_cli.data.domain import Domain, DomainSpec, FilterSpec
 from crossrec_cli.data.loaders import load_domain
-from crossrec_cli.data.split import EvalSet, Split, make_split
+from crossrec_cli.data.split import EvalSet, Split, make_split, with_every_user
 
 __all__ = [
     "Domain",
@@ -12,4 +12,5 @@ __all__ = [
     "Split",
     "load_domain",
     "make_split",
+    "with_every_user",
 ]

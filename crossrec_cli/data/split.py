@@ -128,3 +128,20 @@ def subsample_training_users(split: Split, fraction: float, seed: int) -> Split:
     idx = [i for i, u in enumerate(split.train_users.tolist()) if u in keep]
     return Split(split.train_users[idx], [split.train_seqs[i] for i in idx], split.valid, split.test,
                  f"{split.kind}, {k}/{len(users)} training users")
+
+
+def with_every_user(split: Split) -> Split:
+    """``eval.test_users=all``: the test examples plus, for each training sequence of two items or
+    more, its last item given the items before it. On a user-level split (validation and test
+    users never trained on: format cdsr) every user of the domain is then ranked once; for a
+    scorer that never read this domain's interactions (the text scorer, a model on a domain it
+    never trained on), that is what a zero-shot comparison can rest on: many times the test users'
+    examples. Training sequences and validation are unchanged."""
+    seqs = [s for s in split.train_seqs if len(s) > 1]
+    users = np.asarray([u for u, s in zip(split.train_users.tolist(), split.train_seqs) if len(s) > 1],
+                       dtype=split.test.users.dtype)
+    test = EvalSet(np.concatenate([split.test.users, users]),
+                   list(split.test.histories) + [s[:-1] for s in seqs],
+                   np.concatenate([split.test.targets, np.asarray([s[-1] for s in seqs], dtype=split.test.targets.dtype)]))
+    return Split(split.train_users, split.train_seqs, split.valid, test,
+                 f"{split.kind}, test = test users + every training sequence's last item")

@@ -109,3 +109,7 @@ def text_zeroshot(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
     items = TEXT_NORMS.get(str(ctx.model.get("text_norm", "none")))(items, items)  # by this domain's own catalogue
     history = int(ctx.model.get("history", 50))
     return (lambda ev: mean_history_vectors(items, ev, history, recency)), F.normalize(items, dim=-1)
+
+
+# LM vectors and the user's own history only, no training interaction: eval.test_users=all may rank training users
+text_zeroshot.reads_interactions = False
