@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass
 class CrossrecError(Exception):
     """Bad input (file, config key or checkpoint) that stops a command with exit code 2."""
 
+    exit_code: ClassVar[int] = 2
     where: str
     problem: str
     hint: str = ""
@@ -36,6 +38,19 @@ class CrossrecError(Exception):
 
     def __str__(self) -> str:
         return self.one_line()
+
+
+class IOFault(CrossrecError):
+    """A file or folder that could not be written (no space, no permission, read-only, quota):
+    exit code 74 (EX_IOERR), so a scheduler can tell it from bad input."""
+
+    exit_code: ClassVar[int] = 74
+
+
+class Interrupted(CrossrecError):
+    """Ctrl-C outside a checkpointed training step, or a second one inside it: exit code 130."""
+
+    exit_code: ClassVar[int] = 130
 
 
 def either(names: Iterable[str]) -> str:

@@ -10,6 +10,9 @@ calls ``adapter_step_hook`` / ``save_adapter`` / ``param_counts`` the same way f
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from torch import nn
 
 from crossrec_cli.adapters.base import ADAPTERS, AdapterFamily
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.io import writing
 
 MANIFEST = "crossrec_adapter.json"  # method and adapter names, checked before loading
 REFIT = "build the model with the adapter config it was trained with"
@@ -121,13 +125,29 @@ def save_adapter(model: nn.Module, folder: str | Path) -> list[Path]:
     peft methods use peft's own layout (``adapter_model.safetensors`` + ``adapter_config.json``,
     named adapters in sub-folders); the bottleneck adapter writes ``bottleneck.safetensors``.
     frozen / full write only the manifest: the caller saves a fully trained backbone itself.
+    Written into a temporary folder and renamed into place (into an existing folder: file by
+    file, its other files left alone): a reader finds whole files; a disk fault is an
+    ``IOFault`` naming ``folder`` and leaves no temporary folder.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder.with_name(f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}")
     method, fam = _family(model)
     manifest = {"method": method, "adapters": fam.names(model), "active": fam.active(model)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return fam.save(model, folder)
+    try:
+        with writing(folder, "the adapter export"):
+            tmp.mkdir(parents=True)
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            written = fam.save(model, tmp)
+            if not folder.exists():
+                os.replace(tmp, folder)
+            for entry in tmp.iterdir() if tmp.exists() else ():
+                target = folder / entry.name
+                if target.is_dir():  # a named adapter's sub-folder from an earlier export
+                    shutil.rmtree(target)
+                os.replace(entry, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [folder / p.relative_to(tmp) for p in written]
 
 
 def load_adapter_weights(model: nn.Module, folder: str | Path) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from crossrec_cli.errors import IOFault
 from crossrec_cli.io import atomic_write
 from crossrec_cli.models.backbone import Backbone, last_hidden
 from crossrec_cli.registry import Registry
+
+log = logging.getLogger("crossrec")
 
 
 def cache_dir() -> Path:
@@ -94,21 +98,49 @@ def encode_texts(backbone: Backbone, texts: list[str], max_length: int = 64, poo
 
 def cached_text_vectors(backbone: Backbone, texts: list[str], max_length: int, pooling: str,
                         batch_size: int = 128, cache: bool = True) -> torch.Tensor:
-    """``encode_texts`` memoised on disk, keyed by backbone identity, pooling, length and texts."""
-    from safetensors.torch import load_file, save_file
-
+    """``encode_texts`` memoised on disk, keyed by backbone identity, pooling, length and texts.
+    Each entry carries the sha256 of its vectors (safetensors metadata), checked on load: a
+    damaged entry is recomputed with a warning; a cache folder that cannot be written is skipped
+    with a warning."""
     h = hashlib.sha256(f"{backbone.identity}|{pooling}|{max_length}".encode())
     for t in texts:
         h.update(t.encode() + b"\x1e")
     path = cache_dir() / "vectors" / f"{h.hexdigest()}.safetensors"
     if cache and path.is_file():
-        try:
-            vecs = load_file(str(path))["vectors"]
-            if vecs.shape[0] == len(texts):
-                return vecs
-        except Exception:  # a damaged cache entry is recomputed, never trusted
-            pass
-    vecs = encode_texts(backbone, texts, max_length, pooling, batch_size)
+        vecs, problem = _read_cached(path, len(texts))
+        if vecs is not None:
+            return vecs
+        log.warning("vector cache entry %s is not usable (%s); recomputing it", path, problem)
+    vecs = encode_texts(backbone, texts, max_length, pooling, batch_size).contiguous()
     if cache:
-        atomic_write(path, lambda tmp: save_file({"vectors": vecs.contiguous()}, tmp))
+        from safetensors.torch import save_file
+
+        try:
+            atomic_write(path, lambda tmp: save_file({"vectors": vecs}, tmp, metadata={"sha256": _digest(vecs)}),
+                         "an item-vector cache entry")
+        except (IOFault, OSError) as exc:  # the cache only saves time: a run never stops for it
+            log.warning("%s; going on without the vector cache", str(exc).removeprefix("error: "))
     return vecs
+
+
+def _digest(vecs: torch.Tensor) -> str:
+    return hashlib.sha256(vecs.contiguous().numpy().tobytes()).hexdigest()
+
+
+def _read_cached(path: Path, rows: int) -> tuple[torch.Tensor | None, str]:
+    """(the entry's vectors, "") when its checksum and row count hold, else (None, what is wrong)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            vecs = fh.get_tensor("vectors")
+    except Exception as exc:  # unreadable or foreign: recomputed, never trusted
+        return None, f"unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+    if "sha256" not in meta:
+        return None, "no checksum (written by an older crossrec)"
+    if vecs.shape[0] != rows:
+        return None, f"{vecs.shape[0]} rows for {rows} texts"
+    if _digest(vecs) != meta["sha256"]:
+        return None, "checksum mismatch"
+    return vecs, ""

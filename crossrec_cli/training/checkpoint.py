@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from crossrec_cli.io import atomic_write_text, sha256_file
+from crossrec_cli.io import atomic_write_text, sha256_file, writing
 
 log = logging.getLogger("crossrec")
 MANIFEST = "manifest.json"
@@ -32,34 +32,43 @@ def _fsync_dir(path: Path) -> None:
 
 
 def write_checkpoint(folder: Path, writers: dict[str, Callable[[str], None]], meta: dict | None = None) -> Path:
-    """Write ``writers[name](path)`` for each file, then the manifest, then rename into ``folder``."""
+    """Write ``writers[name](path)`` for each file, then the manifest, then rename into ``folder``.
+    A disk fault is an ``IOFault`` naming the file being written; the temporary folder is removed
+    and an older ``folder`` stays as it was."""
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".tmp-{folder.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
+        with writing(folder, "a checkpoint folder"):
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            tmp.mkdir()
         crash = os.environ.get("CROSSREC_TEST_CRASH_DURING")  # "<folder>:<file>": tests kill us mid-write
         for name, write in writers.items():
             target = tmp / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write(str(target))
+            with writing(folder / name, "a checkpoint file"):
+                target.parent.mkdir(parents=True, exist_ok=True)
+                write(str(target))
             if crash and crash == f"{folder.name}:{name}":
                 os.kill(os.getpid(), 9)
-        files = sorted(p for p in tmp.rglob("*") if p.is_file())
-        for p in files:
-            with open(p, "rb+") as fh:
-                os.fsync(fh.fileno())
-        manifest = {"files": {str(p.relative_to(tmp)): sha256_file(p) for p in files}, "meta": meta or {}}
-        atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
-        _fsync_dir(tmp)
-        if folder.exists():  # replace: move the old one aside first so a crash keeps one of them
-            old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-        _fsync_dir(folder.parent)
+        with writing(folder, "a checkpoint folder"):
+            files = sorted(p for p in tmp.rglob("*") if p.is_file())
+            for p in files:
+                with open(p, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            manifest = {"files": {str(p.relative_to(tmp)): sha256_file(p) for p in files}, "meta": meta or {}}
+            atomic_write_text(tmp / MANIFEST, json.dumps(manifest, indent=1))
+            _fsync_dir(tmp)
+            if folder.exists():  # replace: move the old one aside first so a crash keeps one of them
+                old = folder.parent / f".old-{folder.name}-{uuid.uuid4().hex[:8]}"
+                os.replace(folder, old)
+                try:
+                    os.replace(tmp, folder)
+                except BaseException:
+                    os.replace(old, folder)  # the old one back: a reader finds a whole one
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+            _fsync_dir(folder.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
