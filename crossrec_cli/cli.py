@@ -23,6 +23,8 @@ COMMANDS = {
     "data": "dataset tools: `crossrec data stats domain=X`",
     "report": "collect every metrics.json under a folder: CSV, table, HTML with plots",
 }
+# Hydra flags that only print (no run directory to hold)
+PRINT_ONLY = {"--cfg", "-c", "--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc"}
 # a per-process suffix keeps run directories of commands started in the same second apart
 _UID = uuid.uuid4().hex[:6]
 
@@ -329,6 +331,32 @@ def _one_of_several(argv: list[str]) -> list[str]:
                                                                         "hydra.output_subdir=null"]
 
 
+def _hold_run_dir(config_name: str, argv: list[str]) -> None:
+    """Lock and claim (``rundir``) the run or sweep folder named on the command line before
+    Hydra writes its ``.hydra/`` into it, so a refused run changes no file there. Hydra's own
+    folder names (a time stamp and a per-process suffix) are new by construction; the recipe
+    locks and claims every run folder again (``_common.run_recipe``), a sweep's job folders too."""
+    from crossrec_cli.errors import CrossrecError
+    from crossrec_cli.rundir import RunLock, claim
+    from crossrec_cli.training import distributed
+
+    sweep = any(a in ("-m", "--multirun") for a in argv)
+    key = "hydra.sweep.dir=" if sweep else "hydra.run.dir="
+    given = [a[len(key):] for a in argv if a.startswith(key)]
+    if not given or "${" in given[-1] or not distributed.is_main():  # other ranks: rank 0's lock
+        return
+    values = dict(a.split("=", 1) for a in argv if a.startswith(("resume=", "overwrite=")))
+    resume = values.get("resume", "null") not in ("", "null", "None", "false", "False")
+    overwrite = values.get("overwrite", "false") in ("true", "True")
+    folder = Path(given[-1]).expanduser()
+    try:
+        RunLock(folder).acquire()  # held until this process exits
+        claim(folder, resume, overwrite, _shown(config_name), sweep=sweep)
+    except CrossrecError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        sys.exit(exc.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -354,6 +382,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = _resume_overrides(_aliases(argv))
     if not any(a.startswith("-") for a in argv):
         _precheck(config_name, argv)
+    if not PRINT_ONLY & set(argv):
+        _hold_run_dir(config_name, argv)
     argv = _one_of_several(argv)
     sys.argv = [f"crossrec-{cmd}", *argv]
     _launch(config_name)

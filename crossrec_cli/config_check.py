@@ -89,6 +89,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "device": (lambda v: isinstance(v, str) and re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?|mps", v) is not None,
                "auto, cpu, cuda or cuda:N", "auto"),
     "num_threads": (lambda v: v == "auto" or _int(v, 1), "auto or a positive integer", "auto"),
+    "overwrite": (lambda v: isinstance(v, bool), "true or false", "true"),
     "eval.topk": (_topk, "a non-empty list of positive integers", "[10,50]"),
     "eval.exclude_seen": (lambda v: isinstance(v, bool), "true or false", "false"),
     "eval.candidates": (lambda v: v is None or isinstance(v, str), "null or a file path", "null"),

@@ -60,7 +60,8 @@ def run_cell(model: str, size: str, seeds: str) -> None:
         return
     print("crossrec " + " ".join(args), flush=True)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True)
+    again = ["overwrite=true"] if (run / "config.yaml").is_file() else []  # an interrupted cell starts again
+    proc = subprocess.run([*CLI, *args, *again], cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode:
         print(f"FAILED ({proc.returncode}): {run}\n{proc.stderr[-2000:]}", flush=True)
 

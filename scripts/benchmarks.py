@@ -119,14 +119,16 @@ def run_one(model: str, domain: str, seed: int) -> Path:
         args = MODELS[model][1]
         cmd = [CLI, *args, f"domain={domain}", f"seed={seed}", f"hydra.run.dir={out}"]
         cmd += ["progress=false"] if args_train(model) else []
-        if (out / "config.yaml").is_file():  # started before, interrupted or killed: continue from its
-            cmd.append("resume=true")          # last checkpoint exactly (from the start when it has none)
+        if (out / "config.yaml").is_file():  # started before, interrupted or killed: continue from its last
+            # checkpoint exactly (from the start when it has none); an evaluation starts again (its run moved aside)
+            cmd.append("resume=true" if args_train(model) else "overwrite=true")
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         t0 = time.perf_counter()
         subprocess.run(cmd, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
         print(f"{domain} {model} seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
     if not (out / "seen_removed" / "metrics.json").is_file():
         again = [f"run={out}"] if args_train(model) else [*MODELS[model][1][1:], f"domain={domain}"]
+        again += ["overwrite=true"] if (out / "seen_removed" / "config.yaml").is_file() else []  # an interrupted one
         subprocess.run([CLI, "evaluate", *again, "eval.exclude_seen=true", f"hydra.run.dir={out / 'seen_removed'}"],
                        check=True, cwd=REPO, stdout=subprocess.DEVNULL)
     return out
@@ -145,6 +147,8 @@ def sync() -> int:
             m = json.loads(src.read_text()) if src.name == "metrics.json" else {}
             if src.name == "metrics.json" and "test" not in m and m.get("status") != "complete":
                 continue  # an interrupted run: nothing to record yet
+            if ".replaced-" in str(src.relative_to(OUTPUTS)):
+                continue  # a run moved aside by overwrite=true: the run in its place is the record
             if not dst.is_file() or dst.read_bytes() != src.read_bytes():
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(src, dst)

@@ -68,7 +68,8 @@ def cli(*args: str, out: Path) -> dict:
     if not (out / "metrics.json").is_file():
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         quiet = ["progress=false"] if args[0] == "finetune" else []
-        subprocess.run([CLI, *args, f"hydra.searchpath=[file://{OUT}]", *quiet, f"hydra.run.dir={out}"],
+        again = ["overwrite=true"] if (out / "config.yaml").is_file() else []  # an interrupted run starts again
+        subprocess.run([CLI, *args, f"hydra.searchpath=[file://{OUT}]", *quiet, *again, f"hydra.run.dir={out}"],
                        check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
     return json.loads((out / "metrics.json").read_text())
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 import logging
 import os
 import random
+import signal
 import sys
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -20,10 +21,12 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
-from crossrec_cli.errors import CrossrecError
-from crossrec_cli.io import atomic_write_json, atomic_write_text
+from crossrec_cli.errors import CrossrecError, Interrupted
+from crossrec_cli.io import atomic_write_json, atomic_write_text, io_fault
 from crossrec_cli.numerics import warm_vector_math
+from crossrec_cli.rundir import RunLock, claim
 from crossrec_cli.training import distributed
+from crossrec_cli.training.preempt import Preempted
 from crossrec_cli.training.loggers import Logger, flat_metrics, open_logger
 
 log = logging.getLogger("crossrec")
@@ -113,7 +116,7 @@ def load_domains(cfg: DictConfig, value: Any = None) -> list[tuple[DomainSpec, D
 
 
 def write_config(cfg: DictConfig) -> None:
-    atomic_write_text(run_dir(cfg) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    atomic_write_text(run_dir(cfg) / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True), "the run's config")
 
 
 def open_run_logger(cfg: DictConfig) -> Logger:
@@ -146,12 +149,12 @@ def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         record.setdefault("peak_gpu_memory_mib", round(torch.cuda.max_memory_allocated() / 2**20, 1))
     if distributed.is_main():
-        atomic_write_json(path, record)
+        atomic_write_json(path, record, "the run's metrics")
     return path
 
 
 # keys that may change between an interrupted run and its resumption (they do not change results)
-RESUME_FREE = ("runtime", "resume", "progress", "debug", "device", "num_threads", "logger", "eval.cache_vectors",
+RESUME_FREE = ("runtime", "resume", "overwrite", "progress", "debug", "device", "num_threads", "logger", "eval.cache_vectors",
                "eval.user_chunk", "eval.item_chunk", "eval.batch_size", "eval.score_dtype", "eval.index", "eval.faiss")
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
@@ -255,13 +258,20 @@ def expand_vector_features(cfg: DictConfig) -> None:
 
 
 def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> dict[str, Any] | None:
-    """Run a recipe: a CrossrecError becomes one ``error:`` line and exit code 2."""
+    """Run a recipe in a run directory of its own (``rundir``: locked, and never one that holds
+    another run unless ``resume`` or ``overwrite``): a CrossrecError (a disk fault included)
+    becomes one ``error:`` line and its exit code; a stop on a signal says how to resume."""
+    command = recipe.__module__.rpartition(".")[2].replace("_", " ")  # crossrec_cli.commands.<command>
+    lock = None
     try:
         if distributed.launched():
             join_processes(cfg, recipe)
         plain = OmegaConf.to_container(cfg, resolve=True)
-        check_common(plain, recipe.__module__.rpartition(".")[2])  # crossrec_cli.commands.<command>
+        check_common(plain, recipe.__module__.rpartition(".")[2])
         check_targets(plain, list(cfg.get("allowed_targets") or []))
+        if distributed.is_main():  # the other processes of several run under rank 0's lock
+            lock = RunLock(run_dir(cfg)).acquire()
+            claim(run_dir(cfg), bool(cfg.get("resume")), bool(cfg.get("overwrite")), command)
         expand_vector_features(cfg)
         if cfg.get("resume") is True and not has_checkpoint(run_dir(cfg)):
             # a requeued job that was stopped before its first checkpoint: run it from the start
@@ -275,14 +285,36 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
         if distributed.is_main():
             write_config(cfg)
         return recipe(cfg)
+    except Preempted as stop:
+        if distributed.is_main():
+            name = signal.Signals(stop.signum).name if stop.signum else "a signal"
+            print(f"crossrec: stopped by {name} after step {stop.step}, checkpoint {stop.checkpoint or 'written'}; "
+                  f"continue with: crossrec {command} resume={run_dir(cfg)}", file=sys.stderr)
+        raise
+    except KeyboardInterrupt:
+        fail(cfg, Interrupted(str(run_dir(cfg)), "interrupted (Ctrl-C) where no checkpoint could be written",
+                              "resume=true continues a training run from its last complete checkpoint; "
+                              "any other run starts again with overwrite=true"))
     except CrossrecError as exc:
-        if cfg.get("debug", False):
-            traceback.print_exc()
-        print(exc.one_line(), file=sys.stderr)
-        sys.stderr.flush()
-        sys.exit(2)
+        fail(cfg, exc)
+    except Exception as exc:  # a disk fault that a writer did not name: still one line, the path if known
+        fault = io_fault(exc, getattr(exc, "filename", None) or run_dir(cfg), f"the output of crossrec {command}")
+        if fault is None:
+            raise
+        fail(cfg, fault)
     finally:
+        if lock is not None:
+            lock.release()
         distributed.close()
+
+
+def fail(cfg: DictConfig, exc: CrossrecError) -> NoReturn:
+    """Print ``exc`` as its one line (with the traceback under ``debug=true``) and exit with its code."""
+    if cfg.get("debug", False):
+        traceback.print_exc()
+    print(exc.one_line(), file=sys.stderr)
+    sys.stderr.flush()
+    sys.exit(exc.exit_code)
 
 
 def join_processes(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) -> None:

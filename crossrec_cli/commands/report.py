@@ -29,13 +29,15 @@ import yaml
 
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import atomic_write_text
+from crossrec_cli.rundir import REPLACED
 
 
 def collect(root: Path) -> list[dict[str, Any]]:
     """One flat row per metrics.json under ``root`` (finished runs; interrupted ones skipped)."""
     rows = []
     for path in sorted(root.rglob("metrics.json")):
-        if "report" in path.relative_to(root).parts[:-1]:
+        parts = path.relative_to(root).parts[:-1]
+        if "report" in parts or any(REPLACED in part for part in parts):  # a run moved aside by overwrite=true
             continue
         try:
             rec = json.loads(path.read_text())
@@ -196,13 +198,13 @@ def main(argv: list[str]) -> None:
         rows = collect(root)
         if not rows:
             raise CrossrecError(str(root), "no finished run (metrics.json) below this folder", "point at a sweep folder")
-    except CrossrecError as exc:
+        out = Path(a.out).expanduser() if a.out else root / "report"
+        parts = groups(rows)
+        write_csv(rows, out / "report.csv")
+        write_html(parts, a.split, a.metric, out / "report.html", root)
+    except CrossrecError as exc:  # a disk fault while writing the report too
         print(exc.one_line(), file=sys.stderr)
-        sys.exit(2)
-    out = Path(a.out).expanduser() if a.out else root / "report"
-    parts = groups(rows)
-    write_csv(rows, out / "report.csv")
-    write_html(parts, a.split, a.metric, out / "report.html", root)
+        sys.exit(exc.exit_code)
     con = Console()
     if len(parts) > 1:
         con.print(f"[yellow]{len(parts)} groups of runs differ in command, protocol, mode or data fingerprint; "

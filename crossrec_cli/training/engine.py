@@ -11,8 +11,9 @@ is, what its loss is and what an epoch end does; the loop does the rest the same
   ``resume`` from the newest verified one, with identical data order, RNG and counters;
 - ``precision``: fp32, or the loss under ``torch.autocast`` in bf16 / fp16 (fp16 with a
   GradScaler, whose state the checkpoints keep);
-- SIGTERM / SIGINT: the current step finishes, a checkpoint is written (when the run keeps
-  them) and the process exits with EXIT_PREEMPTED;
+- SIGTERM / SIGINT (Ctrl-C): the current step finishes, a checkpoint is written (when the run
+  keeps them) and the process exits with EXIT_PREEMPTED (``Preempted``: the command's wrapper
+  prints how to resume); a second signal before that stops at once (KeyboardInterrupt);
 - several processes (``torchrun``, training/distributed.py): each step every process computes
   its ``Objective.shard`` of the same global batch under DistributedDataParallel, so the step
   is the one-process step on the whole batch; ``end_epoch`` (validation, early stopping) runs
@@ -40,7 +41,7 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import read_safetensors
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training import distributed
-from crossrec_cli.training.preempt import EXIT_PREEMPTED, StopFlag
+from crossrec_cli.training.preempt import Preempted, StopFlag
 from crossrec_cli.training.state import flatten, rng_state, set_rng_state, unflatten
 
 log = logging.getLogger("crossrec")
@@ -211,15 +212,14 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
                 bar.update(b_task, advance=1, info=f"loss {prog.mean_loss():.4f}")
                 if log_metrics and main:
                     log_metrics({objective.loss_name: value}, prog.step)
+                written = None
                 if checkpoints is not None and (stopping or (s.checkpoint_every and prog.step % s.checkpoint_every == 0)):
-                    save(objective, opt, prog, checkpoints, s.keep_last, scaler)
+                    written = save(objective, opt, prog, checkpoints, s.keep_last, scaler)
                 if stopping:
                     distributed.barrier()  # no process exits before rank 0's checkpoint is written
-                    log.warning("signal %s at step %d%s", stop.signal, prog.step,
-                                ": checkpoint written, resume with resume=<run dir>" if checkpoints else "")
                     if on_preempt is not None:
                         on_preempt()
-                    raise SystemExit(EXIT_PREEMPTED)
+                    raise Preempted(stop.signal, prog.step, written)  # its one line: _common.run_recipe
             bar.remove_task(b_task)
             rec = objective.end_epoch(prog) if main else None  # validation runs once, on rank 0
             if world > 1:

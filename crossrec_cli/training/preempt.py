@@ -1,10 +1,20 @@
-"""SIGTERM / SIGINT: finish the current step, write a checkpoint, exit with EXIT_PREEMPTED."""
+"""SIGTERM / SIGINT (Ctrl-C): finish the current step, write a checkpoint, exit with
+EXIT_PREEMPTED; a second signal before that stops at once (KeyboardInterrupt)."""
 
 from __future__ import annotations
 
 import signal
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later" - resume with resume=<run dir>
+
+
+class Preempted(SystemExit):
+    """The run stopped on signal ``signum`` after step ``step``, its checkpoint written (the
+    exit code is EXIT_PREEMPTED; the command's wrapper prints how to resume)."""
+
+    def __init__(self, signum: int | None, step: int, checkpoint: object = None) -> None:
+        super().__init__(EXIT_PREEMPTED)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
 
 
 class StopFlag:
@@ -23,6 +33,8 @@ class StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
+        if self.signal is not None:  # the second Ctrl-C: no waiting for the step and its checkpoint
+            raise KeyboardInterrupt
         self.signal = signum
 
     def __exit__(self, *exc) -> None:
