@@ -7,6 +7,7 @@ module composes its config (``@hydra.main`` here, ``compose`` for tests and scri
 from __future__ import annotations
 
 import importlib
+import logging
 import re
 import sys
 import uuid
@@ -379,6 +380,9 @@ def main(argv: list[str] | None = None) -> None:
         argv.pop(0)
         config_name = "data_stats"
     _register_resolvers()
+    # a log line the disk refuses is dropped, not printed as logging's traceback: the next file
+    # the run writes fails with the one-line error that names the path
+    logging.raiseExceptions = False
     argv = _resume_overrides(_aliases(argv))
     if not any(a.startswith("-") for a in argv):
         _precheck(config_name, argv)

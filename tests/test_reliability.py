@@ -262,6 +262,51 @@ def test_a_read_only_run_folder_ends_in_one_line(tmp_path):
         subprocess.run(["umount", str(disk)], check=False)
 
 
+def test_an_adapter_export_that_cannot_be_written_leaves_no_half_folder(tmp_path, monkeypatch):
+    import crossrec_cli.adapters as adapters
+
+    class Refused:  # an adapter family whose weights the disk refuses half-way
+        def names(self, model):
+            return ["default"]
+
+        def active(self, model):
+            return "default"
+
+        def save(self, model, folder):
+            (folder / "adapter_model.safetensors").write_bytes(b"half")
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(adapters, "_family", lambda model: ("lora", Refused()))
+    export = tmp_path / "adapter"
+    export.mkdir()
+    (export / "notes.txt").write_text("kept")
+    with pytest.raises(IOFault, match="cannot write the adapter export: no space left"):
+        adapters.save_adapter(torch.nn.Linear(1, 1), export)
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"] and [p.name for p in export.iterdir()] == ["notes.txt"]
+
+
+def test_report_skips_moved_aside_runs_and_says_when_it_cannot_write(tmp_path, capsys):
+    from crossrec_cli.commands import report
+
+    for run, ndcg in (("a", 0.5), ("a.replaced-20261207T000000Z", 0.1)):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.json").write_text(json.dumps({"command": "evaluate", "test": {"d": {"ndcg@10": ndcg}}}))
+    assert [r["run"] for r in report.collect(tmp_path)] == ["a"]
+    real = crossrec_io.tempfile.mkstemp
+
+    def mkstemp(**kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    crossrec_io.tempfile.mkstemp = mkstemp
+    try:
+        with pytest.raises(SystemExit) as stop:
+            report.main([str(tmp_path), "--out", str(tmp_path / "report")])
+    finally:
+        crossrec_io.tempfile.mkstemp = real
+    line = _one_error_line(capsys.readouterr().err)
+    assert stop.value.code == 74 and line.startswith(f"error: {tmp_path / 'report' / 'report.csv'}: cannot write")
+
+
 # --- 4. cache integrity ----------------------------------------------------------------------
 
 def _tiny_backbone():
