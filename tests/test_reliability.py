@@ -108,6 +108,15 @@ def test_an_in_process_run_claims_its_folder_too(tmp_path):
     assert stop.value.code == 2 and _snapshot(tmp_path) == before and not (tmp_path / LOCK).exists()
 
 
+def test_a_run_refused_for_its_input_leaves_no_run_behind(tmp_path):
+    """evaluate refuses eval.test_users=all for popularity inside the recipe, after config.yaml
+    was written: that config goes, so the corrected command runs in the same folder."""
+    with pytest.raises(SystemExit) as stop:
+        run_inprocess("evaluate", *SMOKE[1:], "model=popularity", "eval.test_users=all", run_dir=tmp_path)
+    assert stop.value.code == 2 and not (tmp_path / "config.yaml").exists()
+    assert run_inprocess("evaluate", *SMOKE[1:], "model=popularity", run_dir=tmp_path)["model"] == "popularity"
+
+
 # --- 2. a lock -----------------------------------------------------------------------------
 
 def test_two_runs_started_together_into_one_folder_exactly_one_runs(tmp_path):

@@ -24,10 +24,10 @@ from crossrec_cli.data import Domain, DomainSpec, load_domain
 from crossrec_cli.errors import CrossrecError, Interrupted
 from crossrec_cli.io import atomic_write_json, atomic_write_text, io_fault
 from crossrec_cli.numerics import warm_vector_math
-from crossrec_cli.rundir import RunLock, claim
+from crossrec_cli.rundir import RunLock, claim, run_files
 from crossrec_cli.training import distributed
-from crossrec_cli.training.preempt import Preempted
 from crossrec_cli.training.loggers import Logger, flat_metrics, open_logger
+from crossrec_cli.training.preempt import Preempted
 
 log = logging.getLogger("crossrec")
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")  # shipped inside the package
@@ -262,7 +262,7 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
     another run unless ``resume`` or ``overwrite``): a CrossrecError (a disk fault included)
     becomes one ``error:`` line and its exit code; a stop on a signal says how to resume."""
     command = recipe.__module__.rpartition(".")[2].replace("_", " ")  # crossrec_cli.commands.<command>
-    lock = None
+    lock, fresh = None, False
     try:
         if distributed.launched():
             join_processes(cfg, recipe)
@@ -272,6 +272,7 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
         if distributed.is_main():  # the other processes of several run under rank 0's lock
             lock = RunLock(run_dir(cfg)).acquire()
             claim(run_dir(cfg), bool(cfg.get("resume")), bool(cfg.get("overwrite")), command)
+            fresh = not run_files(run_dir(cfg))
         expand_vector_features(cfg)
         if cfg.get("resume") is True and not has_checkpoint(run_dir(cfg)):
             # a requeued job that was stopped before its first checkpoint: run it from the start
@@ -294,22 +295,26 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
     except KeyboardInterrupt:
         fail(cfg, Interrupted(str(run_dir(cfg)), "interrupted (Ctrl-C) where no checkpoint could be written",
                               "resume=true continues a training run from its last complete checkpoint; "
-                              "any other run starts again with overwrite=true"))
+                              "any other run starts again with overwrite=true"), fresh)
     except CrossrecError as exc:
-        fail(cfg, exc)
+        fail(cfg, exc, fresh)
     except Exception as exc:  # a disk fault that a writer did not name: still one line, the path if known
         fault = io_fault(exc, getattr(exc, "filename", None) or run_dir(cfg), f"the output of crossrec {command}")
         if fault is None:
             raise
-        fail(cfg, fault)
+        fail(cfg, fault, fresh)
     finally:
         if lock is not None:
             lock.release()
         distributed.close()
 
 
-def fail(cfg: DictConfig, exc: CrossrecError) -> NoReturn:
-    """Print ``exc`` as its one line (with the traceback under ``debug=true``) and exit with its code."""
+def fail(cfg: DictConfig, exc: CrossrecError, fresh: bool = False) -> NoReturn:
+    """Print ``exc`` as its one line (with the traceback under ``debug=true``) and exit with its
+    code. ``fresh``: the run started in a folder without a run; when it stops having written only
+    its config.yaml (refused input), that goes too, so the corrected command runs in the same folder."""
+    if fresh and run_files(run_dir(cfg)) == ["config.yaml"]:
+        (run_dir(cfg) / "config.yaml").unlink(missing_ok=True)
     if cfg.get("debug", False):
         traceback.print_exc()
     print(exc.one_line(), file=sys.stderr)
