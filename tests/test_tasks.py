@@ -289,7 +289,8 @@ def test_calibration_keeps_the_zero_shot_ranking(movie_examples):
     with torch.no_grad():
         after = head(inputs)[:, 1]
     assert 0 < fitted["a"] < 5.0 and abs(fitted["w"]) < 1e-6
-    assert (after[s.argsort()].diff() >= 0).all()  # a * s + b with a > 0: the zero-shot order
+    # a * s + b with a > 0: the zero-shot order (to one float32 ulp at 0.1, 7.5e-9: a CPU's rounding)
+    assert (after[s.argsort()].diff() >= -1e-8).all()
 
 
 def test_calibration_learns_the_like_balance_and_prior_pulls_back(movie_examples):
