@@ -73,8 +73,8 @@ def run_unit(arm: str, seed: int, data: str | None, arms: dict, env: dict, done:
         out = run_dir(arm, seed, step, arms)
         if not (out / "metrics.json").is_file() or json.loads((out / "metrics.json").read_text()).get("status") == "interrupted":
             cmd = command(arm, step, seed, data, arms) + [f"hydra.run.dir={out}"]
-            if (out / "config.yaml").is_file() and cmd[1] in ("finetune", "transfer", "pretrain"):
-                cmd.append("resume=true")
+            if (out / "config.yaml").is_file():  # started before: a training step continues, any other starts again
+                cmd.append("resume=true" if cmd[1] in ("finetune", "transfer", "pretrain") else "overwrite=true")
             out.mkdir(parents=True, exist_ok=True)
             print(f"[{arm} seed {seed}] {step}: {' '.join(cmd[1:])}", flush=True)
             with open(out.parent / f"{step}.out", "w") as log:
