@@ -157,14 +157,10 @@ ZERO_SHOT = [
     ("Food model `lm_space`, pool, `general_loss=1` alone", "food_lm_general", "to_kitchen_alone", None),
     ("Food model `lm_space`, pool, `general_loss=1` as shipped", "food_lm_general", "to_kitchen_shipped", None),
 ]
-ZERO_SHOT_ALL = [
-    ("untrained text scorer", "text_zeroshot", "all", None),
-    ("untrained text scorer, the recency Food's validation picks", "text_recency_all", "food_pick", None),
-    ("Food model (defaults) alone", "food", "to_kitchen_all_alone", None),
-    ("Food model (defaults) as shipped", "food", "to_kitchen_all_shipped", None),
-    ("Food model `lm_space`, pool, `general_loss=1` alone", "food_lm_general", "to_kitchen_all_alone", None),
-    ("Food model `lm_space`, pool, `general_loss=1` as shipped", "food_lm_general", "to_kitchen_all_shipped", None),
-]
+# the same rows on every Kitchen user (eval.test_users=all): the steps of the same arms that rank them
+ZERO_SHOT_ALL = [(label, "text_recency_all" if arm == "text_recency" else arm,
+                  "all" if step == "full" else step.replace("to_kitchen_", "to_kitchen_all_"), where)
+                 for label, arm, step, where in ZERO_SHOT]
 FEW_SHOT = [
     ("10 % of Kitchen users, from scratch (control)", "kitchen_10pct_from_food", "full", "control"),
     ("10 % of Kitchen users, from the Food model (`transfer init_from=`)", "kitchen_10pct_from_food", "full", "adapted"),

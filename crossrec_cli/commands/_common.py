@@ -261,13 +261,14 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
     """Run a recipe in a run directory of its own (``rundir``: locked, and never one that holds
     another run unless ``resume`` or ``overwrite``): a CrossrecError (a disk fault included)
     becomes one ``error:`` line and its exit code; a stop on a signal says how to resume."""
-    command = recipe.__module__.rpartition(".")[2].replace("_", " ")  # crossrec_cli.commands.<command>
+    module = recipe.__module__.rpartition(".")[2]  # crossrec_cli.commands.<command>
+    command = module.replace("_", " ")
     lock, fresh = None, False
     try:
         if distributed.launched():
             join_processes(cfg, recipe)
         plain = OmegaConf.to_container(cfg, resolve=True)
-        check_common(plain, recipe.__module__.rpartition(".")[2])
+        check_common(plain, module)
         check_targets(plain, list(cfg.get("allowed_targets") or []))
         if distributed.is_main():  # the other processes of several run under rank 0's lock
             lock = RunLock(run_dir(cfg)).acquire()

@@ -197,7 +197,7 @@ def fgsm_items(model: Any, key: str, evalset: Any, epsilon: float, batch_size: i
     n_targets = model.n_targets(key)
     for a in range(0, len(evalset), batch_size):
         hist = pad_histories(evalset.histories[a:a + batch_size], model.cfg.max_history).to(items.device)
-        users = model.user_states(items, hist, key in model.general_users)[:, -1]
+        users = model.user_states(items, hist, key)[:, -1]
         logits = model.logits(users, items[:n_targets])
         tgt = torch.as_tensor(evalset.targets[a:a + batch_size], dtype=torch.long, device=items.device)
         F.cross_entropy(logits, tgt, reduction="sum").backward()
@@ -218,7 +218,7 @@ class Fgsm:
             probe.model.refresh(probe.key)
         items = fgsm_items(probe.model, probe.key, probe.split.test, float(arg or 0.1), probe.batch_size)
         return score_with_items(probe.model, items, probe.split.test, probe.topk, probe.exclude_seen, probe.batch_size,
-                                probe.key in probe.model.general_users)
+                                probe.key)
 
 
 PERTURBATIONS.add("fgsm", Fgsm())
@@ -229,9 +229,9 @@ def relative_drop(clean: dict[str, float], got: dict[str, float]) -> dict[str, f
 
 
 def score_with_items(model: Any, items: torch.Tensor, evalset: Any, topk: list[int], exclude_seen: bool,
-                     batch_size: int = 256, general: bool = False) -> dict[str, float]:
-    """Test metrics with a given item matrix (the FGSM-perturbed one); ``general``: the users are
-    the readout's domain-general ones (a domain the model never trained on)."""
+                     batch_size: int = 256, key: str | None = None) -> dict[str, float]:
+    """Test metrics with a given item matrix (the FGSM-perturbed one); ``key``: the domain of
+    ``evalset`` (``SeqRec.user_states``)."""
     from crossrec_cli.evaluation.metrics import rank_metrics
     from crossrec_cli.evaluation.ranking import full_ranks
     from crossrec_cli.models.seqrec import pad_histories
@@ -240,7 +240,7 @@ def score_with_items(model: Any, items: torch.Tensor, evalset: Any, topk: list[i
         out = []
         for a in range(0, len(evalset), batch_size):
             hist = pad_histories(evalset.histories[a:a + batch_size], model.cfg.max_history).to(items.device)
-            out.append(model.user_states(items, hist, general)[:, -1])
+            out.append(model.user_states(items, hist, key)[:, -1])
         users = torch.cat(out)
         u, i = model.scoring_vectors(users, items)
     ranks = full_ranks(u.cpu(), i.cpu(), evalset.targets, evalset.histories if exclude_seen else None)

@@ -48,7 +48,7 @@ class Scorer:
 
     def from_vectors(self, h: torch.Tensor, valid: torch.Tensor, candidate: int) -> torch.Tensor:
         """(B,) scores of ``candidate`` for users whose history vectors are ``h`` (B, L, dim)."""
-        users = self.model.users_of(h, valid.expand(h.shape[0], -1), self.general)[:, -1]
+        users = self.model.users_of(h, valid.expand(h.shape[0], -1), self.key)[:, -1]
         return self.model.logits(users, self.items[candidate:candidate + 1])[:, 0]
 
     @torch.no_grad()
@@ -61,12 +61,7 @@ class Scorer:
     @torch.no_grad()
     def user_vector(self, history: list[int]) -> torch.Tensor:
         h, valid = self.inputs(history)
-        return self.model.users_of(h, valid, self.general)[:, -1]
-
-    @property
-    def general(self) -> bool:
-        """The domain is read through the readout's domain-general user (never trained on)."""
-        return self.key in self.model.general_users
+        return self.model.users_of(h, valid, self.key)[:, -1]
 
 
 def history_attributions(scorer: Scorer, history: list[int], candidate: int,

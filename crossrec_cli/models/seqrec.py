@@ -111,12 +111,13 @@ class UserTower(nn.Module):
     def forward(self, h: torch.Tensor, valid: torch.Tensor, general: bool = False) -> torch.Tensor:
         """User states; ``general``: the readout's domain-general user only (``Readout.general``)."""
         readout = READOUTS.get(self.cfg.readout)
-        if general:
-            if not self.has_general:
-                raise CrossrecError("model.readout", f"{self.cfg.readout} has no domain-general user",
-                                    "use model.readout=residual or pool")
-            return readout.general(self, h, valid)
-        return readout(self, h, valid)
+        if not general:
+            return readout(self, h, valid)
+        part = getattr(readout, "general", None)
+        if part is None:
+            raise CrossrecError("model.readout", f"{self.cfg.readout} has no domain-general user",
+                                "use model.readout=residual or pool")
+        return part(self, h, valid)
 
     @property
     def has_general(self) -> bool:
@@ -464,16 +465,21 @@ class SeqRec(nn.Module):
         return out
 
     # -- users and scores ----------------------------------------------------------------------
-    def user_states(self, items: torch.Tensor, hist: torch.Tensor, general: bool = False) -> torch.Tensor:
+    def user_states(self, items: torch.Tensor, hist: torch.Tensor, key: str | None = None,
+                    general: bool = False) -> torch.Tensor:
         """items: (N, dim) from ``item_matrix``; hist: (B, L) item indices, -1 = padding (left)
-        -> (B, L, dim), with the text prior's user states as more columns when it is on;
-        ``general``: the user tower's domain-general user (``Readout.general``)."""
+        -> (B, L, dim), with the text prior's user states as more columns when it is on.
+        ``key``: the histories' domain (one marked by ``read_general`` reads the domain-general
+        user); ``general``: that user whatever the domain (``Readout.general``)."""
         valid = hist >= 0
-        return self.users_of(items[hist.clamp_min(0)] * valid.unsqueeze(-1), valid, general)
+        return self.users_of(items[hist.clamp_min(0)] * valid.unsqueeze(-1), valid, key, general)
 
-    def users_of(self, h: torch.Tensor, valid: torch.Tensor, general: bool = False) -> torch.Tensor:
+    def users_of(self, h: torch.Tensor, valid: torch.Tensor, key: str | None = None,
+                 general: bool = False) -> torch.Tensor:
         """User states (B, L, ...) from history rows of ``item_matrix`` (B, L, ...), zero at padding:
-        the user tower over the towers' columns, the text prior over its own."""
+        the user tower over the towers' columns, the text prior over its own (``key`` and
+        ``general`` as in ``user_states``)."""
+        general = general or key in self.general_users
         if h.shape[-1] == self.cfg.dim:
             return self.user(h, valid, general)
         return torch.cat([self.user(self.tower_vectors(h), valid, general), self.prior.users(h[..., self.cfg.dim:], valid)],
@@ -564,7 +570,7 @@ def seqrec_scorer(model: SeqRec, key: str, batch_size: int = 256, refresh: bool 
         out = []
         for a in range(0, len(evalset), batch_size):
             hist = pad_histories(evalset.histories[a : a + batch_size], model.cfg.max_history).to(items.device)
-            out.append(model.user_states(items, hist, key in model.general_users)[:, -1])
+            out.append(model.user_states(items, hist, key)[:, -1])
         model.train(was_training)
         users = torch.cat(out) if out else torch.zeros(0, items.shape[1])
         return model.scoring_vectors(users, items)[0].cpu()
