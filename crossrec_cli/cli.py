@@ -21,6 +21,8 @@ COMMANDS = {
     "evaluate": "evaluate a baseline or a trained run directory on any domain",
     "recommend": "top-k items per user from a trained run or a baseline (recommendations.jsonl)",
     "explain": "why a trained run recommends what it does: attributions, attention, HTML page",
+    "export": "a trained run as ONNX graphs + item matrices, checked against PyTorch (export/)",
+    "serve": "an HTTP JSON recommender over a trained run or an export; new items from their text",
     "data": "dataset tools: `crossrec data stats domain=X`",
     "report": "collect every metrics.json under a folder: CSV, table, HTML with plots",
 }

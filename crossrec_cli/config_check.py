@@ -213,7 +213,7 @@ def _known_keys(cfg: dict[str, Any]) -> None:
 
 
 # commands whose top-k lists may come from an approximate index: they write lists, not metrics
-INDEX_COMMANDS = ("recommend",)
+INDEX_COMMANDS = ("recommend", "serve")
 FAISS_KEYS = ("kind", "nlist", "nprobe", "hnsw_m", "ef_construction", "ef_search")
 
 
