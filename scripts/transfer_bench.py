@@ -164,6 +164,8 @@ ZERO_SHOT_ALL = [(label, "text_recency_all" if arm == "text_recency" else arm,
 FEW_SHOT = [
     ("10 % of Kitchen users, from scratch (control)", "kitchen_10pct_from_food", "full", "control"),
     ("10 % of Kitchen users, from the Food model (`transfer init_from=`)", "kitchen_10pct_from_food", "full", "adapted"),
+    ("1 % of Kitchen users, from scratch (control)", "kitchen_1pct_from_food", "full", "control"),
+    ("1 % of Kitchen users, from the Food model", "kitchen_1pct_from_food", "full", "adapted"),
 ]
 
 MOVIES_MUSIC = [
@@ -193,7 +195,18 @@ MOVIES_MUSIC = [
     ("10 % of music users, from the movies model", "music_10pct_from_movies", "full", "adapted"),
     ("10 % of movies users, from scratch (control)", "movies_10pct_from_music", "full", "control"),
     ("10 % of movies users, from the music model", "movies_10pct_from_music", "full", "adapted"),
+    ("1 % of music users, from scratch (control)", "music_1pct_from_movies", "full", "control"),
+    ("1 % of music users, from the movies model", "music_1pct_from_movies", "full", "adapted"),
+    ("1 % of movies users, from scratch (control)", "movies_1pct_from_music", "full", "control"),
+    ("1 % of movies users, from the music model", "movies_1pct_from_music", "full", "adapted"),
 ]
+
+# docs/transfer-share.png: NDCG@10 against the share of the target's training users, per
+# (target, source): the few-shot arms at each share ("<target>_<n>pct_from_<source>"), the
+# target's own model at 100 %, the source model alone at 0 (zero-shot), the untrained text scorer
+SHARES = [("kitchen", "food", "text_zeroshot"), ("music", "movies", "mm_text_zeroshot"),
+          ("movies", "music", "mm_text_zeroshot")]
+PLOT = REPO / "docs" / "transfer-share.png"
 
 
 def section(title: str, rows: list, recs: dict, domains: list[str], metrics: list[str]) -> list[str]:
@@ -373,6 +386,84 @@ def resolution(recs: dict, step: tuple[str, str], dom: str) -> list[str]:
             f"one example more or less moves a zero-shot ratio by about {1 / max(hits, 1):.0%}"]
 
 
+def _stat(vals: list[float]) -> tuple[float, float] | None:
+    return (statistics.mean(vals), statistics.stdev(vals) if len(vals) > 1 else 0.0) if vals else None
+
+
+def share_points(recs: dict, target: str, source: str) -> dict[str, dict[float, tuple[float, float]]]:
+    """Test NDCG@10 (mean, sd over seeds) on ``target`` per share of its training users: "source"
+    (initialised from the source model; 0 = the source model alone, zero-shot) and "scratch" (the
+    transfer arm's control; 1 = the target's own model, trained on all of them)."""
+    def ndcg(rs: list[dict], where: str | None = None) -> list[float]:
+        return [(r["transfer"][where] if where else r)["test"][target]["ndcg@10"] for r in rs
+                if target in (r["transfer"][where] if where else r).get("test", {})]
+
+    out: dict[str, dict[float, tuple[float, float]]] = {"source": {}, "scratch": {}}
+    for (arm, step), rs in recs.items():
+        m = re.fullmatch(rf"{target}_(\d+)pct_from_{source}", arm)
+        if m and step == "full":
+            share = int(m.group(1)) / 100
+            for line, where in (("source", "adapted"), ("scratch", "control")):
+                if got := _stat(ndcg(rs, where)):
+                    out[line][share] = got
+    if got := _stat(ndcg(recs.get((target, "full"), []))):
+        out["scratch"][1.0] = got
+    if got := _stat(ndcg(recs.get((source, f"to_{target}_alone"), []))):
+        out["source"][0.0] = got
+    return out
+
+
+def share_plot(recs: dict, out: Path) -> bool:
+    """NDCG@10 against the share of target data, with and without the source; False: no points."""
+    panels = [(t, s, base, share_points(recs, t, s)) for t, s, base in SHARES]
+    panels = [p for p in panels if len(p[3]["source"]) + len(p[3]["scratch"]) > 1]
+    if not panels:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    zero = 0.003  # where share 0 (zero-shot) sits on the log axis
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (target, source, base, pts) in zip(axes[0], panels):
+        for line, label, style in (("source", f"from the {source} model", "o-"), ("scratch", "from scratch", "s--")):
+            xs = sorted(pts[line])
+            if xs:
+                ax.errorbar([x or zero for x in xs], [pts[line][x][0] for x in xs], [pts[line][x][1] for x in xs],
+                            fmt=style, capsize=3, label=label)
+        text = _stat([r["test"][target]["ndcg@10"] for r in recs.get((base, "full"), []) if target in r.get("test", {})])
+        if text:
+            ax.axhline(text[0], color="grey", linestyle=":", label="untrained text scorer")
+        ax.set_xscale("log")
+        ax.set_xticks([zero, 0.01, 0.1, 1.0], ["0\n(zero-shot)", "1 %", "10 %", "100 %"])
+        ax.set_title(f"{target} (source: {source})")
+        ax.set_xlabel(f"share of the {target} training users")
+        ax.set_ylabel("test NDCG@10")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return True
+
+
+def share_section(recs: dict) -> list[str]:
+    """The plot's points as one table (seed means; n per point in the tables above)."""
+    cols = [(0.0, "source", "0 (source model alone)"), (0.01, "source", "1 % from source"),
+            (0.01, "scratch", "1 % from scratch"), (0.1, "source", "10 % from source"),
+            (0.1, "scratch", "10 % from scratch"), (1.0, "source", "100 % from source"),
+            (1.0, "scratch", "100 % (target's own model)")]
+    rows = []
+    for target, source, _ in SHARES:
+        pts = share_points(recs, target, source)
+        if len(pts["source"]) + len(pts["scratch"]) > 1:
+            rows.append(f"| {target} (source: {source}) | " + " | ".join(
+                f"{pts[line][x][0]:.4f}" if x in pts[line] else "–" for x, line, _ in cols) + " |")
+    if not rows:
+        return []
+    return ["| target | " + " | ".join(c for _, _, c in cols) + " |", "|---|" + "---|" * len(cols), *rows, ""]
+
+
 def table(args: argparse.Namespace, out: Path | None = None) -> None:
     recs = records()
     for users, (sweep, _) in SWEEPS.items():
@@ -397,6 +488,14 @@ def table(args: argparse.Namespace, out: Path | None = None) -> None:
         *recency_sweep(recs, "all"),
         *section("Movies <-> music, the bundled domains (no shared users; leave-one-out, full ranking, test)",
                  MOVIES_MUSIC, recs, ["movies", "music"], ["ndcg@10", "recall@10"]),
+        *(["### NDCG@10 against the share of the target's training users", "",
+           "![test NDCG@10 against the share of target users, from the source model and from scratch]"
+           "(transfer-share.png)", "",
+           "At 0 the source model alone ranks the target zero-shot; at 100 % \"from scratch\" is the target's own "
+           "model; in between, `crossrec transfer init_from=<source run> target_fraction=<share>` (from the source "
+           "model) and its control (from scratch), both on the same seeded users. Test NDCG@10, seed means "
+           "(the tables above give n and the spread):", "", *share_section(recs)]
+          if share_plot(recs, (out or REPO / "docs" / "transfer.md").with_name(PLOT.name)) else []),
         "## What the records say (test NDCG@10, seed means)",
         "",
         *gains(recs, [

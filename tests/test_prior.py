@@ -302,7 +302,8 @@ def test_pool_readout_starts_as_the_text_scorer_and_stays_in_the_history_span():
                                torch.tensor([6, 8, 0]))
         loss.backward()
         opt.step()
-    assert m.user.query.weight.abs().sum() > 0 and not torch.allclose(m.user.back_bias, torch.arange(6.0) * np.log(0.9))
+    assert m.user.query.weight.abs().sum() > 0 and m.user.back_offset.abs().sum() > 0
+    assert float(torch.sigmoid(m.user.recency_logit)) != pytest.approx(0.9, abs=1e-4)  # the distance bias learns
     m.eval()
     with torch.no_grad():
         items = m.item_matrix("d")
@@ -376,15 +377,18 @@ def test_the_general_user_of_residual_is_the_text_scorer_at_the_learned_recency(
 
 
 def test_the_general_user_of_pool_weighs_by_distance_and_likeness_to_the_newest():
-    """readout=pool's general user: softmax over the history of back_bias[distance] + like_newest x
-    cos(item, newest item), times the normalised items; computed by hand for one history."""
+    """readout=pool's general user: softmax over the history of the distance bias (distance x log
+    sigmoid(recency_logit) + a free offset per distance) + like_newest x cos(item, newest item),
+    times the normalised items; computed by hand for one history."""
     m = _trained("pool")
     with torch.no_grad():
-        m.user.like_newest.fill_(1.5)  # a value training could reach, so that the term shows
+        m.user.like_newest.fill_(1.5)  # values training could reach, so that each term shows
+        m.user.back_offset.copy_(torch.tensor([0.0, 0.3, -0.2, 0.1, 0.0, 0.0]))
         items = m.item_matrix("d")
         general = m.user_states(items, pad_histories([[3, 4, 5]], 6), general=True)[0, -1]
     x = F.normalize(items[[3, 4, 5]], dim=-1)
-    scores = m.user.back_bias[[2, 1, 0]] + 1.5 * (x @ x[2])
+    log_r = float(np.log(torch.sigmoid(m.user.recency_logit).item()))
+    scores = torch.tensor([2 * log_r - 0.2, log_r + 0.3, 0.0]) + 1.5 * (x @ x[2])
     assert torch.allclose(general, torch.softmax(scores, 0) @ x, atol=1e-5)
 
 

@@ -194,16 +194,26 @@ def residual_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> 
 
 def _build_pool(tower: UserTower, cfg: SeqRecConfig, width: int) -> None:
     """Keys of the history's items, queries from the transformer's state (zero at the start), and
-    a bias per distance back in the history, from the text scorer's recency weights."""
+    a bias per distance back in the history, from the text scorer's recency weights: the recency
+    learned as one number (``recency_logit``) plus a free offset per distance (from zero)."""
     tower.down = nn.Linear(cfg.dim, width)
     tower.key = nn.Linear(cfg.dim, width)
     tower.query = nn.Linear(width, width)
     init_weights(tower, cfg.init_std)
     nn.init.zeros_(tower.query.weight)
     nn.init.zeros_(tower.query.bias)
-    back = torch.arange(cfg.max_history, dtype=torch.float32)
-    tower.back_bias = nn.Parameter(back * math.log(max(float(cfg.text_prior_recency), 1e-4)))  # <= 1: config_check
+    # the bias per distance back: distance x log sigmoid(recency_logit) (the text scorer's recency
+    # weights, learned as one number like readout=residual's, so it moves in a few epochs) + a free
+    # offset per distance, from zero
+    tower.recency_logit = nn.Parameter(torch.tensor(_logit(cfg.text_prior_recency)))
+    tower.back_offset = nn.Parameter(torch.zeros(cfg.max_history))
     tower.like_newest = nn.Parameter(torch.zeros(()))  # weight of an item's cosine to the newest one
+
+
+def back_bias(tower: UserTower) -> torch.Tensor:
+    """readout=pool's bias (max_history,) per distance back: distance x log recency + the offset."""
+    back = torch.arange(tower.back_offset.shape[0], dtype=tower.back_offset.dtype, device=tower.back_offset.device)
+    return back * F.logsigmoid(tower.recency_logit) + tower.back_offset
 
 
 def _pool_scores(tower: UserTower, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -212,8 +222,9 @@ def _pool_scores(tower: UserTower, x: torch.Tensor, valid: torch.Tensor) -> torc
     at t (how much a user's interest stays near its newest item)."""
     n = x.shape[1]
     steps = torch.arange(n, device=x.device)
-    back = (steps[:, None] - steps[None, :]).clamp_min(0).clamp_max(tower.back_bias.shape[0] - 1)
-    return tower.back_bias[back] + tower.like_newest * (x @ x.transpose(1, 2))
+    bias = back_bias(tower)
+    back = (steps[:, None] - steps[None, :]).clamp_min(0).clamp_max(bias.shape[0] - 1)
+    return bias[back] + tower.like_newest * (x @ x.transpose(1, 2))
 
 
 def _pool(scores: torch.Tensor, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -232,9 +243,9 @@ def pool_general(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torc
 def pool_readout(tower: UserTower, h: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """The user as a weighted mean of its own history's L2-normalised item vectors, the weights
     learned: softmax over the items up to each position of (the transformer's query . the item's
-    key) + a bias per distance back + ``like_newest`` x the item's cosine to the newest. It starts
-    as the text scorer (query and ``like_newest`` zero, bias = distance x log
-    ``model.text_prior_recency``: the scorer's recency weights), and whatever it learns, the user
+    key) + a bias per distance back (distance x log of a learned recency + a free offset) +
+    ``like_newest`` x the item's cosine to the newest. It starts as the text scorer (query, offset
+    and ``like_newest`` zero, recency ``model.text_prior_recency``: the scorer's weights), and whatever it learns, the user
     stays inside the span of its own items: on a domain the model never saw it can only re-weight
     that domain's history, never carry the training catalogue's directions into it."""
     x = F.normalize(h, dim=-1)
