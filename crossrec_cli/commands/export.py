@@ -30,7 +30,7 @@ from crossrec_cli.models.features.base import Catalogue
 from crossrec_cli.serving.export import NEW_DOMAIN, DomainExport, encodes_text, export_model
 
 # the keys crossrec export reads; an override of any other is refused (check_overrides)
-READS = ("run", "format", "quantize", "opset", "parity_tolerance", "domain", "eval.zero_shot_prior",
+READS = ("run", "format", "quantize", "opset", "parity_tolerance", "domain", "experiment", "eval.zero_shot_prior",
          "eval.zero_shot_align", "backbone.trust_remote_code", "device", "num_threads", "seed", "overwrite", "debug",
          "allowed_targets", "data.overrides", "hydra")
 

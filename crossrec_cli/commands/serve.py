@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crossrec_cli.commands import export as export_command
 from crossrec_cli.commands._common import CONF_DIR, domain_names, run_dir, seed_everything
@@ -25,7 +25,7 @@ from crossrec_cli.serving.export import read_manifest
 from crossrec_cli.serving.server import Limits, ServeSettings, serve
 
 log = logging.getLogger("crossrec")
-READS = ("run", "host", "port", "workers", "token", "encoder", "limits", "opset", "parity_tolerance", "domain",
+READS = ("run", "host", "port", "workers", "token", "encoder", "limits", "opset", "parity_tolerance", "domain", "experiment",
          "eval.exclude_seen", "eval.zero_shot_prior", "eval.zero_shot_align", "eval.index", "eval.faiss",
          "backbone.trust_remote_code", "device", "num_threads", "seed", "overwrite", "debug", "allowed_targets",
          "data.overrides", "hydra")
@@ -77,7 +77,7 @@ def export_folder(cfg: DictConfig) -> tuple[Path, bool]:
     if not (source / "checkpoint").is_dir():
         raise CrossrecError(str(source), "neither a training run (no checkpoint/) nor an export (no manifest.json)",
                             "pass run=<a finetune / transfer run, an export run or its export/ folder>")
-    with OmegaConf.read_write(cfg):
+    with open_dict(cfg):
         cfg.format, cfg.quantize = "onnx", "int8" if cfg.encoder == "int8" else None
     export_command.export_run(cfg, run_dir(cfg) / "export")
     return run_dir(cfg) / "export", True

@@ -73,7 +73,8 @@ def write_items(path: Path, rows: torch.Tensor, vectors: torch.Tensor, ids: list
     from safetensors.torch import save_file
 
     meta = {"ids": json.dumps(ids), "texts": json.dumps(texts, ensure_ascii=False), "sha256": json.dumps([_sha(t) for t in read])}
-    tensors = {"rows": rows.float().contiguous().cpu(), "vectors": vectors.float().contiguous().cpu()}
+    # cloned: with model.score=dot the vectors are the rows themselves, and safetensors stores no shared memory
+    tensors = {"rows": rows.float().cpu().clone(), "vectors": vectors.float().cpu().clone()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta), "an exported item matrix")
 
 

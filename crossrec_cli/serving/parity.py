@@ -34,7 +34,7 @@ def parity(engine: Engine, model: SeqRec, tests: dict[str, tuple[str, EvalSet]],
     out: dict[str, Any] = {}
     for name, (key, test) in tests.items():
         users, items = seqrec_scorer(model, key, batch)
-        ref = users(test).numpy()
+        ref, items = users(test).detach().numpy(), items.detach()  # id-only items: the embedding itself
         cat = engine.catalogs[name]
         got = onnx_users(engine, name, test.histories, batch=batch)
         entry = {"users": len(test), "items": len(cat.ids), "max_score_diff": score_gap(got, ref, items.numpy())}
