@@ -169,7 +169,7 @@ def _grad(model) -> torch.Tensor:
     return torch.cat([p.grad.flatten() if p.grad is not None else torch.zeros(p.numel()) for p in model.parameters()])
 
 
-@pytest.mark.parametrize("loss", ["full", "sampled"])
+@pytest.mark.parametrize("loss", ["full", "sampled", "sampled_logq"])
 @pytest.mark.parametrize("size,world", [(7, 3), (7, 2), (2, 3)])  # (2, 3): one process gets no window
 def test_slices_weighted_by_their_targets_add_up_to_the_batch_gradient(loss, size, world):
     obj = _tiny_objective(loss, size)

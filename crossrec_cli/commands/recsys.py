@@ -37,6 +37,9 @@ def train_config(cfg: DictConfig, splits: dict[str, Split]) -> TrainConfig:
     if tc.window_stride is not None and tc.window_stride > cfg.model.max_history:
         raise CrossrecError("trainer.window_stride", f"{tc.window_stride} skips targets",
                             f"use at most model.max_history ({cfg.model.max_history}), or null")
+    if tc.sampled_above is not None and tc.loss != "auto":
+        raise CrossrecError("trainer.sampled_above", f"is read by trainer.loss=auto only, and trainer.loss is {tc.loss}",
+                            "add trainer.loss=auto, or drop trainer.sampled_above")
     return tc
 
 

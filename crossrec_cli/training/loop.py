@@ -26,7 +26,7 @@ from crossrec_cli.adversarial.base import Adversary
 from crossrec_cli.training import distributed
 from crossrec_cli.training.engine import LoopSettings, Objective, Progress, Shard
 from crossrec_cli.training.engine import run as run_loop
-from crossrec_cli.training.losses import LOSSES
+from crossrec_cli.training.losses import LOSSES, SAMPLED_ABOVE, expected_log_counts
 
 __all__ = ["NextItem", "Progress", "TrainConfig", "batch_loss", "fit", "load_trainable_state", "make_optimizer",
            "plan", "trainable_state"]
@@ -44,8 +44,9 @@ class TrainConfig:
     grad_clip: float = 1.0
     patience: int = 10
     monitor: str = "ndcg@10"
-    loss: str = "full"  # full softmax over the domain's items | sampled (in-batch + n_negatives)
+    loss: str = "full"  # full softmax over the domain's items | sampled (in-batch + n_negatives) | sampled_logq | auto
     n_negatives: int = 256
+    sampled_above: int | None = None  # loss=auto: sampled_logq above this many items (None: losses.SAMPLED_ABOVE)
     max_steps_per_epoch: int | None = None
     checkpoint_every: int = 0  # also checkpoint every N steps (0: at epoch ends only)
     keep_last: int = 2
@@ -95,7 +96,7 @@ def plan(wins: dict[str, list], tc: TrainConfig, epoch: int) -> list[tuple[str, 
 
 
 def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc: TrainConfig,
-               batch_targets: torch.Tensor | None = None) -> torch.Tensor:
+               batch_targets: torch.Tensor | None = None, share: torch.Tensor | None = None) -> torch.Tensor:
     """The ``trainer.loss`` of each target given the history before it (training/losses.py).
     ``batch_targets``: the targets of the whole global batch when these rows are one process's
     part of it, so that a loss with in-batch negatives (sampled) scores the same candidates."""
@@ -104,8 +105,14 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     n_items = model.n_targets(key)
     mask = (tgt >= 0) & (tgt < n_items)  # merged histories: source items are context only
     targets = tgt[mask]
-    loss = LOSSES.get(tc.loss)
+    loss = LOSSES.get(tc.loss).resolve(n_items, tc.sampled_above or SAMPLED_ABOVE)
     negatives = loss.negatives(n_items, tc.n_negatives, dev)
+    log_q = None
+    if loss.corrects:  # in-batch candidates come by popularity: each item's expected count among them
+        if share is None:
+            share = target_share([tgt], n_items)
+        in_batch = len(batch_targets) if batch_targets is not None else len(targets)
+        log_q = expected_log_counts(share.to(dev), in_batch, len(negatives) if negatives is not None else 0)
     if negatives is not None and batch_targets is not None:
         negatives = torch.cat([negatives, batch_targets.to(dev)])
     fresh = None
@@ -117,11 +124,19 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
         context = torch.unique(inp[inp >= n_items]) - n_items
     items = model.item_matrix(key, fresh, context)
     users = model.user_states(items, inp)[mask]
-    out = loss(model, users, items, targets, n_items, negatives)
+    out = loss(model, users, items, targets, n_items, negatives, log_q)
     if model.cfg.general_loss:  # the readout's domain-general user ranks alone too (what an unseen domain reads)
         general = model.user_states(items, inp, general=True)[mask]
-        out = out + model.cfg.general_loss * loss(model, general, items, targets, n_items, negatives)
+        out = out + model.cfg.general_loss * loss(model, general, items, targets, n_items, negatives, log_q)
     return out
+
+
+def target_share(targets: list[torch.Tensor], n_items: int) -> torch.Tensor:
+    """Each item's share of the training targets (-1 and context items >= ``n_items`` left out):
+    how often a popularity-drawn (in-batch) candidate is that item."""
+    flat = torch.cat([t.reshape(-1) for t in targets])
+    counts = torch.bincount(flat[(flat >= 0) & (flat < n_items)], minlength=n_items).double()
+    return (counts / counts.sum().clamp_min(1.0)).float()
 
 
 Evaluate = Callable[[SeqRec], dict[str, dict[str, float]]]
@@ -135,6 +150,11 @@ class NextItem(Objective):
                  adversary: Adversary | None):
         self.model, self.wins, self.tc, self.evaluate, self.run_dir = model, wins, tc, evaluate, run_dir
         self.log_metrics, self.adversary = log_metrics, adversary
+        self.share = {}  # a logQ-corrected loss's popularity of each domain's training targets
+        for key, ws in wins.items():
+            n = model.n_targets(key)
+            if ws and LOSSES.get(tc.loss).resolve(n, tc.sampled_above or SAMPLED_ABOVE).corrects:
+                self.share[key] = target_share([torch.as_tensor(np.concatenate([w[len(w) - k:] for w, k in ws]))], n)
 
     def plan(self, epoch: int) -> list[tuple[str, np.ndarray]]:
         return plan(self.wins, self.tc, epoch)
@@ -162,7 +182,7 @@ class NextItem(Objective):
         share = float(counts[mine].sum() / max(1, counts.sum()))
         if not len(mine):
             mine, share = np.arange(1), 0.0
-        return Shard((key, idx[mine]), share, torch.unique(tgt[is_target]))
+        return Shard((key, idx[mine]), share, tgt[is_target])  # every target of the batch, repeats too (logQ counts them)
 
     def loss(self, batch: tuple[str, np.ndarray] | Shard, prog: Progress) -> tuple[torch.Tensor, float]:
         batch_targets = batch.context if isinstance(batch, Shard) else None
@@ -170,9 +190,10 @@ class NextItem(Objective):
         inp, tgt = collate([self.wins[key][i] for i in idx], model.cfg.max_history)
         adv = self.adversary
         if adv is None:
-            loss = batch_loss(model, key, inp, tgt, self.tc, batch_targets)
+            loss = batch_loss(model, key, inp, tgt, self.tc, batch_targets, self.share.get(key))
         else:  # FGM / PGD recompute the loss on perturbed inputs; GRL adds its own
-            loss = adv.step_loss(model, key, lambda: batch_loss(model, key, inp, tgt, self.tc, batch_targets))
+            loss = adv.step_loss(model, key, lambda: batch_loss(model, key, inp, tgt, self.tc, batch_targets,
+                                                                self.share.get(key)))
             extra = adv.extra_loss(model, key)
             if extra is not None:
                 loss = loss + extra

@@ -4,12 +4,20 @@ A loss draws the negatives it needs before the batch's item vectors are computed
 backbone encodes them too), then scores the user states against the targets:
 
 - ``full``: softmax cross-entropy over every item of the domain (SASRec with CE, RecBole's default);
-- ``sampled``: softmax over the batch's targets plus ``trainer.n_negatives`` uniformly drawn items.
+- ``sampled``: softmax over the batch's targets plus ``trainer.n_negatives`` uniformly drawn items;
+- ``sampled_logq``: the same candidates, each logit minus the log of how often the item is
+  expected among them (logQ correction, Yi et al., RecSys 2019; mixed negatives, Yang et al., WWW
+  2020): in-batch candidates are drawn in proportion to popularity, so without the correction the
+  softmax learns to push popular items down;
+- ``auto``: ``full`` on a catalogue of at most ``trainer.sampled_above`` items, ``sampled_logq``
+  above (the full softmax's cost grows with the catalogue, per target).
 
 A new loss is a class registered here (or in another module of ``crossrec_cli/training``).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -18,12 +26,18 @@ from crossrec_cli.registry import Registry
 
 
 class NextItemLoss:
+    corrects = False  # True: the loss takes ``log_q``, each item's log expected count among the candidates
+
+    def resolve(self, n_items: int, sampled_above: int) -> "NextItemLoss":
+        """The loss this one is on a catalogue of ``n_items`` items (``auto`` decides by size)."""
+        return self
+
     def negatives(self, n_items: int, n_negatives: int, device: torch.device) -> torch.Tensor | None:
         """Item indices to score besides the targets (None: none needed)."""
         return None
 
     def __call__(self, model, users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, n_items: int,
-                 negatives: torch.Tensor | None) -> torch.Tensor:
+                 negatives: torch.Tensor | None, log_q: torch.Tensor | None = None) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -81,7 +95,7 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 class FullSoftmax(NextItemLoss):
-    def __call__(self, model, users, items, targets, n_items, negatives):
+    def __call__(self, model, users, items, targets, n_items, negatives, log_q=None):
         u, i = model.logit_vectors(users, items[:n_items])
         return linear_cross_entropy(u, i, targets)
 
@@ -90,10 +104,37 @@ class SampledSoftmax(NextItemLoss):
     def negatives(self, n_items, n_negatives, device):
         return torch.randint(n_items, (n_negatives,), device=device)
 
-    def __call__(self, model, users, items, targets, n_items, negatives):
+    def __call__(self, model, users, items, targets, n_items, negatives, log_q=None):
         cand = torch.unique(torch.cat([targets, negatives]))
-        return F.cross_entropy(model.logits(users, items[cand]), torch.searchsorted(cand, targets))
+        logits = model.logits(users, items[cand])
+        if log_q is not None:
+            logits = logits - log_q[cand]
+        return F.cross_entropy(logits, torch.searchsorted(cand, targets))
+
+
+class SampledLogQ(SampledSoftmax):
+    corrects = True
+
+
+def expected_log_counts(share: torch.Tensor, in_batch: int, n_negatives: int) -> torch.Tensor:
+    """log of the probability that each item is among a step's candidates (a set: each item once):
+    ``in_batch`` targets drawn by popularity (``share``: each item's share of the training targets)
+    plus ``n_negatives`` uniform draws over the catalogue. For a rare item it is about its expected
+    number of draws (``in_batch x share + n_negatives / n``); a popular one is in almost every
+    set, and counting its draws instead would push it below where it belongs."""
+    missed = in_batch * torch.log1p(-share.double().clamp_max(1 - 1e-12)) + n_negatives * math.log1p(-1.0 / len(share))
+    return torch.log(-torch.expm1(missed)).clamp_min(-80.0).to(share.dtype)
+
+
+SAMPLED_ABOVE = 20000  # loss=auto's default size: the bundled catalogues and Amazon Food train on the full softmax
+
+
+class Auto(NextItemLoss):
+    def resolve(self, n_items, sampled_above):
+        return LOSSES.get("sampled_logq" if n_items > sampled_above else "full")
 
 
 LOSSES.add("full", FullSoftmax())
 LOSSES.add("sampled", SampledSoftmax())
+LOSSES.add("sampled_logq", SampledLogQ())
+LOSSES.add("auto", Auto())
