@@ -54,7 +54,8 @@ def _shown(config_name: str) -> str:
 def _precheck(config_name: str, overrides: list[str]) -> None:
     """Compose the config once so a bad override is one line, not Hydra's multi-line report:
     ``error: config key <override key>: ...``, or ``error: <file>:<line>:<col>: ...`` for a
-    config file that is not valid YAML."""
+    config file that is not valid YAML; a key added that the command does not have
+    (``check_added_keys``) is refused here too, before the run directory is touched."""
     from hydra import compose, initialize_config_dir
 
     from crossrec_cli.commands._common import CONF_DIR
@@ -69,18 +70,10 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
             if problem is not None:
                 print(problem.one_line(), file=sys.stderr)
                 sys.exit(2)
-            # (a `_target_` is judged by the target allowlist, later and with its own message)
-            added = [o for o in plain if o.startswith("+") and not o.startswith("++") and "_target_" not in o]
-            if added:  # `+name=...` may add inside a section, never a top-level key nothing reads
-                base = compose(config_name=config_name, overrides=[o for o in plain if o not in added])
-                for o in added:
-                    top = o[1:].split("=", 1)[0].split(".")[0].split("@")[0]
-                    if top not in base:
-                        name = _shown(config_name)
-                        print(CrossrecError(top, f"crossrec {name} has no such key or choice",
-                                            f"check the spelling; `crossrec {name} --cfg job` lists the keys").one_line(),
-                              file=sys.stderr)
-                        sys.exit(2)
+            check_added_keys(config_name, plain)
+    except CrossrecError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        sys.exit(exc.exit_code)
     except SystemExit:
         raise
     except Exception as exc:  # Hydra's composition and override-parsing errors, YAML errors
@@ -116,6 +109,36 @@ def _precheck(config_name: str, overrides: list[str]) -> None:
             hint = f"{where}= applies to: {', '.join('crossrec ' + t for t in takers)}" if takers else hint
         print(f"error: config key {where}: {problem}; {hint}".replace("\n", " "), file=sys.stderr)
         sys.exit(2)
+
+
+def added_keys(overrides: list[str]) -> dict[str, str]:
+    """``+key=value`` and ``++key=value`` overrides -> {override: key}. Hydra's own keys
+    (``+hydra.*``) and a ``_target_`` (judged by the target allowlist, later and with its own
+    message) are left out."""
+    out = {}
+    for o in overrides:
+        key = o.lstrip("+").split("=", 1)[0].split("@")[0]
+        if o.startswith("+") and "=" in o and not key.startswith("hydra.") and "_target_" not in key:
+            out[o] = key
+    return out
+
+
+def check_added_keys(config_name: str, overrides: list[str]) -> None:
+    """A key that ``overrides`` add must be one the command's config has without them or one its
+    section's schema declares (``config_keys.check_added``); else a CrossrecError. Composes the config
+    without the additions, so Hydra must be initialised (``initialize_config_dir`` or the app)."""
+    from hydra import compose as hydra_compose
+    from omegaconf import OmegaConf
+
+    from crossrec_cli.config_keys import check_added
+
+    added = added_keys(overrides)
+    if not added:
+        return
+    base = hydra_compose(config_name=config_name, overrides=[o for o in overrides if o not in added])
+    plain = OmegaConf.to_container(base)
+    for key in added.values():
+        check_added(plain, key, _shown(config_name))
 
 
 def _selection(overrides: list[str], group: str = "domain") -> list[str] | None:
@@ -227,7 +250,8 @@ def compose(command: str, overrides: list[str] | tuple[str, ...] = (), run_dir: 
             config_dir: str | Path | None = None) -> Any:
     """The config ``crossrec <command> <overrides>`` would run with, ``runtime`` filled, for
     calling a recipe in-process: ``finetune.run(compose("finetune", [...], tmp_path))``.
-    ``config_dir``: another primary config folder (a test's stand-in app)."""
+    ``config_dir``: another primary config folder (a test's stand-in app). A key that an override
+    adds and the command does not have (``+eval.foo=1``) is a CrossrecError."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -239,6 +263,7 @@ def compose(command: str, overrides: list[str] | tuple[str, ...] = (), run_dir: 
     plain = [o for o in overrides if not o.startswith("hydra.") or o.startswith("hydra.searchpath")]
     with initialize_config_dir(config_dir=str(config_dir or CONF_DIR), version_base="1.3", job_name=name):
         cfg = hydra_compose(config_name=name, overrides=plain)
+        check_added_keys(name, plain)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     return set_runtime(cfg, run_dir, _searchpath_dirs(overrides), overrides)
 
@@ -247,9 +272,15 @@ def run_command(command: str, overrides: list[str] | tuple[str, ...] = (), run_d
     """``crossrec <command> <overrides>`` in this process: compose, check, run; returns the
     metrics record (a bad value is the same one-line error and exit code 2 as on the command line)."""
     from crossrec_cli.commands._common import run_recipe
+    from crossrec_cli.errors import CrossrecError
 
     name = "data_stats" if command == "data" else command
-    return run_recipe(compose(command, overrides, run_dir), recipe(name))
+    try:
+        cfg = compose(command, overrides, run_dir)
+    except CrossrecError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        sys.exit(exc.exit_code)
+    return run_recipe(cfg, recipe(name))
 
 
 def recipe(config_name: str):
@@ -263,12 +294,19 @@ def _launch(config_name: str) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from crossrec_cli.commands._common import CONF_DIR, run_recipe
+    from crossrec_cli.errors import CrossrecError
 
     run = recipe(config_name)
 
     @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name=config_name)
     def app(cfg: Any) -> float | None:
         hc = HydraConfig.get()
+        searchpath = [o for o in hc.overrides.hydra if o.startswith("hydra.searchpath")]
+        try:  # what _precheck did not see: each job of a sweep (-m), a run with Hydra flags
+            check_added_keys(config_name, [*searchpath, *hc.overrides.task])
+        except CrossrecError as exc:
+            print(exc.one_line(), file=sys.stderr)
+            sys.exit(exc.exit_code)
         set_runtime(cfg, hc.runtime.output_dir, _source_dirs(hc.runtime.config_sources), list(hc.overrides.task),
                     concurrent_jobs(hc))
         return objective(cfg, run_recipe(cfg, run))

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 
 from crossrec_cli.cli import compose, run_command
 from crossrec_cli.commands import finetune
@@ -83,11 +83,14 @@ def test_a_search_path_domain_is_found_by_the_recipe(tmp_path):
     ("finetune", "trainer.monitor=ndcg", "trainer.monitor"),
     ("finetune", "trainer.monitor=ndcg@20", "trainer.monitor"),  # not in eval.topk [5, 10]
     ("transfer", "target_fraction=0", "target_fraction"),
-    ("finetune", "+trainer.foo=1", "trainer.foo"),
-    ("finetune", "+model.dropuot=0.1", "model.dropuot"),
+    ("finetune", None, "trainer.foo"),  # an unknown key a config file holds (one added on the command
+    ("finetune", None, "model.dropuot"),  # line is refused by compose: tests/test_config_keys.py)
 ])
 def test_a_bad_value_or_unknown_key_is_one_line_and_exit_2(tmp_path, capsys, command, override, key):
-    cfg = compose(command, ["experiment=smoke", override], tmp_path)
+    cfg = compose(command, ["experiment=smoke", *([override] if override else [])], tmp_path)
+    if override is None:
+        with open_dict(cfg):
+            OmegaConf.update(cfg, key, 1)
     with pytest.raises(SystemExit) as stop:
         run_recipe(cfg, lambda c: pytest.fail("the recipe must not start"))
     assert stop.value.code == 2
