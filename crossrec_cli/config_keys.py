@@ -58,7 +58,7 @@ def _example(section: str, name: str, node: dict[str, Any], known: list[str]) ->
     with_value = [k for k in node if k != "name" and _scalar(node[k])]
     pick = close[0] if close else (with_value[0] if with_value else known[0])
     value = node.get(pick)
-    return f"{section}.{pick}={_override(value)}" if _scalar(value) and pick in node else f"{section}.{pick}=..."
+    return f"{section}.{pick}={as_override(value)}" if _scalar(value) and pick in node else f"{section}.{pick}=..."
 
 
 def _scalar(value: Any) -> bool:
@@ -66,12 +66,14 @@ def _scalar(value: Any) -> bool:
         isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value))
 
 
-def _override(value: Any) -> str:
-    """A value as a Hydra override writes it: null, true, [10,50]."""
+def as_override(value: Any) -> str:
+    """A value as a command-line override writes it: null, true, [10,50], {a: 1}."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, list):
-        return "[" + ",".join(_override(v) for v in value) + "]"
+        return "[" + ",".join(as_override(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {as_override(v)}" for k, v in value.items()) + "}"
     return str(value)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from crossrec_cli.cli import COMMANDS  # noqa: E402
 from crossrec_cli.config_check import CHECKS  # noqa: E402
+from crossrec_cli.config_keys import as_override  # noqa: E402
 from crossrec_cli.data.domain import DomainSpec, FilterSpec  # noqa: E402
 
 CONF = REPO / "crossrec_cli" / "conf"
@@ -122,19 +123,6 @@ def leaves(node: dict[str, Any], notes: dict[str, str], prefix: str = "") -> lis
     return out
 
 
-def value(v: Any) -> str:
-    """A value as a command-line override writes it."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, list):
-        return "[" + ", ".join(value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {value(x)}" for k, x in v.items()) + "}"
-    return str(v)
-
-
 def cell(text: str) -> str:
     return text.replace("|", "\\|")
 
@@ -149,7 +137,7 @@ def key_table(path: Path, prefix: str = "", skip: tuple[str, ...] = ("defaults",
         full, note = f"{prefix}{key}", notes.notes.get(key, "")
         if full in CHECKS:
             note = f"{note} **Checked**: {CHECKS[full][1]}.".strip()
-        default = "(mapping)" if mapping else f"`{cell(notes.raw.get(key) or value(v))}`"
+        default = "(mapping)" if mapping else f"`{cell(notes.raw.get(key) or as_override(v))}`"
         rows.append(f"| `{full}` | {default} | {cell(note)} |")
     if not rows:
         return ["No keys of its own.", ""]
@@ -212,10 +200,10 @@ def dataclass_table(cls: type, prefix: str) -> list[str]:
     notes, rows = field_notes(cls), []
     for f in fields(cls):
         if f.default is not MISSING:
-            default = f"`{cell(value(f.default))}`"
+            default = f"`{cell(as_override(f.default))}`"
         elif f.default_factory is not MISSING:
             made = f.default_factory()
-            default = f"`{cell(value(made))}`" if not hasattr(made, "__dataclass_fields__") else "see below"
+            default = f"`{cell(as_override(made))}`" if not hasattr(made, "__dataclass_fields__") else "see below"
         else:
             default = "required"
         kind = ast.unparse(ast.parse(str(f.type), mode="eval")) if isinstance(f.type, str) else str(f.type)
