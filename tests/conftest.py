@@ -26,6 +26,25 @@ def run_cli(*args: str, run_dir: Path | None = None, check: bool = True, env: di
     return proc
 
 
+def wheel_install(tmp_path: Path) -> Path:
+    """``pip install .`` (not editable) into a fresh venv under ``tmp_path`` that reuses this
+    environment's dependencies (torch, transformers, ...) instead of downloading them; its folder."""
+    import site
+    import venv
+
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    py = env_dir / "bin" / "python"
+    purelib = Path(subprocess.check_output([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                                           text=True).strip())
+    (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-deps", str(REPO)], check=True)
+    where = subprocess.check_output([str(py), "-c", "import crossrec_cli; print(crossrec_cli.__file__)"],
+                                    text=True, cwd=tmp_path).strip()
+    assert Path(where).is_relative_to(env_dir)  # the installed copy, not the checkout
+    return env_dir
+
+
 def run_inprocess(command: str, *args: str, run_dir: Path) -> dict:
     """``crossrec COMMAND ARGS`` in this process: the same composed config (``cli.compose``) and
     the same recipe, without a new interpreter per run; returns the metrics record."""

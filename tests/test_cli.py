@@ -15,7 +15,7 @@ import yaml
 
 CROSSREC = Path(sys.executable).parent / "crossrec"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "bad"
-COMMANDS = ["pretrain", "finetune", "transfer", "evaluate", "recommend", "explain", "data", "report"]
+COMMANDS = ["pretrain", "finetune", "transfer", "evaluate", "recommend", "explain", "export", "serve", "data", "report"]
 # a fixture without its own domain.yaml is read as RecBole files bad.item / bad.inter
 DEFAULT_DOMAIN = "name: {name}\nformat: recbole\npath: {folder}\ndataset: bad\ntext_fields: [movie_title, release_year, class]\n"
 

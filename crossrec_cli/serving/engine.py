@@ -101,8 +101,13 @@ class Engine:
         if d["head"] and self.encoder is not None:
             self.session(d["head"])
         return Catalog(ids, {x: i for i, x in enumerate(ids)}, texts, rows, vectors,
-                       self.make_index(torch.from_numpy(vectors)), d["mode"], d["user_tower"],
+                       self.index_of(vectors), d["mode"], d["user_tower"],
                        d["head"] if self.encoder is not None else None)
+
+    def index_of(self, vectors: np.ndarray) -> TopK:
+        """The top-k search over ``vectors``, given in float64: the exact search scores in float64 and
+        would otherwise convert the whole matrix on every request."""
+        return self.make_index(torch.from_numpy(np.asarray(vectors, dtype=np.float64)))
 
     # -- computing ----------------------------------------------------------------------------------
     def lm_vectors(self, texts: list[str]) -> np.ndarray:
@@ -193,7 +198,7 @@ class Engine:
             all_vecs = np.concatenate([old_vecs, vectors[fresh]])
             self.catalogs[domain] = replace(cat, ids=ids, where=where, texts=texts,
                                             rows=np.concatenate([old_rows, rows[fresh]]), vectors=all_vecs,
-                                            index=self.make_index(torch.from_numpy(all_vecs)))
+                                            index=self.index_of(all_vecs))
         return {"domain": domain, "added": len(fresh), "replaced": len(items) - len(fresh), "items": len(ids)}
 
     def _new_domain(self, domain: str) -> Catalog:

@@ -80,12 +80,12 @@ def write_items(path: Path, rows: torch.Tensor, vectors: torch.Tensor, ids: list
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """The exporters' and the quantiser's INFO lines (one per graph pass) stay out of the run's log."""
+    """The exporters' and the quantiser's INFO lines (one per graph pass) and advice stay out of the run's log."""
     root = logging.getLogger()
     noisy = [root, logging.getLogger("onnx_ir"), logging.getLogger("onnxscript")]
     levels = [n.level for n in noisy]
     for n in noisy:
-        n.setLevel(logging.WARNING)
+        n.setLevel(logging.ERROR)
     try:
         yield
     finally:
@@ -98,6 +98,18 @@ def _onnx(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], o
     """Trace ``module`` to ``path``. The user tower goes through torch.export (``dynamo``: its mask
     is built in place, which the TorchScript exporter cannot write); the heads and the language model
     through the TorchScript tracer, whose dynamic axes hold for every transformers model."""
+    try:
+        _trace(module, args, path, inputs, outputs, axes, opset, dynamo)
+    except CrossrecError:
+        raise
+    except Exception as exc:  # an operator or a model the exporter cannot write: one line, not its traceback
+        first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise CrossrecError(path.name, f"torch.onnx could not export {type(module).__name__}: {first[:300]}",
+                            "a different opset= may help; else report it with the run's config.yaml") from exc
+
+
+def _trace(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+           axes: dict[str, dict[int, str]], opset: int, dynamo: bool) -> None:
     with torch.no_grad(), warnings.catch_warnings(), quiet():
         warnings.simplefilter("ignore")
         if dynamo:
