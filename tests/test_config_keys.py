@@ -55,13 +55,15 @@ def test_the_refusal_gives_an_example(tmp_path, override, example):
 
 def test_a_key_of_another_adapter_is_refused():
     base = {"adapter": {"name": "frozen"}}
-    with pytest.raises(CrossrecError, match=r"^error: adapter.r: crossrec finetune has no such key in adapter=frozen; "):
+    refusal = r"^error: adapter.r: crossrec finetune has no such key in adapter=frozen; "
+    with pytest.raises(CrossrecError, match=refusal):
         check_added(base, "adapter.r", "finetune")
     check_added({"adapter": {"name": "lora", "r": 8}}, "adapter.r", "finetune")  # ++adapter.r: it has it
 
 
 @pytest.mark.parametrize("command, overrides", [
-    ("finetune", ["backbone=tiny", "+data.overrides.filters.max_users=40", "+data.overrides.filters.drop_unused_items=true"]),
+    ("finetune", ["backbone=tiny", "+data.overrides.filters.max_users=40",
+                  "+data.overrides.filters.drop_unused_items=true"]),
     ("finetune", ["experiment=smoke", "+backbone.config.hidden_dropout_prob=0"]),
     ("pretrain", ["experiment=smoke", "+backbone.config.attention_probs_dropout_prob=0"]),
     ("evaluate", ["experiment=smoke", "+data.overrides.user_groups={zodiac: null}"]),
