@@ -346,7 +346,7 @@ def test_serve_refuses_bad_settings_in_one_line(exported, tmp_path):
     from crossrec_cli.errors import CrossrecError
 
     for override, key in (("port=0", "port"), ("workers=0", "workers"), ("encoder=fp16", "encoder"),
-                          ("limits.k=0", "limits.k"), ("token=''", "token"), ("run=null", "run")):
+                          ("limits.k=0", "limits.k"), ("token=''", "token"), ("token=1234", "token"), ("run=null", "run")):
         with pytest.raises(CrossrecError, match=f"^error: {key}:"):
             serve.check_settings(compose("serve", [f"run={exported}", override], tmp_path / "c"))
     for override, key in (("opset=17", "opset"), ("eval.zero_shot_prior=1.0", "eval.zero_shot_prior")):

@@ -53,8 +53,10 @@ def check_settings(cfg: DictConfig) -> None:
     _int(cfg, "workers", 1, 64)
     for key in Limits.__dataclass_fields__:
         _int(cfg, f"limits.{key}", 1, 1 << 30)
-    if cfg.token is not None and (not isinstance(cfg.token, str) or not cfg.token.strip()):
-        raise CrossrecError("token", "expected a non-empty string", "e.g. token=$(openssl rand -hex 16)")
+    token = cfg.token  # token=0123 reaches here as the number 123: refused, never a different secret
+    if token is not None and (not isinstance(token, str) or not token.strip()):
+        raise CrossrecError("token", f"expected a non-empty string, got {token!r}",
+                            "quote a secret that reads as a number (token=\"'0123'\"); e.g. token=$(openssl rand -hex 16)")
     if cfg.encoder not in ("float32", "int8"):
         raise CrossrecError("encoder", f"{cfg.encoder!r} is not an encoder precision", "float32 or int8")
     if not isinstance(cfg.eval.exclude_seen, bool):
