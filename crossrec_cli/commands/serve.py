@@ -9,8 +9,6 @@ stopped. The top-k search is ``crossrec recommend``'s (``eval.index=exact | fais
 
 from __future__ import annotations
 
-import logging
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +22,6 @@ from crossrec_cli.io import atomic_write_json
 from crossrec_cli.serving.export import read_manifest
 from crossrec_cli.serving.server import Limits, ServeSettings, serve
 
-log = logging.getLogger("crossrec")
 READS = ("run", "host", "port", "workers", "token", "encoder", "limits", "opset", "parity_tolerance", "domain", "experiment",
          "eval.exclude_seen", "eval.zero_shot_prior", "eval.zero_shot_align", "eval.index", "eval.faiss",
          "backbone.trust_remote_code", "device", "num_threads", "seed", "overwrite", "debug", "allowed_targets",

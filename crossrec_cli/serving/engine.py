@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from crossrec_cli.evaluation.index import TopK, build_index
-from crossrec_cli.serving.export import NEW_DOMAIN, read_manifest
+from crossrec_cli.serving.export import read_manifest
 
 
 class RequestError(Exception):
@@ -215,4 +215,4 @@ class Engine:
                 "domains": {n: len(c.ids) for n, c in sorted(self.catalogs.items())}}
 
 
-__all__ = ["Catalog", "Engine", "RequestError", "NEW_DOMAIN"]
+__all__ = ["Catalog", "Engine", "RequestError"]

@@ -33,7 +33,6 @@ from crossrec_cli.io import atomic_write, atomic_write_json
 from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.serving.graphs import ItemHead, TextEncoder, UserGraph
 
-log = logging.getLogger("crossrec")
 FORMAT = "crossrec-onnx/1"
 NEW_DOMAIN = "new-domain"  # the file stem of the head and user tower of domains created at serve time
 
