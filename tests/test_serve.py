@@ -390,3 +390,17 @@ def test_serve_from_a_wheel_install(trained, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_the_deploy_docs_table_is_rendered_from_its_record():
+    """docs/deploy.md's numbers are scripts/serve_bench.py's rendering of the committed record."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_bench", REPO / "scripts" / "serve_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    record = json.loads(bench.RECORD.read_text())
+    block = bench.DOCS.read_text().split(bench.BEGIN, 1)[1].split(bench.END, 1)[0]
+    assert block.strip() == "\n".join(bench.rendered(record)).strip()
+    assert set(record["recommend"]) == {"movies", "music"}
+    assert all(set(levels) == {"1", "8", "32"} for kinds in record["recommend"].values() for levels in kinds.values())
