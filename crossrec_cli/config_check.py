@@ -107,6 +107,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "eval.faiss.hnsw_m": (lambda v: _int(v, 2), "an integer >= 2", "32"),
     "eval.faiss.ef_construction": (lambda v: _int(v, 1), "a positive integer", "40"),
     "eval.faiss.ef_search": (lambda v: _int(v, 1), "a positive integer", "128"),
+    "progress_every": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
+                       "a number of seconds >= 0 (0: a line every step)", "30"),
     "trainer.epochs": (lambda v: _int(v, 1), "an integer >= 1", "20"),
     "trainer.batch_size": (lambda v: _int(v, 1), "an integer >= 1", "64"),
     "trainer.lr": (_positive, "a number > 0", "1e-3"),

@@ -23,6 +23,7 @@ from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
 from crossrec_cli.errors import CrossrecError, Interrupted
 from crossrec_cli.io import atomic_write_json, atomic_write_text, io_fault
+from crossrec_cli import progress
 from crossrec_cli.numerics import warm_vector_math
 from crossrec_cli.rundir import RunLock, claim, run_files
 from crossrec_cli.training import distributed
@@ -154,7 +155,7 @@ def write_metrics(cfg: DictConfig, record: dict[str, Any]) -> Path:
 
 
 # keys that may change between an interrupted run and its resumption (they do not change results)
-RESUME_FREE = ("runtime", "resume", "overwrite", "progress", "debug", "device", "num_threads", "logger", "eval.cache_vectors",
+RESUME_FREE = ("runtime", "resume", "overwrite", "progress", "progress_every", "debug", "device", "num_threads", "logger", "eval.cache_vectors",
                "eval.user_chunk", "eval.item_chunk", "eval.batch_size", "eval.score_dtype", "eval.index", "eval.faiss")
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
@@ -285,6 +286,7 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
             check_resume_config(cfg)
         set_threads(cfg.get("num_threads", "auto"), int((cfg.get("runtime") or {}).get("concurrent_jobs", 1)))
         warm_vector_math()  # before any multi-threaded op: same seed, same bits (see numerics.py)
+        progress.configure(bars=bool(cfg.get("progress", True)), every=float(cfg.get("progress_every", 30)))
         if distributed.is_main():
             write_config(cfg)
         return recipe(cfg)

@@ -22,6 +22,7 @@ from crossrec_cli.commands.recsys import zero_shot_record
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.report import metrics_record
 from crossrec_cli.io import atomic_write_json, atomic_write_text
+from crossrec_cli.progress import chunks
 
 
 def _ids(value: Any) -> list[str]:
@@ -96,7 +97,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     scorer = Scorer.of(loaded.model, spec.name)
     model = loaded.model
     out, explained = run_dir(cfg), []
-    for uid in wanted:
+    for i in chunks("explain users", len(wanted), 1):
+        uid = wanted[i]
         history = everyone.histories[row[uid]].tolist()
         if fixed:
             items = [item_index[i] for i in fixed]

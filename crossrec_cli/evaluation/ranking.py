@@ -13,6 +13,7 @@ import torch
 
 from crossrec_cli.data.table import read_text
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.progress import chunks
 
 # Relative size of a near-tie: a float64 dot product of length d rounds by about d * 1e-16 of
 # |u| |v|. Only near-ties are compared vector by vector, so a generous bound costs nothing.
@@ -107,7 +108,7 @@ def full_ranks(
         # float32); two such scores differ from their exact difference by at most twice that
         gamma = (items.shape[1] + 2) * _unit_roundoff(dev)
         gamma = 2 * gamma / (1 - gamma)
-    for a in range(0, n, user_chunk):
+    for a in chunks("rank users", n, user_chunk):
         u = user_vecs[a : a + user_chunk].detach().to("cpu", torch.float64)
         t_idx = tgt[a : a + user_chunk]
         unorm = u.norm(dim=1, keepdim=True)
@@ -251,7 +252,7 @@ def top_items(
     val = np.full((n, k), -np.inf, dtype=np.float64)
     if k_eff == 0:
         return idx, val
-    for a in range(0, n, user_chunk):
+    for a in chunks("top-k of users", n, user_chunk):
         s = user_vecs[a : a + user_chunk].detach().to(torch.float64) @ items.T
         if exclude is not None:
             for r, seen in enumerate(exclude[a : a + user_chunk]):

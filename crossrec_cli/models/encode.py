@@ -14,6 +14,7 @@ from crossrec_cli.errors import IOFault
 from crossrec_cli.io import atomic_write
 from crossrec_cli.models.backbone import Backbone, last_hidden
 from crossrec_cli.registry import Registry
+from crossrec_cli.progress import phase
 
 log = logging.getLogger("crossrec")
 
@@ -86,9 +87,11 @@ def encode_texts(backbone: Backbone, texts: list[str], max_length: int = 64, poo
     out = []
     # sort by length so batches pad little; restore the order at the end
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    for a in range(0, len(order), batch_size):
-        chunk = [texts[i] for i in order[a : a + batch_size]]
-        out.append(forward_pool(backbone, chunk, max_length, pooling).float().cpu())
+    with phase("encode item texts", len(texts)) as bar:
+        for a in range(0, len(order), batch_size):
+            chunk = [texts[i] for i in order[a : a + batch_size]]
+            out.append(forward_pool(backbone, chunk, max_length, pooling).float().cpu())
+            bar.advance(len(chunk))
     backbone.model.train(was_training)
     vecs = torch.cat(out) if out else torch.zeros(0, backbone.hidden_size)
     result = torch.empty_like(vecs)

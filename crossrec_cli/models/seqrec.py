@@ -25,6 +25,7 @@ from crossrec_cli.models.fusion import build_fusion
 from crossrec_cli.models.init import init_weights
 from crossrec_cli.models.prior import TextPrior
 from crossrec_cli.registry import Registry
+from crossrec_cli.progress import phase
 
 __all__ = ["SeqRec", "SeqRecConfig", "UserTower", "init_weights", "pad_histories", "seqrec_scorer"]
 
@@ -579,9 +580,11 @@ def seqrec_scorer(model: SeqRec, key: str, batch_size: int = 256, refresh: bool 
         was_training = model.training
         model.eval()
         out = []
-        for a in range(0, len(evalset), batch_size):
-            hist = pad_histories(evalset.histories[a : a + batch_size], model.cfg.max_history).to(items.device)
-            out.append(model.user_states(items, hist, key)[:, -1])
+        with phase("user vectors", len(evalset)) as bar:
+            for a in range(0, len(evalset), batch_size):
+                hist = pad_histories(evalset.histories[a : a + batch_size], model.cfg.max_history).to(items.device)
+                out.append(model.user_states(items, hist, key)[:, -1])
+                bar.advance(len(hist))
         model.train(was_training)
         users = torch.cat(out) if out else torch.zeros(0, items.shape[1])
         return model.scoring_vectors(users, items)[0].cpu()

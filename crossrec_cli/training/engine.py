@@ -39,6 +39,7 @@ from safetensors.torch import save_file
 
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import read_safetensors
+from crossrec_cli.progress import phase
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training import distributed
 from crossrec_cli.training.preempt import Preempted, StopFlag
@@ -156,8 +157,6 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
         resume: bool = False, log_metrics: LogMetrics | None = None, on_preempt: Callable[[], None] | None = None,
         prog: Progress | None = None) -> Progress:
     """Train until ``s.epochs`` epochs ran or the objective set ``prog.done``; returns the counters."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn
-
     prog = prog or Progress()
     params = [p for g in opt.param_groups for p in g["params"]]
     device_type = params[0].device.type if params else "cpu"
@@ -170,57 +169,57 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
     # several processes: the loss is the forward of a DDP module, whose backward averages gradients
     step_loss = distributed.wrap(objective.module(), objective.loss) if world > 1 else objective.loss
-    bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-              TextColumn("{task.fields[info]}"), disable=not (s.progress and main), transient=False)
-    # signals are trapped only where a checkpoint can be written for resume=
-    with (StopFlag() if checkpoints is not None else _NoStop()) as stop, bar:
-        ep_task = bar.add_task(f"{s.label} epochs", total=s.epochs, completed=prog.epoch, info="")
+    # signals are trapped only where a checkpoint can be written for resume=; bars (progress.py)
+    # in a terminal when s.progress, else a log line every progress_every seconds (rank 0 only)
+    with (StopFlag() if checkpoints is not None else _NoStop()) as stop, \
+            phase(f"{s.label} epochs", s.epochs, bars=s.progress, quiet=not main, lines=False,
+                  completed=prog.epoch) as epochs:
         while prog.epoch < s.epochs and not prog.done:
             batches = objective.plan(prog.epoch)
             if prog.batch == 0:
                 objective.start_epoch(prog)
-            b_task = bar.add_task(f"epoch {prog.epoch + 1}", total=len(batches), completed=prog.batch, info="")
-            while prog.batch < len(batches):
-                t0 = time.perf_counter()
-                batch = batches[prog.batch]
-                part = objective.shard(batch, rank, world) if world > 1 else batch
-                with autocast(s.precision, device_type):
-                    loss, weight = step_loss(part, prog)
-                value = 0.0
-                if loss is not None:
-                    if world > 1:  # this process's part of the batch's loss; DDP averages the
-                        loss = loss * part.share  # gradients, x world makes that their sum
-                    opt.zero_grad(set_to_none=True)
-                    scaler.scale(loss * world if world > 1 else loss).backward()
-                    if s.grad_clip:
-                        scaler.unscale_(opt)
-                        torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
-                    scaler.step(opt)  # skipped by fp16's scaler when a gradient overflowed
-                    scaler.update()
-                    objective.after_step(prog.step)
-                    value = float(loss.detach())
-                stopping = stop.stop
-                if world > 1:  # the whole batch's loss; a signal to any process stops them all here
-                    value, signals = distributed.sum_floats(value, float(stop.stop))
-                    stopping = signals > 0
-                prog.batch += 1
-                prog.step += 1
-                prog.epoch_loss += value * weight
-                prog.epoch_weight += weight
-                prog.epoch_batches += 1
-                prog.epoch_seconds += time.perf_counter() - t0
-                bar.update(b_task, advance=1, info=f"loss {prog.mean_loss():.4f}")
-                if log_metrics and main:
-                    log_metrics({objective.loss_name: value}, prog.step)
-                written = None
-                if checkpoints is not None and (stopping or (s.checkpoint_every and prog.step % s.checkpoint_every == 0)):
-                    written = save(objective, opt, prog, checkpoints, s.keep_last, scaler)
-                if stopping:
-                    distributed.barrier()  # no process exits before rank 0's checkpoint is written
-                    if on_preempt is not None:
-                        on_preempt()
-                    raise Preempted(stop.signal, prog.step, written)  # its one line: _common.run_recipe
-            bar.remove_task(b_task)
+            with phase(f"{s.label} epoch {prog.epoch + 1}", len(batches), bars=s.progress, quiet=not main,
+                       completed=prog.batch) as bar:
+                while prog.batch < len(batches):
+                    t0 = time.perf_counter()
+                    batch = batches[prog.batch]
+                    part = objective.shard(batch, rank, world) if world > 1 else batch
+                    with autocast(s.precision, device_type):
+                        loss, weight = step_loss(part, prog)
+                    value = 0.0
+                    if loss is not None:
+                        if world > 1:  # this process's part of the batch's loss; DDP averages the
+                            loss = loss * part.share  # gradients, x world makes that their sum
+                        opt.zero_grad(set_to_none=True)
+                        scaler.scale(loss * world if world > 1 else loss).backward()
+                        if s.grad_clip:
+                            scaler.unscale_(opt)
+                            torch.nn.utils.clip_grad_norm_(params, s.grad_clip)
+                        scaler.step(opt)  # skipped by fp16's scaler when a gradient overflowed
+                        scaler.update()
+                        objective.after_step(prog.step)
+                        value = float(loss.detach())
+                    stopping = stop.stop
+                    if world > 1:  # the whole batch's loss; a signal to any process stops them all here
+                        value, signals = distributed.sum_floats(value, float(stop.stop))
+                        stopping = signals > 0
+                    prog.batch += 1
+                    prog.step += 1
+                    prog.epoch_loss += value * weight
+                    prog.epoch_weight += weight
+                    prog.epoch_batches += 1
+                    prog.epoch_seconds += time.perf_counter() - t0
+                    bar.advance(1, info=f"loss {prog.mean_loss():.4f}")
+                    if log_metrics and main:
+                        log_metrics({objective.loss_name: value}, prog.step)
+                    written = None
+                    if checkpoints is not None and (stopping or (s.checkpoint_every and prog.step % s.checkpoint_every == 0)):
+                        written = save(objective, opt, prog, checkpoints, s.keep_last, scaler)
+                    if stopping:
+                        distributed.barrier()  # no process exits before rank 0's checkpoint is written
+                        if on_preempt is not None:
+                            on_preempt()
+                        raise Preempted(stop.signal, prog.step, written)  # its one line: _common.run_recipe
             rec = objective.end_epoch(prog) if main else None  # validation runs once, on rank 0
             if world > 1:
                 rec = _from_main(prog, rec)
@@ -228,7 +227,7 @@ def run(objective: Objective, opt: torch.optim.Optimizer, s: LoopSettings, check
             prog.epoch += 1
             prog.batch = prog.epoch_batches = 0
             prog.epoch_loss = prog.epoch_seconds = prog.epoch_weight = 0.0
-            bar.update(ep_task, completed=prog.epoch)
+            epochs.advance(1)
             if checkpoints is not None:
                 save(objective, opt, prog, checkpoints, s.keep_last, scaler)
     return prog
