@@ -71,7 +71,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if not cfg.eval.candidates:
             extras[spec.name] = test_report(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen,
                                             groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk,
-                                            **ranking_options(cfg))
+                                            seed=int(cfg.seed), **ranking_options(cfg))
     record = metrics_record(
         "evaluate", cfg.model.name, "zero-shot", "candidates" if cfg.eval.candidates else "full", cfg.seed,
         dataset, valid, test, exclude_seen=bool(cfg.eval.exclude_seen),

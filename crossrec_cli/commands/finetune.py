@@ -92,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
         seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),
         wall_seconds=time.perf_counter() - t_start, history=_history(prog.history),
-        status="complete", **early_stopping_sample(cfg), **({"mixed_history": mixed} if mixed else {}), **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups") if k in result},
+        status="complete", **early_stopping_sample(cfg), **({"mixed_history": mixed} if mixed else {}), **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups", "fairness") if k in result},
     )
     path = finish(cfg, record, logger)
     if prog.history:

@@ -289,7 +289,7 @@ def evaluate_model(cfg: DictConfig, model: SeqRec, key: str, split: Split, domai
     if spec is not None and domain is not None and cands is None and "test" in parts:
         res["extras"] = test_report(user_vecs, item_vecs, split, list(cfg.eval.topk), cfg.eval.exclude_seen,
                                     groups_of(spec, domain), cfg.eval.user_chunk, cfg.eval.item_chunk,
-                                    **ranking_options(cfg))
+                                    seed=int(cfg.seed), **ranking_options(cfg))
     return res
 
 

@@ -104,10 +104,13 @@ def test_report(
     *,
     score_dtype: str = "float32",
     device: torch.device | str | None = None,
+    seed: int = 0,
 ) -> dict[str, dict]:
     """What the test users are recommended, beyond hitting their target: ``beyond_accuracy`` of
     their top-k lists (each k of ``topk``) against the training popularity (evaluation/beyond.py), and with
-    ``groups`` (user column -> label per user index) the test metrics of each group and their gap."""
+    ``groups`` (user column -> label per user index) the test metrics of each group and their gap,
+    and ``fairness``: how well each column is read from the user vectors (evaluation/fairness.py,
+    its held-out users drawn with ``seed``)."""
     from crossrec_cli.evaluation.beyond import beyond_accuracy
     from crossrec_cli.evaluation.groups import group_metrics
     from crossrec_cli.evaluation.ranking import top_items
@@ -129,6 +132,9 @@ def test_report(
     if groups:
         ranks = full_ranks(users, item_vecs, ev.targets, exclude, user_chunk, item_chunk, score_dtype, device)
         out["groups"] = group_metrics(ranks, ev.users, groups, topk)
+        from crossrec_cli.evaluation.fairness import attribute_leakage
+
+        out["fairness"] = attribute_leakage(user_vectors, split, groups, seed)
     return out
 
 
