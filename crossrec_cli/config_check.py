@@ -146,6 +146,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.residual_dim": (lambda v: _int(v, 1), "a positive integer", "64"),
     "model.general_loss": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                            "a number >= 0", "1.0"),
+    "model.general_items": (lambda v: v in ("model", "plain"), "model or plain", "plain"),
     "model.init_std": (_positive, "a number > 0", "0.02"),
     "model.norm_first": (lambda v: isinstance(v, bool), "true or false", "false"),
     "model.temperature": (_positive, "a number > 0", "0.07"),

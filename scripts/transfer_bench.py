@@ -143,6 +143,7 @@ ROWS = [  # (label, arm, step, where in a transfer record)
     ("Food model, `experiment=lm_space model.readout=pool`", "food_lm_pool", "full", None),
     ("Food model, `experiment=lm_space`, mixed histories", "food_lm_space_mixed", "full", None),
     ("Food model, `experiment=lm_space model.readout=pool model.general_loss=1`", "food_lm_general", "full", None),
+    ("Food model, the same with `model.general_items=plain`", "food_lm_plain", "full", None),
 ]
 PUBLISHED = [(label, arm, "published", None) for label, arm, _, _ in ROWS]
 ZERO_SHOT = [
@@ -156,6 +157,10 @@ ZERO_SHOT = [
     ("Food model `experiment=lm_space model.readout=pool` as shipped", "food_lm_pool", "to_kitchen_shipped", None),
     ("Food model `lm_space`, pool, `general_loss=1` alone", "food_lm_general", "to_kitchen_alone", None),
     ("Food model `lm_space`, pool, `general_loss=1` as shipped", "food_lm_general", "to_kitchen_shipped", None),
+    ("Food model `lm_space`, pool, `general_loss=1`, `general_items=plain` alone", "food_lm_plain", "to_kitchen_alone",
+     None),
+    ("Food model `lm_space`, pool, `general_loss=1`, `general_items=plain` as shipped", "food_lm_plain",
+     "to_kitchen_shipped", None),
 ]
 # the same rows on every Kitchen user (eval.test_users=all): the steps of the same arms that rank them
 ZERO_SHOT_ALL = [(label, "text_recency_all" if arm == "text_recency" else arm,
@@ -507,9 +512,11 @@ def table(args: argparse.Namespace, out: Path | None = None) -> None:
         *few_shot_lift(recs, "kitchen_10pct_from_food", "kitchen", "Kitchen at 10 % of its users, from the Food model"),
         *zero_shot_ratios(recs, ("text_zeroshot", "full"), "kitchen", ("Kitchen", "Food"),
                           [("(defaults)", "food"), ("(lm_space)", "food_lm_space"), ("(lm_space, pool)", "food_lm_pool"),
-                           ("(lm_space, pool, general_loss)", "food_lm_general")]),
+                           ("(lm_space, pool, general_loss)", "food_lm_general"),
+                           ("(lm_space, pool, general_loss, general_items=plain)", "food_lm_plain")]),
         *zero_shot_ratios(recs, ("text_zeroshot", "all"), "kitchen", ("Kitchen", "Food"),
-                          [("(defaults)", "food"), ("(lm_space, pool, general_loss)", "food_lm_general")], users="all"),
+                          [("(defaults)", "food"), ("(lm_space, pool, general_loss)", "food_lm_general"),
+                           ("(lm_space, pool, general_loss, general_items=plain)", "food_lm_plain")], users="all"),
         *zero_shot_ratios(recs, ("mm_text_zeroshot", "full"), "music", ("music", "movies"),
                           [("(defaults)", "movies"), ("(lm_space)", "movies_lm_space"), ("(lm_space, pool, general_loss)", "movies_lm_general")]),
         *zero_shot_ratios(recs, ("mm_text_zeroshot", "full"), "movies", ("movies", "music"),

@@ -413,6 +413,34 @@ def test_general_loss_adds_the_general_users_next_item_loss():
     assert both - alone == pytest.approx(0.5 * F.cross_entropy(logits, tgt[mask]).item(), rel=1e-5)
 
 
+def test_general_items_plain_trains_the_general_user_on_the_language_model_space():
+    """model.general_items=plain: the general users' loss reads the domain as an unseen domain is
+    read (the LM vectors, no learned correction), the model's loss the corrected items; the domain
+    is not left plain afterwards. Refused in one line without general_loss or a projection base."""
+    from crossrec_cli.errors import CrossrecError
+    from crossrec_cli.training.loop import TrainConfig, batch_loss
+
+    m = _model(dropout=0.0, dim=12, projection="residual", readout="pool", text_norm="center", general_loss=0.5,
+               general_items="plain")
+    with torch.no_grad():
+        m.features["text"].proj.scale.fill_(0.7)  # a learned correction, so that the two item spaces differ
+    inp = torch.tensor([[-1, 3, 4, 5], [7, 8, 9, 1]])
+    tgt = torch.tensor([[-1, 4, 5, 6], [8, 9, 1, 2]])
+    both = batch_loss(m, "d", inp, tgt, TrainConfig()).item()
+    assert not m.features["text"].plain  # put back
+    items = m.item_matrix("d")
+    plain = m.encoded["d"] - m.encoded["d"].mean(0)  # text_norm=center, no correction
+    assert not torch.allclose(items, plain, atol=1e-4)
+    mask = tgt >= 0
+    model_loss = F.cross_entropy(m.logits(m.user_states(items, inp)[mask], items), tgt[mask]).item()
+    general = F.cross_entropy(m.logits(m.user_states(plain, inp, general=True)[mask], plain), tgt[mask]).item()
+    assert both == pytest.approx(model_loss + 0.5 * general, rel=1e-5)
+    with pytest.raises(CrossrecError, match="model.general_items.*general_loss"):
+        _model(dim=12, projection="residual", readout="pool", text_norm="center", general_items="plain")
+    with pytest.raises(CrossrecError, match="model.general_items.*projection=mlp"):
+        _model(dim=12, projection="mlp", readout="pool", general_loss=1.0, general_items="plain")
+
+
 def test_an_unseen_domain_reads_the_general_user_and_says_so():
     """zero_shot / rank_unseen: the unseen domain's users are the general users (metrics.json
     ``zero_shot_users``), the training domain's are not, and leaving the block puts it back; a

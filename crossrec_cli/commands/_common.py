@@ -164,7 +164,7 @@ ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_sett
               "eval.valid_users": None, "model.feature_settings.kg.hops": 1,
               "model.feature_settings.kg.neighbors2": 8, "model.feature_settings.kg.relation_text": False,
               "trainer.precision": "fp32", "trainer.compile": False, "pretrain.precision": "fp32", "task.train.precision": None,
-              "trainer.sampled_above": None}
+              "trainer.sampled_above": None, "model.general_items": "model"}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:

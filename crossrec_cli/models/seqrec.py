@@ -57,6 +57,8 @@ class SeqRecConfig:
     text_norm: str = "none"  # none | center | standardize: LM vectors by their domain's catalogue statistics
     residual_dim: int = 64  # width of the learned corrections of projection=residual / readout=residual
     general_loss: float = 0.0  # weight of a next-item loss on the readout's domain-general user alone (residual | pool)
+    general_items: str = "model"  # the items general_loss reads: model (the towers' item vectors) | plain (the
+    # projection's base: the language model's space, as a domain the model never trained on is read)
     text_prior: float = 0.0  # weight of the untrained text scorer added to every logit (models/prior.py); 0 = off
     text_prior_recency: float = 0.9  # its recency weighting over the history (model=text_zeroshot's default)
     pooling: str = "mean"
@@ -297,6 +299,14 @@ class SeqRec(nn.Module):
         if cfg.general_loss and not self.user.has_general:
             raise CrossrecError("model.general_loss", f"{cfg.general_loss}, but model.readout={cfg.readout} has no "
                                 "domain-general user to train", "set model.readout=residual or pool, or model.general_loss=0")
+        if cfg.general_items not in ("model", "plain"):
+            raise CrossrecError("model.general_items", f"unknown value {cfg.general_items!r}", "model or plain")
+        if cfg.general_items == "plain" and not cfg.general_loss:
+            raise CrossrecError("model.general_items", "plain is read by model.general_loss, which is 0",
+                                "set model.general_loss=1 (or drop model.general_items)")
+        if cfg.general_items == "plain" and not ("text" in names and hasattr(self.features["text"].proj, "base")):
+            raise CrossrecError("model.general_items", f"plain reads the projection's base, and model.projection="
+                                f"{cfg.projection} (features {names}) has none", "use model.projection=residual")
         if cfg.text_prior and "text" not in names:
             raise CrossrecError("model.text_prior", f"{cfg.text_prior}, but the item tower reads no text ({names})",
                                 "set model.text_prior=0 or add text to model.features")
@@ -496,6 +506,24 @@ class SeqRec(nn.Module):
             return self.user(h, valid, general)
         return torch.cat([self.user(self.tower_vectors(h), valid, general), self.prior.users(h[..., self.cfg.dim:], valid)],
                          -1)
+
+    def general_item_matrix(self, key: str, items: torch.Tensor, fresh: torch.Tensor | None = None,
+                            context: torch.Tensor | None = None) -> torch.Tensor:
+        """The item vectors ``model.general_loss`` trains the domain-general user on: ``items``
+        (the towers' own, model.general_items=model), or the domain read in the language model's
+        space (plain: ``TextFeature.read_plain``, as on a domain the model never trained on)."""
+        if self.cfg.general_items != "plain":
+            return items
+        text = self.features["text"]
+        keys = list(self.composites.get(key, (key,)))
+        was = [k in text.plain for k in keys]
+        for k in keys:
+            text.read_plain(k)
+        try:
+            return self.item_matrix(key, fresh, context)
+        finally:
+            for k, on in zip(keys, was):
+                text.read_plain(k, on)
 
     def read_general(self, key: str, on: bool = True) -> bool:
         """Rank domain ``key``'s users through the user tower's domain-general part (a domain the

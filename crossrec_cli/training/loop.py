@@ -126,8 +126,9 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     users = model.user_states(items, inp)[mask]
     out = loss(model, users, items, targets, n_items, negatives, log_q)
     if model.cfg.general_loss:  # the readout's domain-general user ranks alone too (what an unseen domain reads)
-        general = model.user_states(items, inp, general=True)[mask]
-        out = out + model.cfg.general_loss * loss(model, general, items, targets, n_items, negatives, log_q)
+        plain = model.general_item_matrix(key, items, fresh, context)  # model.general_items
+        general = model.user_states(plain, inp, general=True)[mask]
+        out = out + model.cfg.general_loss * loss(model, general, plain, targets, n_items, negatives, log_q)
     return out
 
 
