@@ -156,6 +156,10 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
                              "examples)", "2.0"),
     "model.text_prior": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                          "a number >= 0 (0 = off)", "2.0"),
+    "rerank": _choice("crossrec_cli.evaluation.rerankers:RERANKERS", example="calibrated"),
+    "rerank_pool": (lambda v: v is None or _int(v, 1), "null or a positive integer (>= k)", "100"),
+    "rerank_lambda": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),
+                      "null or a number in [0, 1] (0 = the score order)", "0.5"),
     "model.text_prior_recency": (lambda v: _positive(v) and v <= 1, "a number in (0, 1] (1.0 = plain mean of the history)",
                                  "0.9"),
 }

@@ -2,7 +2,8 @@
 
 Recipe: load the domain -> each user's whole history (every interaction, in the domain's order)
 -> the scorer (a trained run's model, or a baseline fitted on every interaction) -> top-k per user
-(exact, or a FAISS index with ``eval.index=faiss``) -> ``recommendations.jsonl`` +
+(exact, or a FAISS index with ``eval.index=faiss``; with ``rerank=calibrated|mmr`` the best
+``rerank_pool`` candidates re-ranked into k, evaluation/rerankers/) -> ``recommendations.jsonl`` +
 ``recommendations.tsv`` and ``metrics.json`` (catalogue coverage and popularity of what was
 recommended, the index used). An inductive (text) run recommends in domains it never saw: the
 zero-shot use case.
@@ -27,6 +28,7 @@ from crossrec_cli.errors import CrossrecError
 from crossrec_cli.evaluation.beyond import beyond_accuracy
 from crossrec_cli.evaluation.index import TopK, build_index
 from crossrec_cli.evaluation.report import metrics_record
+from crossrec_cli.evaluation.rerankers import Pool, rerank, scores_of
 from crossrec_cli.io import atomic_write_text
 
 
@@ -106,14 +108,21 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     user_vecs, item_vecs, model_name, mode, zero = scorer(cfg, domain, users, spec.name)
     exclude = users.histories if cfg.eval.exclude_seen else None
     index = top_k_index(cfg.eval, item_vecs)
-    idx, scores = index.search(user_vecs, k, exclude, cfg.eval.user_chunk)
+    counts = np.bincount(domain.inter_item, minlength=domain.n_items)
+    reranking = rerank_settings(cfg, k)
+    idx, scores = index.search(user_vecs, reranking.get("pool", k), exclude, cfg.eval.user_chunk)
+    if reranking:  # the best rerank_pool candidates reordered into k slots (evaluation/rerankers/)
+        pool = Pool(np.asarray(idx), np.asarray(scores, dtype=np.float64), users.histories,
+                    item_vecs.detach().float().cpu().numpy(), counts[: item_vecs.shape[0]], reranking["lambda"])
+        idx = rerank(reranking["name"], pool, k, cfg.eval.user_chunk)
+        scores = scores_of(pool, idx)
     out = run_dir(cfg)
     write_recommendations(out, domain, users, idx, scores)
-    counts = np.bincount(domain.inter_item, minlength=domain.n_items)
     record = metrics_record(
         "recommend", model_name, mode, "recommend-all-interactions", int(cfg.seed),
         {spec.name: domain.fingerprint()}, {}, {}, run=str(cfg.run) if cfg.get("run") else None, k=k,
         users=len(users), exclude_seen=bool(cfg.eval.exclude_seen), index=index.describe(),
+        rerank=reranking or {"name": "none"},
         recommendations={"jsonl": str(out / "recommendations.jsonl"), "tsv": str(out / "recommendations.tsv")},
         beyond_accuracy={spec.name: beyond_accuracy(idx, counts, users.histories, k)}, **zero,
     )
@@ -124,6 +133,20 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Console().print(f"index: {used['index']} {used.get('kind', '')}{f' ({settings})' if settings else ''}\n"
                     f"recommendations: {out / 'recommendations.jsonl'}\nmetrics: {path}")
     return record
+
+
+def rerank_settings(cfg: DictConfig, k: int) -> dict[str, Any]:
+    """``rerank=``: {} for none (where ``rerank_pool`` / ``rerank_lambda`` are refused, not
+    ignored), else ``{"name", "pool", "lambda"}`` with their defaults (100, 0.5) filled."""
+    if str(cfg.rerank) == "none":
+        for key in ("rerank_pool", "rerank_lambda"):
+            if cfg.get(key) is not None:
+                raise CrossrecError(key, "is set but rerank=none re-ranks nothing", "add rerank=calibrated or rerank=mmr, or drop it")
+        return {}
+    pool = 100 if cfg.rerank_pool is None else int(cfg.rerank_pool)
+    if pool < k:
+        raise CrossrecError("rerank_pool", f"{pool} candidates cannot fill k={k} slots", f"use rerank_pool >= k, e.g. rerank_pool={max(100, k)}")
+    return {"name": str(cfg.rerank), "pool": pool, "lambda": 0.5 if cfg.rerank_lambda is None else float(cfg.rerank_lambda)}
 
 
 def top_k_index(ev: DictConfig, item_vecs) -> TopK:
