@@ -152,3 +152,48 @@ def test_sampled_above_is_refused_unless_the_loss_is_auto():
         train_config(cfg, {})
     cfg.trainer.loss = "auto"
     assert train_config(cfg, {}).sampled_above == 5000
+
+
+def test_a_sampled_step_projects_only_the_rows_it_reads(monkeypatch):
+    """With a sampled loss (frozen backbone) a step projects only the batch's history items and
+    candidates (SeqRec.item_rows), never the whole catalogue, and its loss and gradients are the
+    ones the whole item matrix gives, general user included."""
+    from test_seqrec import _model
+
+    from crossrec_cli.training.losses import LOSSES, expected_log_counts
+    from crossrec_cli.training.loop import TrainConfig, batch_loss, target_share
+
+    m = _model(dropout=0.0, dim=12, projection="residual", readout="pool", text_norm="center", general_loss=0.5,
+               general_items="plain")
+    with torch.no_grad():
+        m.features["text"].proj.scale.fill_(0.3)
+    inp = torch.tensor([[-1, 3, 4, 5], [7, 8, 9, 1]])
+    tgt = torch.tensor([[-1, 4, 5, 6], [8, 9, 1, 2]])
+    tc = TrainConfig(loss="sampled_logq", n_negatives=4)
+    n = m.n_targets("d")
+    params = [p for p in m.parameters() if p.requires_grad]
+
+    torch.manual_seed(3)
+    negatives = LOSSES.get("sampled_logq").negatives(n, 4, torch.device("cpu"))
+    mask = tgt >= 0
+    targets = tgt[mask]
+    log_q = expected_log_counts(target_share([tgt], n), len(targets), 4)
+    loss = LOSSES.get("sampled_logq")
+    items = m.item_matrix("d")
+    want = loss(m, m.user_states(items, inp)[mask], items, targets, n, negatives, log_q)
+    plain = m.general_item_matrix("d", items)
+    want = want + 0.5 * loss(m, m.user_states(plain, inp, general=True)[mask], plain, targets, n, negatives, log_q)
+    want_grads = torch.autograd.grad(want, params, allow_unused=True)
+
+    def whole(*a, **k):
+        raise AssertionError("the whole catalogue was projected")
+
+    monkeypatch.setattr(m, "item_matrix", whole)
+    torch.manual_seed(3)
+    got = batch_loss(m, "d", inp, tgt, tc)
+    got_grads = torch.autograd.grad(got, params, allow_unused=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for a, b in zip(got_grads, want_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)

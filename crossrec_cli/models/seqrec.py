@@ -408,6 +408,11 @@ class SeqRec(nn.Module):
         prior = self.prior_columns(key, self.features["text"].base(key)) if self.reads_text else None
         return out if prior is None else torch.cat([out, prior.to(out.dtype)], 1)
 
+    def item_rows(self, key: str, rows: torch.Tensor) -> torch.Tensor:
+        """(N, dim [+ prior]) of domain ``key`` with only ``rows`` computed, the rest zero: what a
+        step that reads a few items (a sampled loss) needs of a large catalogue."""
+        return self._rows_of(key, rows)
+
     def _rows_of(self, key: str, rows: torch.Tensor) -> torch.Tensor:
         """(N, dim [+ prior]) of domain ``key`` with only ``rows`` computed, the rest zero."""
         rows = rows.to(self.user.pos.weight.device)
@@ -508,7 +513,7 @@ class SeqRec(nn.Module):
                          -1)
 
     def general_item_matrix(self, key: str, items: torch.Tensor, fresh: torch.Tensor | None = None,
-                            context: torch.Tensor | None = None) -> torch.Tensor:
+                            context: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The item vectors ``model.general_loss`` trains the domain-general user on: ``items``
         (the towers' own, model.general_items=model), or the domain read in the language model's
         space (plain: ``TextFeature.read_plain``, as on a domain the model never trained on)."""
@@ -520,7 +525,7 @@ class SeqRec(nn.Module):
         for k in keys:
             text.read_plain(k)
         try:
-            return self.item_matrix(key, fresh, context)
+            return self.item_matrix(key, fresh, context) if rows is None else self.item_rows(key, rows)
         finally:
             for k, on in zip(keys, was):
                 text.read_plain(k, on)

@@ -122,11 +122,16 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     context = None
     if key in model.composites and fresh is None:  # only the batch's context items are projected
         context = torch.unique(inp[inp >= n_items]) - n_items
-    items = model.item_matrix(key, fresh, context)
+    rows = None
+    if negatives is not None and fresh is None and key not in model.composites:
+        # a sampled loss reads only the batch's histories and candidates: the item tower projects
+        # those rows alone, not the whole catalogue (the others stay zero and are never read)
+        rows = torch.unique(torch.cat([inp[inp >= 0], targets, negatives]))
+    items = model.item_matrix(key, fresh, context) if rows is None else model.item_rows(key, rows)
     users = model.user_states(items, inp)[mask]
     out = loss(model, users, items, targets, n_items, negatives, log_q)
     if model.cfg.general_loss:  # the readout's domain-general user ranks alone too (what an unseen domain reads)
-        plain = model.general_item_matrix(key, items, fresh, context)  # model.general_items
+        plain = model.general_item_matrix(key, items, fresh, context, rows)  # model.general_items
         general = model.user_states(plain, inp, general=True)[mask]
         out = out + model.cfg.general_loss * loss(model, general, plain, targets, n_items, negatives, log_q)
     return out
