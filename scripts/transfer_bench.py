@@ -258,8 +258,9 @@ domain the run never saw (+ 2 x the untrained text scorer in every logit, aligne
 from zero in the language model's space (`model.projection=residual model.readout=residual
 model.text_norm=center model.dim=384`; the user's text-scorer part learns its recency too).
 `model.readout=pool` on top of it makes the user a learned weighting of its own history's item
-vectors (attention from the transformer's state plus a bias per distance back, starting at the
-text scorer's recency weights): on a domain the model never saw, what it learned can only
+vectors (attention from the transformer's state plus a bias per distance back: distance x the log
+of a learned recency, from the text scorer's, plus a free offset per distance, from zero): on a
+domain the model never saw, what it learned can only
 re-weight that domain's items, never carry the training catalogue's directions into it. The item
 side's learned correction (`projection=residual`) belongs to the catalogues it was learned on: a
 domain the model never trained on is read in the language model's space (metrics.json
@@ -271,7 +272,9 @@ its learned recency; readout=pool's weighting by distance back and by each item'
 newest one (`like_newest`, learned). `model.general_loss=1` trains it alone beside the model (its
 own next-item loss), and a domain the model never trained on ranks its users through it
 (metrics.json `zero_shot_users`): what Food teaches about how interest moves along a sequence,
-not which Food items follow which.
+not which Food items follow which. `model.general_items=plain` trains that part on the training
+domain read in the language model's space, as it will read a new domain (by default it reads the
+towers' corrected items).
 
 Kitchen's test split holds a few hundred examples, of which the text scorer ranks about ten in its
 top 10: a zero-shot ratio on it moves by 10 % per example. Every Kitchen user is unseen by a model
