@@ -32,6 +32,7 @@ class Settings:
     bars: bool = True  # live bars when stderr is a terminal
     every: float = 30.0  # seconds between progress lines in the log (no terminal or bars off); 0: every step
     console: Console | None = None  # where bars draw (None: rich's default console); tests pass their own
+    quiet: bool = False  # no bars, no lines (the other processes of a distributed run: rank 0 shows them)
 
 
 SETTINGS = Settings()
@@ -40,7 +41,10 @@ _open = 0
 _swapped: list[tuple[logging.StreamHandler, object]] = []
 
 
-def configure(bars: bool | None = None, every: float | None = None, console: Console | None = None) -> None:
+def configure(bars: bool | None = None, every: float | None = None, console: Console | None = None,
+              quiet: bool | None = None) -> None:
+    if quiet is not None:
+        SETTINGS.quiet = bool(quiet)
     if bars is not None:
         SETTINGS.bars = bool(bars)
     if every is not None:
@@ -133,6 +137,7 @@ def phase(description: str, total: int, bars: bool | None = None, quiet: bool = 
     ``lines=False``: a bar in a terminal but no timed log lines (a phase whose steps log their own);
     ``completed``: steps already done (a resumed phase)."""
     global _open
+    quiet = quiet or SETTINGS.quiet
     show_bar = not quiet and (SETTINGS.bars if bars is None else bars) and _terminal()
     task = None
     if show_bar:

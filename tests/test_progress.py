@@ -105,3 +105,13 @@ def test_a_task_training_without_a_terminal_logs_progress_before_it_ends(tmp_pat
     steps = [i for i, line in enumerate(log) if re.search(r"task epoch 1: \d+/\d+ \(\d+%\), .*/s, elapsed .*, ETA ", line)]
     assert steps, log[-20:]
     assert steps[0] < len(log) - 1  # written while it ran, not only at the end
+
+
+def test_a_quiet_process_shows_nothing(settings, caplog):
+    """configure(quiet=True): the other processes of a distributed run (run_recipe sets it off rank 0)."""
+    out = io.StringIO()
+    progress.configure(bars=True, every=0, console=Console(file=out, force_terminal=True), quiet=True)
+    with caplog.at_level(logging.INFO, logger="crossrec"):
+        with progress.phase("encode item texts", 2) as bar:
+            bar.advance(2)
+    assert _lines(caplog) == [] and out.getvalue() == ""

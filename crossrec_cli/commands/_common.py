@@ -286,7 +286,8 @@ def run_recipe(cfg: DictConfig, recipe: Callable[[DictConfig], dict[str, Any]]) 
             check_resume_config(cfg)
         set_threads(cfg.get("num_threads", "auto"), int((cfg.get("runtime") or {}).get("concurrent_jobs", 1)))
         warm_vector_math()  # before any multi-threaded op: same seed, same bits (see numerics.py)
-        progress.configure(bars=bool(cfg.get("progress", True)), every=float(cfg.get("progress_every", 30)))
+        progress.configure(bars=bool(cfg.get("progress", True)), every=float(cfg.get("progress_every", 30)),
+                           quiet=not distributed.is_main())  # under torchrun rank 0 shows progress
         if distributed.is_main():
             write_config(cfg)
         return recipe(cfg)
