@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 
 import pytest
+from omegaconf import OmegaConf
 
 from crossrec_cli.cli import compose
 from crossrec_cli.config_keys import check_added
@@ -77,7 +78,11 @@ def test_a_key_of_another_adapter_is_refused():
                   "+data.overrides.path=/data/food-kitchen"]),
 ])
 def test_additions_the_project_uses_keep_working(tmp_path, command, overrides):
-    compose(command, overrides, tmp_path)
+    cfg = compose(command, overrides, tmp_path)
+    for o in overrides:  # each addition reached the composed config (hydra.* configures Hydra itself)
+        key = o.split("=", 1)[0].lstrip("+")
+        if o.startswith("+") and not key.startswith("hydra."):
+            assert OmegaConf.select(cfg, key) is not None, o
 
 
 def test_every_transfer_benchmark_command_composes(tmp_path):

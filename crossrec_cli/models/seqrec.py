@@ -399,7 +399,7 @@ class SeqRec(nn.Module):
             if fresh is not None:
                 ft, fs = fresh[fresh < nt], fresh[fresh >= nt] - nt
             target = self.item_matrix(t, ft)
-            source = self.item_matrix(src, fs) if context is None or fresh is not None else self._rows_of(src, context)
+            source = self.item_matrix(src, fs) if context is None or fresh is not None else self.item_rows(src, context)
             dom = F.pad(self.domain_emb.weight, (0, target.shape[1] - self.cfg.dim))  # the prior's columns stay
             return torch.cat([target + dom[0], source + dom[1]])
         out = self.fusion([f(key, fresh) for f in self.features.values()], key)
@@ -410,11 +410,7 @@ class SeqRec(nn.Module):
 
     def item_rows(self, key: str, rows: torch.Tensor) -> torch.Tensor:
         """(N, dim [+ prior]) of domain ``key`` with only ``rows`` computed, the rest zero: what a
-        step that reads a few items (a sampled loss) needs of a large catalogue."""
-        return self._rows_of(key, rows)
-
-    def _rows_of(self, key: str, rows: torch.Tensor) -> torch.Tensor:
-        """(N, dim [+ prior]) of domain ``key`` with only ``rows`` computed, the rest zero."""
+        step that reads a few items (a sampled loss, a composite's context) needs of a catalogue."""
         rows = rows.to(self.user.pos.weight.device)
         sub = self.fusion([f.rows(key, rows) for f in self.features.values()], key)
         perturb = getattr(self, "item_perturb", None)

@@ -26,7 +26,7 @@ from crossrec_cli.adversarial.base import Adversary
 from crossrec_cli.training import distributed
 from crossrec_cli.training.engine import LoopSettings, Objective, Progress, Shard
 from crossrec_cli.training.engine import run as run_loop
-from crossrec_cli.training.losses import LOSSES, SAMPLED_ABOVE, expected_log_counts
+from crossrec_cli.training.losses import LOSSES, SAMPLED_ABOVE, NextItemLoss, expected_log_counts
 
 __all__ = ["NextItem", "Progress", "TrainConfig", "batch_loss", "fit", "load_trainable_state", "make_optimizer",
            "plan", "trainable_state"]
@@ -95,6 +95,11 @@ def plan(wins: dict[str, list], tc: TrainConfig, epoch: int) -> list[tuple[str, 
     return batches[: tc.max_steps_per_epoch] if tc.max_steps_per_epoch else batches
 
 
+def loss_for(tc: TrainConfig, n_items: int) -> NextItemLoss:
+    """The next-item loss ``trainer.loss`` gives a catalogue of ``n_items`` (``auto`` decides by size)."""
+    return LOSSES.get(tc.loss).resolve(n_items, tc.sampled_above or SAMPLED_ABOVE)
+
+
 def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc: TrainConfig,
                batch_targets: torch.Tensor | None = None, share: torch.Tensor | None = None) -> torch.Tensor:
     """The ``trainer.loss`` of each target given the history before it (training/losses.py).
@@ -105,7 +110,7 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
     n_items = model.n_targets(key)
     mask = (tgt >= 0) & (tgt < n_items)  # merged histories: source items are context only
     targets = tgt[mask]
-    loss = LOSSES.get(tc.loss).resolve(n_items, tc.sampled_above or SAMPLED_ABOVE)
+    loss = loss_for(tc, n_items)
     negatives = loss.negatives(n_items, tc.n_negatives, dev)
     log_q = None
     if loss.corrects:  # in-batch candidates come by popularity: each item's expected count among them
@@ -159,7 +164,7 @@ class NextItem(Objective):
         self.share = {}  # a logQ-corrected loss's popularity of each domain's training targets
         for key, ws in wins.items():
             n = model.n_targets(key)
-            if ws and LOSSES.get(tc.loss).resolve(n, tc.sampled_above or SAMPLED_ABOVE).corrects:
+            if ws and loss_for(tc, n).corrects:
                 self.share[key] = target_share([torch.as_tensor(np.concatenate([w[len(w) - k:] for w, k in ws]))], n)
 
     def plan(self, epoch: int) -> list[tuple[str, np.ndarray]]:
