@@ -144,6 +144,9 @@ ROWS = [  # (label, arm, step, where in a transfer record)
     ("Food model, `experiment=lm_space`, mixed histories", "food_lm_space_mixed", "full", None),
     ("Food model, `experiment=lm_space model.readout=pool model.general_loss=1`", "food_lm_general", "full", None),
     ("Food model, the same with `model.general_items=plain`", "food_lm_plain", "full", None),
+    ("Kitchen model, single-domain histories (`trainer.loss=sampled_logq`)", "kitchen", "full", None),
+    ("Kitchen model, single-domain histories, full softmax (`trainer.loss=full`)", "kitchen_full", "full", None),
+    ("Kitchen model, mixed histories (`context=food`, `trainer.loss=sampled_logq`)", "kitchen_mixed", "full", None),
 ]
 PUBLISHED = [(label, arm, "published", None) for label, arm, _, _ in ROWS]
 ZERO_SHOT = [
@@ -162,6 +165,14 @@ ZERO_SHOT = [
     ("Food model `lm_space`, pool, `general_loss=1`, `general_items=plain` as shipped", "food_lm_plain",
      "to_kitchen_shipped", None),
 ]
+ZERO_SHOT_FOOD = [
+    ("untrained text scorer", "text_zeroshot", "full", None),
+    ("Kitchen model (`trainer.loss=sampled_logq`) alone", "kitchen", "to_food_alone", None),
+    ("Kitchen model (`trainer.loss=sampled_logq`) as shipped", "kitchen", "to_food_shipped", None),
+]
+ZERO_SHOT_FOOD_ALL = [("untrained text scorer", "text_zeroshot", "all", None),
+                      ("Kitchen model (`trainer.loss=sampled_logq`) alone", "kitchen", "to_food_all_alone", None),
+                      ("Kitchen model (`trainer.loss=sampled_logq`) as shipped", "kitchen", "to_food_all_shipped", None)]
 # the same rows on every Kitchen user (eval.test_users=all): the steps of the same arms that rank them
 ZERO_SHOT_ALL = [(label, "text_recency_all" if arm == "text_recency" else arm,
                   "all" if step == "full" else step.replace("to_kitchen_", "to_kitchen_all_"), where)
@@ -172,6 +183,13 @@ FEW_SHOT = [
     ("1 % of Kitchen users, from scratch (control)", "kitchen_1pct_from_food", "full", "control"),
     ("1 % of Kitchen users, from the Food model", "kitchen_1pct_from_food", "full", "adapted"),
 ]
+FEW_SHOT_FOOD = [
+    ("10 % of Food users, from scratch (control)", "food_10pct_from_kitchen", "full", "control"),
+    ("10 % of Food users, from the Kitchen model (`transfer init_from=`)", "food_10pct_from_kitchen", "full", "adapted"),
+]
+# time to quality: (label, arm) pairs of one domain's runs that differ in how they train, the first the reference
+SPEED = [("kitchen", [("full softmax (`trainer.loss=full`)", "kitchen_full"),
+                      ("sampled, logQ-corrected (`trainer.loss=sampled_logq`)", "kitchen")])]
 
 MOVIES_MUSIC = [
     ("popularity", "mm_popularity", "full", None),
@@ -209,7 +227,7 @@ MOVIES_MUSIC = [
 # docs/transfer-share.png: NDCG@10 against the share of the target's training users, per
 # (target, source): the few-shot arms at each share ("<target>_<n>pct_from_<source>"), the
 # target's own model at 100 %, the source model alone at 0 (zero-shot), the untrained text scorer
-SHARES = [("kitchen", "food", "text_zeroshot"), ("music", "movies", "mm_text_zeroshot"),
+SHARES = [("kitchen", "food", "text_zeroshot"), ("food", "kitchen", "text_zeroshot"), ("music", "movies", "mm_text_zeroshot"),
           ("movies", "music", "mm_text_zeroshot")]
 PLOT = REPO / "docs" / "transfer-share.png"
 
@@ -222,6 +240,8 @@ def section(title: str, rows: list, recs: dict, domains: list[str], metrics: lis
         if not got:
             continue
         head.append(f"| {label} | " + " | ".join(cell(got, d, m, where=where) for d in domains for m in metrics) + " |")
+    if len(head) == 4:  # no row has records yet
+        return []
     return head + [""]
 
 
@@ -472,6 +492,45 @@ def share_section(recs: dict) -> list[str]:
     return ["| target | " + " | ".join(c for _, _, c in cols) + " |", "|---|" + "---|" * len(cols), *rows, ""]
 
 
+def to_reach(history: list[dict], level: float) -> float | None:
+    """Seconds of training and validation until validation NDCG@10 first reaches ``level``."""
+    spent = 0.0
+    for h in history:
+        spent += h["train_seconds"] + h.get("eval_seconds", 0.0)
+        if h["valid_ndcg@10"] >= level:
+            return spent
+    return None
+
+
+def speed_section(recs: dict) -> list[str]:
+    """Time to quality of runs that differ in how they train (SPEED): per arm, seed means of the
+    final test NDCG@10, seconds per epoch, the epoch validation peaked, and the time to 95 % of
+    the best validation NDCG@10: the run's own and the reference's (the first arm)."""
+    out = []
+    for dom, arms in SPEED:
+        runs = {arm: [r for r in recs.get((arm, "full"), []) if r.get("history")] for _, arm in arms}
+        if not all(runs.values()):
+            continue
+        ref_best = statistics.mean(max(h["valid_ndcg@10"] for h in r["history"]) for r in runs[arms[0][1]])
+        ref_time = None
+        out += [f"### Time to quality on {dom} (validation NDCG@10 by training time; final = test)", "",
+                f"| training | test ndcg@10 | s / epoch | best epoch | to 95 % of its best valid | to 95 % of the "
+                f"first row's best valid ({ref_best:.4f}) | speed-up |", "|---|---|---|---|---|---|---|"]
+        for label, arm in arms:
+            rs = runs[arm]
+            own = [to_reach(r["history"], 0.95 * max(h["valid_ndcg@10"] for h in r["history"])) for r in rs]
+            ref = [to_reach(r["history"], 0.95 * ref_best) for r in rs]
+            t = None if None in ref else statistics.mean(ref)
+            ref_time = t if ref_time is None and arm == arms[0][1] else ref_time
+            out.append(f"| {label} | {cell(rs, dom, 'ndcg@10')} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.0f} "
+                       f"| {statistics.mean(r['best_epoch'] for r in rs):g} | {statistics.mean(own):.0f} s | "
+                       + (f"{t:.0f} s" if t is not None else "not reached") + " | "
+                       + (f"{ref_time / t:.1f}x" if t and ref_time else "–") + " |")
+        out += ["", "Seconds are wall time of training + validation, the arms run side by side (one thread each) on "
+                "the same machine; a resumed run counts the time after its restart.", ""]
+    return out
+
+
 def table(args: argparse.Namespace, out: Path | None = None) -> None:
     recs = records()
     for users, (sweep, _) in SWEEPS.items():
@@ -492,6 +551,12 @@ def table(args: argparse.Namespace, out: Path | None = None) -> None:
                  "examples + each training user's last Kitchen item; full ranking)", ZERO_SHOT_ALL, recs, ["kitchen"],
                  ["ndcg@10", "recall@10"]),
         *section("Food -> Kitchen few-shot (full ranking, test)", FEW_SHOT, recs, ["kitchen"], ["ndcg@10", "recall@10"]),
+        *(section("Kitchen -> Food zero-shot: trained on Kitchen only, ranking Food (full ranking, test)",
+                  ZERO_SHOT_FOOD, recs, ["food"], ["ndcg@10", "recall@10"]) if ("kitchen", "full") in recs else []),
+        *(section("Kitchen -> Food zero-shot, every Food user (`eval.test_users=all`; full ranking)", ZERO_SHOT_FOOD_ALL,
+                  recs, ["food"], ["ndcg@10", "recall@10"]) if ("kitchen", "full") in recs else []),
+        *section("Kitchen -> Food few-shot (full ranking, test)", FEW_SHOT_FOOD, recs, ["food"], ["ndcg@10", "recall@10"]),
+        *speed_section(recs),
         *recency_sweep(recs),
         *recency_sweep(recs, "all"),
         *section("Movies <-> music, the bundled domains (no shared users; leave-one-out, full ranking, test)",
@@ -511,8 +576,15 @@ def table(args: argparse.Namespace, out: Path | None = None) -> None:
             ("Food, mixed histories over single-domain (lm_space)", "food_lm_space", "food_lm_space_mixed", "full", "food"),
             ("Food, lm_space over the defaults", "food", "food_lm_space", "full", "food"),
             ("Food, published candidates, mixed over single-domain", "food", "food_mixed", "published", "food"),
+            ("Kitchen, mixed histories over single-domain", "kitchen", "kitchen_mixed", "full", "kitchen"),
+            ("Kitchen, published candidates, mixed over single-domain", "kitchen", "kitchen_mixed", "published", "kitchen"),
+            ("Kitchen, sampled logQ softmax over the full softmax", "kitchen_full", "kitchen", "full", "kitchen"),
         ]),
         *few_shot_lift(recs, "kitchen_10pct_from_food", "kitchen", "Kitchen at 10 % of its users, from the Food model"),
+        *few_shot_lift(recs, "food_10pct_from_kitchen", "food", "Food at 10 % of its users, from the Kitchen model"),
+        *zero_shot_ratios(recs, ("text_zeroshot", "full"), "food", ("Food", "Kitchen"), [("(sampled_logq)", "kitchen")]),
+        *zero_shot_ratios(recs, ("text_zeroshot", "all"), "food", ("Food", "Kitchen"), [("(sampled_logq)", "kitchen")],
+                          users="all"),
         *zero_shot_ratios(recs, ("text_zeroshot", "full"), "kitchen", ("Kitchen", "Food"),
                           [("(defaults)", "food"), ("(lm_space)", "food_lm_space"), ("(lm_space, pool)", "food_lm_pool"),
                            ("(lm_space, pool, general_loss)", "food_lm_general"),
