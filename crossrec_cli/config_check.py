@@ -156,6 +156,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
                              "examples)", "2.0"),
     "model.text_prior": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
                          "a number >= 0 (0 = off)", "2.0"),
+    "fairness.reweight": _choice("crossrec_cli.evaluation.fairness:REWEIGHTS", example="group"),
     "rerank": _choice("crossrec_cli.evaluation.rerankers:RERANKERS", example="calibrated"),
     "rerank_pool": (lambda v: v is None or _int(v, 1), "null or a positive integer (>= k)", "100"),
     "rerank_lambda": (lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1),

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from crossrec_cli.registry import Registry
@@ -21,6 +22,10 @@ Closure = Callable[[], torch.Tensor]
 
 
 class Adversary:
+    def see_batch(self, key: str, windows: np.ndarray) -> None:
+        """The step's rows, before its losses: indices into domain ``key``'s training windows
+        (training/batches.windows); e.g. whose user each row is."""
+
     def extra_loss(self, model: Any, key: str) -> torch.Tensor | None:
         """Added to the step's loss (None: nothing)."""
         return None
@@ -45,6 +50,10 @@ class Stack(Adversary):
         losses = [x for x in (p.extra_loss(model, key) for p in self.parts) if x is not None]
         return sum(losses[1:], losses[0]) if losses else None
 
+    def see_batch(self, key: str, windows: np.ndarray) -> None:
+        for p in self.parts:
+            p.see_batch(key, windows)
+
     def step_loss(self, model: Any, key: str, closure: Closure) -> torch.Tensor:
         for p in reversed(self.parts):
             closure = (lambda p=p, c=closure: p.step_loss(model, key, c))
@@ -55,6 +64,15 @@ class Stack(Adversary):
         for p in self.parts:
             out |= p.epoch_metrics()
         return out
+
+
+def add_aux(model: Any, name: str, module: torch.nn.Module) -> torch.nn.Module:
+    """Put what a method trains under ``model.aux[name]`` (created when missing, so stacked
+    methods keep each other's), on the model's device; the optimiser and checkpoints carry it."""
+    if getattr(model, "aux", None) is None:
+        model.aux = torch.nn.ModuleDict()
+    model.aux[name] = module.to(model.user.pos.weight.device)
+    return model.aux[name]
 
 
 ADVERSARIAL: Registry[Callable[[Any, list[str], dict[str, Any]], Adversary | None]] = Registry(

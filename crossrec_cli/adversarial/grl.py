@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossrec_cli.adversarial.base import ADVERSARIAL, Adversary
+from crossrec_cli.adversarial.base import ADVERSARIAL, Adversary, add_aux
 
 
 class GradReverse(torch.autograd.Function):
@@ -63,8 +63,8 @@ class DomainAdversary(Adversary):
 
     def __init__(self, model: Any, domains: list[str], settings: dict[str, Any]):
         self.device = model.user.pos.weight.device
-        model.aux = nn.ModuleDict({"disc": DomainDiscriminator(model.cfg.dim, len(domains), int(settings["hidden"]),
-                                                               float(settings["weight"]))}).to(self.device)
+        add_aux(model, "disc", DomainDiscriminator(model.cfg.dim, len(domains), int(settings["hidden"]),
+                                                   float(settings["weight"])))
         self.domains, self.k = domains, int(settings["items_per_domain"])
         self.accuracies: list[float] = []
 

@@ -16,7 +16,7 @@ from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, run_dir, seed_everything, write_metrics
 from crossrec_cli.commands.recsys import (
-    adversary_of, build_model, early_stopping_sample, check_same_data, evaluate_model, item_features, item_score, load_init, model_mode, resume_dir, save_final, text_prior, train_config,
+    adversary_of, build_model, early_stopping_sample, check_same_data, fair_training, evaluate_model, item_features, item_score, load_init, model_mode, resume_dir, save_final, text_prior, train_config,
 )
 from crossrec_cli.data import make_split
 from crossrec_cli.data.assemble import check_evaluable
@@ -60,7 +60,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if key != name:  # the domain's items, then the other domain's as context
             model.add_composite(key, name, context_of(key))
     load_init(cfg, model)
-    adversary = adversary_of(cfg, model, [s.name for s, _ in domains])
+    fair, weights = fair_training(cfg, domains, splits, cfg.model.max_history, tc)
+    adversary = adversary_of(cfg, model, [s.name for s, _ in domains], fair)
     if distributed.is_main() and distributed.world_size() > 1 and {"fgm", "pgd"} & set(names(cfg.adversarial.name)):
         log.warning("adversarial=%s with %d processes: each perturbs its part of a batch along that part's own "
                     "gradient, so steps differ slightly from one process's", cfg.adversarial.name, distributed.world_size())
@@ -74,7 +75,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
     try:
         prog = fit(model, {keys[k]: s for k, s in splits.items()}, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
-                   show_progress=bool(cfg.progress), adversary=adversary)
+                   show_progress=bool(cfg.progress), adversary=adversary, weights=weights)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
@@ -88,6 +89,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result["dataset"], result["valid"], result["test"],
         backbone=cfg.backbone.name, adapter=cfg.adapter.name, features=item_features(cfg), fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg),
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
+        **({"fairness_training": dict(cfg.fairness)} if fair is not None or weights is not None else {}),
         trainable_params=result["trainable_params"], total_params=result["total_params"],
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
         seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),

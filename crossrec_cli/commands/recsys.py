@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from crossrec_cli.io import read_safetensors
 
-from crossrec_cli.commands._common import run_dir
+from crossrec_cli.commands._common import names, run_dir
 from crossrec_cli.data import Domain, DomainSpec, Split, with_every_user
 from crossrec_cli.adapters import ADAPTERS, param_counts
 from crossrec_cli.errors import CrossrecError
@@ -84,9 +84,11 @@ def build_model(cfg: DictConfig, catalogues: list[tuple[str, Domain]], tc: Train
     return model
 
 
-def adversary_of(cfg: DictConfig, model: SeqRec, domains: list[str]):
+def adversary_of(cfg: DictConfig, model: SeqRec, domains: list[str], fairness: Any = None):
     """``adversarial=<name>`` (its config file's keys as settings) or ``adversarial=[a,b]`` (the
-    command line layer keeps each file under its name): the training step's adversary or None."""
+    command line layer keeps each file under its name): the training step's adversary or None.
+    ``fairness``: the training windows' groups of ``fairness.attribute`` (``fair_training``), handed
+    to every method as its ``fairness`` setting (adversarial=fair reads it)."""
     from crossrec_cli.adversarial import build_adversary
 
     node = cfg.get("adversarial")
@@ -94,7 +96,62 @@ def adversary_of(cfg: DictConfig, model: SeqRec, domains: list[str]):
         return None
     raw = OmegaConf.to_container(node, resolve=True)
     name = raw.pop("name")
+    for settings in ([raw[str(n)] for n in name] if isinstance(name, list) else [raw]):
+        settings["fairness"] = fairness
     return build_adversary(name, model, domains, raw)
+
+
+def fair_training(cfg: DictConfig, domains: list, splits: dict[str, Split], max_history: int,
+                  tc: TrainConfig) -> tuple[Any, dict[str, Any] | None]:
+    """``fairness.attribute`` / ``fairness.reweight`` of a finetune run: (the windows' groups for
+    adversarial=fair or None, the windows' loss weights per domain for fairness.reweight or None);
+    each key is refused in one line where it cannot apply."""
+    import numpy as np
+
+    from crossrec_cli.adversarial.fair import FairLabels
+    from crossrec_cli.evaluation.fairness import REWEIGHTS, training_labels
+    from crossrec_cli.training.batches import window_users, windows
+
+    node = cfg.get("fairness") or {}
+    attribute, reweight = node.get("attribute"), str(node.get("reweight", "none"))
+    adversarial = "fair" in names(cfg.adversarial.name)
+    if attribute is None:
+        for key, on in (("adversarial", adversarial), ("fairness.reweight", reweight != "none")):
+            if on:
+                raise CrossrecError(key, f"{'fair' if key == 'adversarial' else reweight} acts on a user attribute, "
+                                    "and fairness.attribute is null", "set fairness.attribute=<a column of the "
+                                    "domain's user_groups>, e.g. fairness.attribute=gender")
+        return None, None
+    if not adversarial and reweight == "none":
+        raise CrossrecError("fairness.attribute", f"{attribute} is read by adversarial=fair and fairness.reweight, "
+                            "and neither is on", "add adversarial=fair or fairness.reweight=group, or drop it")
+    if cfg.mixed_history or cfg.context:
+        raise CrossrecError("fairness.attribute", "mixed histories (mixed_history, context) are not supported",
+                            "train without mixed_history / context")
+    groups = {}
+    for spec, domain in domains:
+        columns = groups_of(spec, domain) or {}
+        if attribute not in columns:
+            choices = ", ".join(sorted(columns)) or "none (the domain file has no user_groups)"
+            raise CrossrecError("fairness.attribute", f"{attribute!r} is not a user_groups column of domain "
+                                f"{spec.name}", f"expected one of: {choices}")
+        groups[spec.name] = columns[attribute]
+    fair, weights = None, None
+    owners = {k: window_users(s, max_history, tc.window_stride) for k, s in splits.items()}
+    if adversarial:
+        seen = {k: training_labels(splits[k], groups[k], int(cfg.seed))[owners[k]] for k in splits}
+        classes = sorted({g for v in seen.values() for g in v.tolist()} - {""})
+        if len(classes) < 2:
+            raise CrossrecError("fairness.attribute", f"training users hold {len(classes)} group(s) of {attribute}",
+                                "choose a column with at least two groups")
+        index = {c: i for i, c in enumerate(classes)}
+        fair = FairLabels(attribute, classes, {k: np.asarray([index.get(g, -1) for g in v.tolist()], dtype=np.int64)
+                                               for k, v in seen.items()})
+    make = REWEIGHTS[reweight]
+    if make is not None:
+        weights = {k: make(groups[k][owners[k]], np.asarray([n for _, n in windows(s, max_history, tc.window_stride)]))
+                   for k, s in splits.items()}
+    return fair, weights
 
 
 def device(cfg: DictConfig) -> torch.device:

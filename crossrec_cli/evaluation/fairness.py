@@ -120,3 +120,36 @@ def attribute_leakage(user_vectors, split: Split, groups: dict[str, np.ndarray],
 
 def _numpy(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return x.detach().float().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x, dtype=np.float64)
+
+
+# -- a protected attribute in training (adversarial=fair, fairness.reweight) --------------------
+
+def training_labels(split: Split, labels: np.ndarray, seed: int = 0, test_share: float = 0.3) -> np.ndarray:
+    """``labels`` (a group per user index, "" for none) with every user the probe scores blanked:
+    what training may read of the attribute, so that the leakage the probe reports is measured on
+    users whose attribute no training step saw (the same seeded draw as ``attribute_leakage``)."""
+    _, held = probe_users(split, test_share, seed)
+    out = np.asarray(labels, dtype=object).copy()
+    out[held.users] = ""
+    return out
+
+
+def group_weights(groups: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """A loss weight per training window for ``fairness.reweight=group``: ``groups`` (the window's
+    user's group, "" for none), ``targets`` (its number of targets). A target of a user of group g
+    weighs T / (G x T_g), T the labelled targets, G the groups, T_g group g's: every group's
+    targets weigh T / G in total and the mean weight of a labelled target is 1. Users without a
+    group keep weight 1."""
+    groups, targets = np.asarray(groups, dtype=object), np.asarray(targets, dtype=np.float64)
+    out = np.ones(len(groups), dtype=np.float64)
+    labelled = groups != ""
+    names = sorted(set(groups[labelled].tolist()))
+    total = targets[labelled].sum()
+    for g in names:
+        sel = groups == g
+        out[sel] = total / (len(names) * targets[sel].sum())
+    return out
+
+
+# fairness.reweight: name -> per-window weights (None: every target weighs 1)
+REWEIGHTS = {"none": None, "group": group_weights}

@@ -20,15 +20,23 @@ def windows(split: Split, max_history: int, stride: int | None = None) -> list[W
     evaluation time (stride 1 is RecBole's one-sample-per-prefix augmentation). The compute per
     epoch grows by ``max_history / stride``; the number of targets does not.
     """
-    step = stride or max_history
+    return [w for seq in split.train_seqs for w in _cut(seq, max_history, stride or max_history)]
+
+
+def _cut(seq: np.ndarray, max_history: int, step: int) -> list[Window]:
     out = []
-    for seq in split.train_seqs:
-        end = len(seq)
-        while end > 1:
-            start = max(0, end - max_history - 1)
-            out.append((seq[start:end], min(step, end - start - 1)))
-            end -= step
+    end = len(seq)
+    while end > 1:
+        start = max(0, end - max_history - 1)
+        out.append((seq[start:end], min(step, end - start - 1)))
+        end -= step
     return out
+
+
+def window_users(split: Split, max_history: int, stride: int | None = None) -> np.ndarray:
+    """The user index (``split.train_users``) of each window of ``windows(split, ...)``, in order."""
+    counts = [len(_cut(seq, max_history, stride or max_history)) for seq in split.train_seqs]
+    return np.repeat(np.asarray(split.train_users, dtype=np.int64), counts)
 
 
 def collate(batch: list[Window], max_history: int) -> tuple[torch.Tensor, torch.Tensor]:

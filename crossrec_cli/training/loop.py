@@ -101,15 +101,19 @@ def loss_for(tc: TrainConfig, n_items: int) -> NextItemLoss:
 
 
 def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc: TrainConfig,
-               batch_targets: torch.Tensor | None = None, share: torch.Tensor | None = None) -> torch.Tensor:
+               batch_targets: torch.Tensor | None = None, share: torch.Tensor | None = None,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
     """The ``trainer.loss`` of each target given the history before it (training/losses.py).
     ``batch_targets``: the targets of the whole global batch when these rows are one process's
-    part of it, so that a loss with in-batch negatives (sampled) scores the same candidates."""
+    part of it, so that a loss with in-batch negatives (sampled) scores the same candidates.
+    ``weights`` (B,): each row's targets weigh that much in the mean (fairness.reweight)."""
     dev = model.user.pos.weight.device
     inp, tgt = to_device(inp, dev), to_device(tgt, dev)
     n_items = model.n_targets(key)
     mask = (tgt >= 0) & (tgt < n_items)  # merged histories: source items are context only
     targets = tgt[mask]
+    if weights is not None:
+        weights = weights.to(dev).unsqueeze(1).expand_as(tgt)[mask]
     loss = loss_for(tc, n_items)
     negatives = loss.negatives(n_items, tc.n_negatives, dev)
     log_q = None
@@ -134,11 +138,11 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
         rows = torch.unique(torch.cat([inp[inp >= 0], targets, negatives]))
     items = model.item_matrix(key, fresh, context) if rows is None else model.item_rows(key, rows)
     users = model.user_states(items, inp)[mask]
-    out = loss(model, users, items, targets, n_items, negatives, log_q)
+    out = loss(model, users, items, targets, n_items, negatives, log_q, weights)
     if model.cfg.general_loss:  # the readout's domain-general user ranks alone too (what an unseen domain reads)
         plain = model.general_item_matrix(key, items, fresh, context, rows)  # model.general_items
         general = model.user_states(plain, inp, general=True)[mask]
-        out = out + model.cfg.general_loss * loss(model, general, plain, targets, n_items, negatives, log_q)
+        out = out + model.cfg.general_loss * loss(model, general, plain, targets, n_items, negatives, log_q, weights)
     return out
 
 
@@ -158,9 +162,10 @@ class NextItem(Objective):
 
     def __init__(self, model: SeqRec, wins: dict[str, list], tc: TrainConfig, evaluate: Evaluate, run_dir: Path,
                  log_metrics: Callable[[dict[str, float], int], None] | None,
-                 adversary: Adversary | None):
+                 adversary: Adversary | None, weights: dict[str, np.ndarray] | None = None):
         self.model, self.wins, self.tc, self.evaluate, self.run_dir = model, wins, tc, evaluate, run_dir
         self.log_metrics, self.adversary = log_metrics, adversary
+        self.loss_weights = weights or {}  # fairness.reweight: each training window's loss weight
         self.share = {}  # a logQ-corrected loss's popularity of each domain's training targets
         for key, ws in wins.items():
             n = model.n_targets(key)
@@ -200,11 +205,13 @@ class NextItem(Objective):
         model, (key, idx) = self.model, batch.batch if isinstance(batch, Shard) else batch
         inp, tgt = collate([self.wins[key][i] for i in idx], model.cfg.max_history)
         adv = self.adversary
+        weights = torch.as_tensor(self.loss_weights[key][idx], dtype=torch.float32) if key in self.loss_weights else None
         if adv is None:
-            loss = batch_loss(model, key, inp, tgt, self.tc, batch_targets, self.share.get(key))
+            loss = batch_loss(model, key, inp, tgt, self.tc, batch_targets, self.share.get(key), weights)
         else:  # FGM / PGD recompute the loss on perturbed inputs; GRL adds its own
+            adv.see_batch(key, idx)
             loss = adv.step_loss(model, key, lambda: batch_loss(model, key, inp, tgt, self.tc, batch_targets,
-                                                                self.share.get(key)))
+                                                                self.share.get(key), weights))
             extra = adv.extra_loss(model, key)
             if extra is not None:
                 loss = loss + extra
@@ -231,8 +238,8 @@ class NextItem(Objective):
                "train_seconds": prog.epoch_seconds, "eval_seconds": eval_seconds, "valid": valid}
         adv = self.adversary.epoch_metrics() if self.adversary is not None else {}
         rec |= adv  # e.g. the GRL discriminator's accuracy, FGM's loss gap
-        log.info("epoch %d loss %.4f valid %s %.4f (%.1fs train)", rec["epoch"], rec["loss"], tc.monitor, score,
-                 prog.epoch_seconds)
+        log.info("epoch %d loss %.4f valid %s %.4f (%.1fs train)%s", rec["epoch"], rec["loss"], tc.monitor, score,
+                 prog.epoch_seconds, "".join(f", {k} {v:.4f}" for k, v in adv.items()))
         if self.log_metrics:
             self.log_metrics({"train/epoch_loss": rec["loss"], f"valid/{tc.monitor}": score,
                               **{f"train/{k}": v for k, v in adv.items()}}, prog.step)
@@ -275,6 +282,7 @@ def fit(
     resume: bool = False,
     show_progress: bool = True,
     adversary: Adversary | None = None,
+    weights: dict[str, np.ndarray] | None = None,
 ) -> Progress:
     """Train with early stopping on the mean valid ``tc.monitor`` over domains.
 
@@ -283,11 +291,12 @@ def fit(
     newest verified checkpoint with identical data order, RNG and counters. ``adversary``
     (adversarial/) adds to or recomputes every step's loss (domain-adversarial alignment, FGM /
     PGD); what it trains must belong to ``model`` so it is optimised and checkpointed with it.
+    ``weights``: per domain, a loss weight per training window (``batches.windows`` order).
     """
     wins = {k: windows(s, model.cfg.max_history, tc.window_stride) for k, s in splits.items()}
     if not any(wins.values()):
         raise CrossrecError("domain", "no training sequence has two or more items", "check the data and filters")
-    objective = NextItem(model, wins, tc, evaluate, run_dir, log_metrics, adversary)
+    objective = NextItem(model, wins, tc, evaluate, run_dir, log_metrics, adversary, weights)
     settings = LoopSettings(tc.epochs, tc.grad_clip, tc.checkpoint_every, tc.keep_last, show_progress,
                             precision=tc.precision)
     return run_loop(objective, make_optimizer(model, tc), settings, run_dir / "checkpoints", resume, log_metrics)

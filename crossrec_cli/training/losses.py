@@ -52,7 +52,8 @@ class LinearCrossEntropy(torch.autograd.Function):
     (T, N) tensors 4 times (scripts/profile_train.py measures the difference)."""
 
     @staticmethod
-    def forward(ctx, users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    def forward(ctx, users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, chunk: int,
+                weights: torch.Tensor | None = None) -> torch.Tensor:
         n = len(targets)
         grads = any(ctx.needs_input_grad[:2])
         g_users = torch.empty_like(users) if grads else None
@@ -65,10 +66,13 @@ class LinearCrossEntropy(torch.autograd.Function):
             top = z.max(1).values
             e = z.sub_(top.unsqueeze(1)).exp_()  # in place: one pass over the scores
             norm = e.sum(1)
-            total += (top + norm.log() - z_t).double().sum()  # log-sum-exp - target score
+            per = top + norm.log() - z_t  # log-sum-exp - target score
+            w = None if weights is None else weights[a : a + chunk].to(per.dtype)
+            total += (per if w is None else per * w).double().sum()
             if grads:
-                p = e.mul_((1.0 / (norm * n)).unsqueeze(1))  # softmax / n
-                p[torch.arange(len(t), device=p.device), t] -= 1.0 / n
+                scale = 1.0 / (norm * n) if w is None else w / (norm * n)
+                p = e.mul_(scale.unsqueeze(1))  # softmax (x weight) / n
+                p[torch.arange(len(t), device=p.device), t] -= 1.0 / n if w is None else w / n
                 g_users[a : a + chunk] = p @ items
                 g_items.addmm_(p.T, u)
         if grads:
@@ -78,16 +82,17 @@ class LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         g_users, g_items = ctx.saved_tensors
-        return g_users * grad, g_items * grad, None, None
+        return g_users * grad, g_items * grad, None, None, None
 
 
 def linear_cross_entropy(users: torch.Tensor, items: torch.Tensor, targets: torch.Tensor,
-                         max_elements: int = 1 << 22) -> torch.Tensor:
+                         max_elements: int = 1 << 22, weights: torch.Tensor | None = None) -> torch.Tensor:
     """``F.cross_entropy(users @ items.T, targets)``; users (T, d), items (N, d), targets (T,).
-    Peak extra memory is about ``max_elements`` scores."""
+    ``weights`` (T,): the mean of each target's cross-entropy times its weight. Peak extra memory
+    is about ``max_elements`` scores."""
     chunk = max(1, min(len(targets), max_elements // max(1, items.shape[0])))
     with torch.autocast(users.device.type, enabled=False):  # bf16 / fp16 runs: the softmax in float32
-        return LinearCrossEntropy.apply(_at_least_float32(users), _at_least_float32(items), targets, chunk)
+        return LinearCrossEntropy.apply(_at_least_float32(users), _at_least_float32(items), targets, chunk, weights)
 
 
 def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -95,21 +100,23 @@ def _at_least_float32(t: torch.Tensor) -> torch.Tensor:
 
 
 class FullSoftmax(NextItemLoss):
-    def __call__(self, model, users, items, targets, n_items, negatives, log_q=None):
+    def __call__(self, model, users, items, targets, n_items, negatives, log_q=None, weights=None):
         u, i = model.logit_vectors(users, items[:n_items])
-        return linear_cross_entropy(u, i, targets)
+        return linear_cross_entropy(u, i, targets, weights=weights)
 
 
 class SampledSoftmax(NextItemLoss):
     def negatives(self, n_items, n_negatives, device):
         return torch.randint(n_items, (n_negatives,), device=device)
 
-    def __call__(self, model, users, items, targets, n_items, negatives, log_q=None):
+    def __call__(self, model, users, items, targets, n_items, negatives, log_q=None, weights=None):
         cand = torch.unique(torch.cat([targets, negatives]))
         logits = model.logits(users, items[cand])
         if log_q is not None:
             logits = logits - log_q[cand]
-        return F.cross_entropy(logits, torch.searchsorted(cand, targets))
+        if weights is None:
+            return F.cross_entropy(logits, torch.searchsorted(cand, targets))
+        return (F.cross_entropy(logits, torch.searchsorted(cand, targets), reduction="none") * weights).mean()
 
 
 class SampledLogQ(SampledSoftmax):
