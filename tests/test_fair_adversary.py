@@ -227,3 +227,21 @@ def test_transfer_refuses_fair(tmp_path):
     proc = run_cli("transfer", *SMOKE, "source=movies", "target=music", "adversarial=fair", run_dir=tmp_path, check=False)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(err) == 1 and "only crossrec finetune" in err[0], proc.stderr
+
+
+def test_fairness_page_is_the_training_records_rendered(tmp_path):
+    import importlib.util
+    import shutil
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("fairness_training", repo / "scripts" / "fairness_training.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    arms = script.load()
+    assert script.BASE in arms and all(r["command"].startswith("crossrec finetune ") for rs in arms.values() for r in rs)
+    doc = tmp_path / "fairness.md"
+    shutil.copy(script.DOC, doc)
+    script.write_doc(arms, doc)
+    assert doc.read_text() == script.DOC.read_text()
+    assert f"{script.BEGIN}\n{script.render(arms)}{script.END}" in script.DOC.read_text()
