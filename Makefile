@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(PIP_EXTRA) "$(TORCH_SPEC)"
 	$(BIN)/python -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(CONSTRAINTS)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,wandb,tensorboard,cluster,parquet,faiss,serve]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[test,wandb,tensorboard,cluster,parquet,faiss,serve,privacy]"
 	touch $(STAMP)
 
 models/all-MiniLM-L6-v2/.crossrec-verified: scripts/provision_models.py

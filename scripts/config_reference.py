@@ -32,7 +32,7 @@ from crossrec_cli.data.domain import DomainSpec, FilterSpec  # noqa: E402
 
 CONF = REPO / "crossrec_cli" / "conf"
 OUT = REPO / "docs" / "configuration.md"
-GROUPS = ["domain", "backbone", "adapter", "model", "fusion", "adversarial", "trainer", "logger", "task", "experiment"]
+GROUPS = ["domain", "backbone", "adapter", "model", "fusion", "adversarial", "privacy", "trainer", "logger", "task", "experiment"]
 KEY = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(.*)$")
 
 

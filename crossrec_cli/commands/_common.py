@@ -160,7 +160,7 @@ RESUME_FREE = ("runtime", "resume", "overwrite", "progress", "progress_every", "
 # keys added after runs were written, with the value that behaves as their absence did: a run
 # interrupted before the key existed resumes when the key still has that value
 ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_settings": None, "model.positions": "end",
-              "pretrain.grad_clip": 0.0, "adversarial.name": "none",
+              "pretrain.grad_clip": 0.0, "adversarial.name": "none", "privacy.name": "none",
               "eval.valid_users": None, "model.feature_settings.kg.hops": 1,
               "model.feature_settings.kg.neighbors2": 8, "model.feature_settings.kg.relation_text": False,
               "trainer.precision": "fp32", "trainer.compile": False, "pretrain.precision": "fp32", "task.train.precision": None,

@@ -11,7 +11,7 @@ import logging
 import time
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from crossrec_cli.commands._common import finish, load_domains, names, open_run_logger, run_dir, seed_everything, write_metrics
@@ -23,6 +23,7 @@ from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.data.context import context_of, mixed_histories
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.privacy import TrainingContext, build_privacy
 from crossrec_cli.training import distributed
 from crossrec_cli.training.loop import fit
 from crossrec_cli.training.preempt import EXIT_PREEMPTED
@@ -43,6 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     t_start = time.perf_counter()
     seed_everything(cfg.seed)
     out = run_dir(cfg)
+    privacy = privacy_of(cfg)  # what privacy=dp cannot honour stops before any data loads
     domains = load_domains(cfg)
     splits = {spec.name: make_split(d, spec.order, spec.order_seed) for spec, d in domains}
     for name, split in splits.items():
@@ -75,7 +77,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         check_same_data(out, dataset, resuming=resume_dir(cfg) is not None)
     try:
         prog = fit(model, {keys[k]: s for k, s in splits.items()}, tc, valid_only, out, log_metrics=logger, resume=resume_dir(cfg) is not None,
-                   show_progress=bool(cfg.progress), adversary=adversary, weights=weights)
+                   show_progress=bool(cfg.progress), adversary=adversary, privacy=privacy, weights=weights)
     except SystemExit as stop:
         if stop.code == EXIT_PREEMPTED:
             write_metrics(cfg, {"command": "finetune", "status": "interrupted", "seed": cfg.seed, "dataset": dataset,
@@ -89,6 +91,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         result["dataset"], result["valid"], result["test"],
         backbone=cfg.backbone.name, adapter=cfg.adapter.name, features=item_features(cfg), fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg),
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
+        **({"privacy": privacy.record()} if privacy is not None else {}),
         **({"fairness_training": dict(cfg.fairness)} if fair is not None or weights is not None else {}),
         trainable_params=result["trainable_params"], total_params=result["total_params"],
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
@@ -103,6 +106,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     Console().print(f"trainable {result['trainable_params']:,} / total {result['total_params']:,} parameters; "
                     f"metrics: {path}")
     return record
+
+
+def privacy_of(cfg: DictConfig):
+    """``privacy=<name>`` (conf/privacy/, privacy/): the private-training method, or None."""
+    raw = OmegaConf.to_container(cfg.privacy, resolve=True)
+    name = raw.pop("name")
+    context = TrainingContext(loss=str(cfg.trainer.loss), precision=str(cfg.trainer.precision),
+                              compile=bool(cfg.trainer.compile),
+                              adversarial=[n for n in names(cfg.adversarial.name) if n != "none"],
+                              processes=distributed.world_size(), mixed_history=bool(cfg.mixed_history or cfg.context))
+    return build_privacy(name, raw, context)
 
 
 def _history(history: list[dict]) -> list[dict]:

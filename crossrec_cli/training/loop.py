@@ -282,6 +282,7 @@ def fit(
     resume: bool = False,
     show_progress: bool = True,
     adversary: Adversary | None = None,
+    privacy: Any = None,
     weights: dict[str, np.ndarray] | None = None,
 ) -> Progress:
     """Train with early stopping on the mean valid ``tc.monitor`` over domains.
@@ -291,6 +292,7 @@ def fit(
     newest verified checkpoint with identical data order, RNG and counters. ``adversary``
     (adversarial/) adds to or recomputes every step's loss (domain-adversarial alignment, FGM /
     PGD); what it trains must belong to ``model`` so it is optimised and checkpointed with it.
+    ``privacy`` (``privacy/``, privacy=dp): the same objective, trained with private (DP-SGD) steps.
     ``weights``: per domain, a loss weight per training window (``batches.windows`` order).
     """
     wins = {k: windows(s, model.cfg.max_history, tc.window_stride) for k, s in splits.items()}
@@ -299,4 +301,7 @@ def fit(
     objective = NextItem(model, wins, tc, evaluate, run_dir, log_metrics, adversary, weights)
     settings = LoopSettings(tc.epochs, tc.grad_clip, tc.checkpoint_every, tc.keep_last, show_progress,
                             precision=tc.precision)
-    return run_loop(objective, make_optimizer(model, tc), settings, run_dir / "checkpoints", resume, log_metrics)
+    opt = make_optimizer(model, tc)
+    if privacy is not None:  # private gradients; the run's optimiser still takes the steps
+        objective = privacy.wrap(objective, splits, opt)
+    return run_loop(objective, opt, settings, run_dir / "checkpoints", resume, log_metrics)
