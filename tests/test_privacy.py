@@ -211,3 +211,22 @@ def test_privacy_none_trains_exactly_as_before(tmp_path):
     want = run_loop(objective, make_optimizer(model, tc), settings, tmp_path / "b" / "checkpoints", False, None)
     assert [h["loss"] for h in got.history] == [h["loss"] for h in want.history]
     assert all(torch.equal(v, trainable_state(model)[k]) for k, v in after.items())
+
+
+def test_the_pages_private_training_table_is_the_records_rendered():
+    """docs/fairness.md's table is ``scripts/privacy_tradeoff.py table`` of the committed records."""
+    import importlib.util
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("privacy_tradeoff", repo / "scripts" / "privacy_tradeoff.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    records = script.load_records()
+    assert records and {r["domain"] for r in records} <= set(script.EPOCHS)
+    for r in records:  # each record is what its command measured, within its budget
+        assert r["command"] == "crossrec " + " ".join(script.command(r["domain"], r["seed"], "none" if r[
+            "epsilon_target"] is None else f"{r['epsilon_target']:g}"))
+        assert r["privacy"] is None if r["epsilon_target"] is None else r["privacy"]["epsilon"] <= r["epsilon_target"]
+    page = script.PAGE.read_text()
+    assert script.page_with_table(page, script.render(records)) == page
