@@ -142,6 +142,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "model.text_norm": _choice("crossrec_cli.models.features.text:TEXT_NORMS", example="none"),
     "backbone.kind": _choice("crossrec_cli.models.backbone:KINDS", "none", example="encoder"),
     "backbone.pooling": _choice("crossrec_cli.models.encode:POOLINGS", example="mean"),
+    "backbone.runtime": _choice("crossrec_cli.models.runtimes:RUNTIMES", example="onnx"),
     "model.experts": (lambda v: _int(v, 1), "a positive integer", "8"),
     "model.residual_dim": (lambda v: _int(v, 1), "a positive integer", "64"),
     "model.general_loss": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0,
@@ -188,6 +189,9 @@ def check_common(cfg: dict[str, Any], command: str | None = None) -> None:
             raise CrossrecError(key, f"expected {expected}, got {value!r}", f"e.g. {key}={example}")
     _known_keys(cfg)
     _index(cfg, command)
+    from crossrec_cli.models.runtimes import check_config  # backbone.runtime where it cannot apply
+
+    check_config(cfg, command)
     if _lookup(cfg, "eval.test_users")[1] == "all" and command is not None and command != "evaluate":
         raise CrossrecError("eval.test_users", f"all is honoured by crossrec evaluate only, not crossrec {command} "
                             "(its final evaluation is on domains it trains on)", "drop it here; "

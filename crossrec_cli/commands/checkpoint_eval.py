@@ -103,9 +103,11 @@ def load_run(cfg: DictConfig) -> LoadedRun:
     else:
         domains = [(s, load_domain(s)) for s in (domain_spec(n, config_dirs(cfg), overrides(saved)) for n in trained_on)]
     # the saved model's architecture, this command's evaluation protocol
-    # trust_remote_code is this command's choice, never the (possibly edited) run folder's
+    # trust_remote_code is this command's choice, never the (possibly edited) run folder's; so is the
+    # runtime that encodes the item texts (backbone.runtime)
     mcfg = OmegaConf.merge(saved, {"eval": cfg.eval, "device": cfg.device, "init_from": None,
-                                   "backbone": {"trust_remote_code": bool(cfg.backbone.get("trust_remote_code", False))}})
+                                   "backbone": {"trust_remote_code": bool(cfg.backbone.get("trust_remote_code", False)),
+                                                "runtime": str(cfg.backbone.get("runtime", "torch"))}})
     unseen = unseen_of(domains, trained_on)
     if unseen and model_mode(saved) == "transductive":
         raise CrossrecError(f"domain={unseen[0]}", "a transductive model (item ids) cannot score a domain it was "

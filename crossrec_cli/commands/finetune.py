@@ -23,6 +23,7 @@ from crossrec_cli.data.assemble import check_evaluable
 from crossrec_cli.data.context import context_of, mixed_histories
 from crossrec_cli.evaluation.report import metrics_record, metrics_table
 from crossrec_cli.errors import CrossrecError
+from crossrec_cli.models.encode import across_processes
 from crossrec_cli.privacy import TrainingContext, build_privacy
 from crossrec_cli.training import distributed
 from crossrec_cli.training.loop import fit
@@ -62,6 +63,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if key != name:  # the domain's items, then the other domain's as context
             model.add_composite(key, name, context_of(key))
     load_init(cfg, model)
+    if distributed.active() and not model.backbone_trains:  # each process encodes its share of every catalogue
+        with across_processes():
+            for key in model.catalogues:
+                model.refresh(key)
     fair, weights = fair_training(cfg, domains, splits, cfg.model.max_history, tc)
     adversary = adversary_of(cfg, model, [s.name for s, _ in domains], fair)
     if distributed.is_main() and distributed.world_size() > 1 and {"fgm", "pgd"} & set(names(cfg.adversarial.name)):

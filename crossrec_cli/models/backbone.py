@@ -34,6 +34,7 @@ class Backbone:
     identity: str
     kind: str  # a key of KINDS
     source: str  # folder or hub id it came from ("config" for random ones)
+    runtime: str = "torch"  # what encodes item texts while it is frozen: a key of runtimes.RUNTIMES
 
 
 @dataclass(frozen=True)
@@ -114,15 +115,20 @@ def build_backbone(
     seed: int = 0,
     trust_remote_code: bool = False,
     gguf_file: str | None = None,
+    runtime: str = "torch",
 ) -> Backbone:
     """Encoder (``AutoModel``) or decoder (``AutoModelForCausalLM``) with its tokenizer.
 
     ``config`` builds a randomly initialised model (seeded) with a byte-level tokenizer, no
     download; otherwise ``path``/``local`` name a folder or hub id (see ``resolve_source``).
+    ``runtime``: ``backbone.runtime`` (models/runtimes.py), what encodes item texts while frozen.
     """
     from transformers import AutoConfig, AutoTokenizer
 
+    from crossrec_cli.models.runtimes import check
+
     spec = KINDS.get(kind)
+    check(runtime, kind)
     auto = spec.auto()
     if config is not None:
         tokenizer = byte_tokenizer()
@@ -134,7 +140,7 @@ def build_backbone(
             torch.manual_seed(seed)
             model = auto.from_config(hf_cfg) if spec.lm_head else auto.from_config(hf_cfg, add_pooling_layer=False)
         ident = "config:" + json.dumps({"model_type": model_type, **cfg, "seed": seed}, sort_keys=True)
-        return Backbone(model, tokenizer, hf_cfg.hidden_size, ident, kind, "config")
+        return Backbone(model, tokenizer, hf_cfg.hidden_size, ident, kind, "config", runtime)
     source = resolve_source(path, local)
     cfg_file = Path(source) / "config.json"
     try:
@@ -167,7 +173,7 @@ def build_backbone(
         tokenizer.pad_token = tokenizer.eos_token
     folder = Path(source)
     ident = _identity_of_folder(folder) if folder.is_dir() else f"hub:{source}"
-    return Backbone(model, tokenizer, model.config.hidden_size, ident, kind, source)
+    return Backbone(model, tokenizer, model.config.hidden_size, ident, kind, source, runtime)
 
 
 def _is_bert_like(source: str, trust_remote_code: bool) -> bool:

@@ -102,7 +102,8 @@ def text_zeroshot(ctx: BaselineContext, domain: Any, split: Split) -> Scorer:
             raise CrossrecError("backbone", "text_zeroshot needs a language model", "choose backbone=minilm (or tiny)")
         dev = resolve_device(ctx.device)
         ctx.shared["backbone"] = build_backbone(b["name"], b.get("path"), b.get("local"), b.get("config"), b["kind"],
-                                                ctx.seed, bool(b.get("trust_remote_code", False)))
+                                                ctx.seed, bool(b.get("trust_remote_code", False)),
+                                                runtime=b.get("runtime", "torch"))
         ctx.shared["backbone"].model.to(dev)
     items = cached_text_vectors(ctx.shared["backbone"], domain.item_text, b["max_length"], b["pooling"],
                                 cache=ctx.cache_vectors)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from crossrec_cli.models.backbone import build_backbone
+from crossrec_cli.models.runtimes import check
 from crossrec_cli.models.seqrec import SeqRec, SeqRecConfig
 
 
@@ -21,8 +22,10 @@ def build_recommender(model_cfg: dict[str, Any], backbone_cfg: dict[str, Any], a
     method = adapter_cfg.get("name", "frozen")
     if backbone_cfg.get("kind", "encoder") != "none":
         b = backbone_cfg
+        runtime = b.get("runtime", "torch")
+        check(runtime, b.get("kind", "encoder"), ADAPTERS.get(method).trains_backbone(method))  # a reloaded run's adapter
         backbone = build_backbone(b["name"], b.get("path"), b.get("local"), b.get("config"), b.get("kind", "encoder"),
-                                  seed, bool(b.get("trust_remote_code", False)))
+                                  seed, bool(b.get("trust_remote_code", False)), runtime=runtime)
         hp = {k: v for k, v in adapter_cfg.items() if k != "name"}
         names = list(domain_adapters or [])
         first = {"adapter_name": names[0]} if names else {}

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from crossrec_cli.io import atomic_write
 from crossrec_cli.models.backbone import Backbone, last_hidden
 from crossrec_cli.registry import Registry
 from crossrec_cli.progress import phase
+from crossrec_cli.training import distributed
 
 log = logging.getLogger("crossrec")
 
@@ -78,22 +80,55 @@ def forward_pool(backbone: Backbone, texts: list[str], max_length: int, pooling:
     return pool(hidden, mask, pooling)
 
 
+_across = False  # set by across_processes()
+
+
+@contextlib.contextmanager
+def across_processes() -> Iterator[None]:
+    """Within it, under torchrun, each process encodes its share of the texts: every process makes
+    the same encode calls in the same order (a run's catalogues, before training), each encodes a
+    contiguous share of the length-sorted batches (the batches one process would make, so the
+    vectors are the same bits), every process gets every row, and rank 0 alone reads and writes
+    the vector cache. Without several processes it changes nothing."""
+    global _across
+    was, _across = _across, True
+    try:
+        yield
+    finally:
+        _across = was
+
+
+def _shared() -> bool:
+    return _across and distributed.active()
+
+
 @torch.no_grad()
 def encode_texts(backbone: Backbone, texts: list[str], max_length: int = 64, pooling: str = "mean",
                  batch_size: int = 128) -> torch.Tensor:
-    """(len(texts), hidden) float32 vectors, in eval mode, on the CPU."""
+    """(len(texts), hidden) float32 vectors, in eval mode, on the CPU, computed by
+    ``backbone.runtime`` (models/runtimes.py); see ``across_processes`` for several processes."""
+    from crossrec_cli.models.runtimes import encoder
+
+    if not texts:
+        return torch.zeros(0, backbone.hidden_size)
+    run = encoder(backbone, max_length, pooling)
     was_training = backbone.model.training
     backbone.model.eval()
-    out = []
     # sort by length so batches pad little; restore the order at the end
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    with phase("encode item texts", len(texts)) as bar:
-        for a in range(0, len(order), batch_size):
-            chunk = [texts[i] for i in order[a : a + batch_size]]
-            out.append(forward_pool(backbone, chunk, max_length, pooling).float().cpu())
-            bar.advance(len(chunk))
+    batches = [order[a : a + batch_size] for a in range(0, len(order), batch_size)]
+    world = distributed.world_size() if _shared() else 1
+    mine = [batches[b] for b in distributed.slices(len(batches), world)[distributed.rank() if world > 1 else 0]]
+    out = []
+    with phase("encode item texts", sum(map(len, mine))) as bar:
+        for rows in mine:
+            out.append(run([texts[i] for i in rows]))
+            bar.advance(len(rows))
     backbone.model.train(was_training)
     vecs = torch.cat(out) if out else torch.zeros(0, backbone.hidden_size)
+    if world > 1:  # every share but the last non-empty one is whole batches: padded, gathered, cut
+        share = -(-len(batches) // world) * batch_size
+        vecs = distributed.all_rows(torch.cat([vecs, vecs.new_zeros(share - len(vecs), vecs.shape[1])]), len(texts))
     result = torch.empty_like(vecs)
     result[torch.as_tensor(order, dtype=torch.long)] = vecs
     return result
@@ -101,21 +136,29 @@ def encode_texts(backbone: Backbone, texts: list[str], max_length: int = 64, poo
 
 def cached_text_vectors(backbone: Backbone, texts: list[str], max_length: int, pooling: str,
                         batch_size: int = 128, cache: bool = True) -> torch.Tensor:
-    """``encode_texts`` memoised on disk, keyed by backbone identity, pooling, length and texts.
-    Each entry carries the sha256 of its vectors (safetensors metadata), checked on load: a
-    damaged entry is recomputed with a warning; a cache folder that cannot be written is skipped
-    with a warning."""
-    h = hashlib.sha256(f"{backbone.identity}|{pooling}|{max_length}".encode())
+    """``encode_texts`` memoised on disk, keyed by backbone identity, pooling, length, texts and
+    ``backbone.runtime`` (other than torch). Each entry carries the sha256 of its vectors
+    (safetensors metadata), checked on load: a damaged entry is recomputed with a warning; a cache
+    folder that cannot be written is skipped with a warning. Within ``across_processes`` rank 0
+    reads and writes the entry and sends what it read to the others."""
+    from crossrec_cli.models.runtimes import cache_tag
+
+    h = hashlib.sha256(f"{backbone.identity}|{pooling}|{max_length}{cache_tag(backbone.runtime)}".encode())
     for t in texts:
         h.update(t.encode() + b"\x1e")
     path = cache_dir() / "vectors" / f"{h.hexdigest()}.safetensors"
-    if cache and path.is_file():
+    lead = distributed.is_main() or not _shared()  # the process that reads and writes the entry
+    vecs = None
+    if cache and lead and path.is_file():
         vecs, problem = _read_cached(path, len(texts))
-        if vecs is not None:
-            return vecs
-        log.warning("vector cache entry %s is not usable (%s); recomputing it", path, problem)
+        if vecs is None:
+            log.warning("vector cache entry %s is not usable (%s); recomputing it", path, problem)
+    if _shared() and distributed.broadcast(vecs is not None):
+        return distributed.broadcast_rows(vecs if vecs is not None else torch.empty(len(texts), backbone.hidden_size))
+    if vecs is not None:
+        return vecs
     vecs = encode_texts(backbone, texts, max_length, pooling, batch_size).contiguous()
-    if cache:
+    if cache and lead:
         from safetensors.torch import save_file
 
         try:

@@ -30,6 +30,7 @@ import torch
 
 from crossrec_cli.errors import CrossrecError
 from crossrec_cli.io import atomic_write, atomic_write_json
+from crossrec_cli.models.backbone import Backbone
 from crossrec_cli.models.seqrec import SeqRec
 from crossrec_cli.serving.graphs import ItemHead, TextEncoder, UserGraph
 
@@ -141,19 +142,24 @@ def export_head(model: SeqRec, key: str, path: Path, opset: int) -> str:
     return path.name
 
 
-def export_encoder(model: SeqRec, out: Path, opset: int) -> dict[str, Any]:
-    """``encoder.onnx`` (input_ids, attention_mask (B, T) int64 -> lm (B, hidden)) and ``tokenizer/``."""
-    backbone, cfg = model.backbone, model.cfg
-    backbone.tokenizer.save_pretrained(str(out / "tokenizer"))
+def trace_encoder(backbone: Backbone, pooling: str, max_length: int, path: Path, opset: int) -> None:
+    """``graphs.TextEncoder`` of ``backbone`` to ``path``: input_ids, attention_mask (B, T) int64 -> lm (B, hidden)."""
     tok = backbone.tokenizer(["a short text", "a text a little longer than that"], padding=True, truncation=True,
-                             max_length=cfg.max_length, return_tensors="pt")
+                             max_length=max_length, return_tensors="pt")
     was = backbone.model.training
     backbone.model.eval()
-    _onnx(TextEncoder(backbone, cfg.pooling).eval(), (tok["input_ids"], tok["attention_mask"]), out / "encoder.onnx",
+    _onnx(TextEncoder(backbone, pooling).eval(), (tok["input_ids"], tok["attention_mask"]), path,
           ["input_ids", "attention_mask"], ["lm"], {"input_ids": {0: "batch", 1: "tokens"},
                                                       "attention_mask": {0: "batch", 1: "tokens"}, "lm": {0: "batch"}},
           opset, dynamo=False)
     backbone.model.train(was)
+
+
+def export_encoder(model: SeqRec, out: Path, opset: int) -> dict[str, Any]:
+    """``encoder.onnx`` (input_ids, attention_mask (B, T) int64 -> lm (B, hidden)) and ``tokenizer/``."""
+    backbone, cfg = model.backbone, model.cfg
+    backbone.tokenizer.save_pretrained(str(out / "tokenizer"))
+    trace_encoder(backbone, cfg.pooling, cfg.max_length, out / "encoder.onnx", opset)
     return {"file": "encoder.onnx", "tokenizer": "tokenizer", "max_length": int(cfg.max_length), "pooling": cfg.pooling,
             "batch": int(cfg.encode_batch), "hidden": int(backbone.hidden_size), "backbone": backbone.identity}
 

@@ -158,3 +158,25 @@ def gather_rows(x: torch.Tensor, n: int) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x.contiguous()))[:n]
+
+
+@torch.no_grad()
+def all_rows(x: torch.Tensor, n: int) -> torch.Tensor:
+    """``gather_rows`` without autograd, for tensors on the CPU whatever the backend: every
+    process's rows of ``x`` (the same row count on each), in rank order, the first ``n``, on the CPU."""
+    if not active():
+        return x[:n]
+    dev = _comm_device()
+    parts = [torch.empty_like(x, device=dev) for _ in range(world_size())]
+    dist.all_gather(parts, x.contiguous().to(dev))
+    return torch.cat(parts)[:n].to(x.device)
+
+
+@torch.no_grad()
+def broadcast_rows(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s ``x`` on every process; the others pass a tensor of its shape and dtype."""
+    if not active():
+        return x
+    buf = x.contiguous().to(_comm_device())
+    dist.broadcast(buf, src)
+    return buf.to(x.device)
