@@ -144,6 +144,7 @@ ROWS = [  # (label, arm, step, where in a transfer record)
     ("Food model, `experiment=lm_space`, mixed histories", "food_lm_space_mixed", "full", None),
     ("Food model, `experiment=lm_space model.readout=pool model.general_loss=1`", "food_lm_general", "full", None),
     ("Food model, the same with `model.general_items=plain`", "food_lm_plain", "full", None),
+    ("Food model, UniSRec's pre-training (`experiment=unisrec_pretrain`)", "food_unisrec", "full", None),
     ("Kitchen model, single-domain histories (`trainer.loss=sampled_logq`)", "kitchen", "full", None),
     ("Kitchen model, single-domain histories, full softmax (`trainer.loss=full`)", "kitchen_full", "full", None),
     ("Kitchen model, mixed histories (`context=food`, `trainer.loss=sampled_logq`)", "kitchen_mixed", "full", None),
@@ -164,6 +165,7 @@ ZERO_SHOT = [
      None),
     ("Food model `lm_space`, pool, `general_loss=1`, `general_items=plain` as shipped", "food_lm_plain",
      "to_kitchen_shipped", None),
+    ("Food model `experiment=unisrec_pretrain` alone", "food_unisrec", "to_kitchen_alone", None),
 ]
 ZERO_SHOT_FOOD = [
     ("untrained text scorer", "text_zeroshot", "full", None),
@@ -182,6 +184,10 @@ FEW_SHOT = [
     ("10 % of Kitchen users, from the Food model (`transfer init_from=`)", "kitchen_10pct_from_food", "full", "adapted"),
     ("1 % of Kitchen users, from scratch (control)", "kitchen_1pct_from_food", "full", "control"),
     ("1 % of Kitchen users, from the Food model", "kitchen_1pct_from_food", "full", "adapted"),
+    ("10 % of Kitchen users, UniSRec from scratch (`experiment=unisrec_finetune`, every part trains)",
+     "kitchen_10pct_unisrec", "full", "control"),
+    ("10 % of Kitchen users, UniSRec pre-trained on Food, its MoE adaptor fine-tuned (`freeze=[user]`)",
+     "kitchen_10pct_unisrec", "full", "adapted"),
 ]
 FEW_SHOT_FOOD = [
     ("10 % of Food users, from scratch (control)", "food_10pct_from_kitchen", "full", "control"),
@@ -222,6 +228,12 @@ MOVIES_MUSIC = [
     ("1 % of music users, from the movies model", "music_1pct_from_movies", "full", "adapted"),
     ("1 % of movies users, from scratch (control)", "movies_1pct_from_music", "full", "control"),
     ("1 % of movies users, from the music model", "movies_1pct_from_music", "full", "adapted"),
+    ("movies model, UniSRec's pre-training (`experiment=unisrec_pretrain`), on movies", "movies_unisrec", "full", None),
+    ("zero-shot: movies model `unisrec_pretrain` alone, on music", "movies_unisrec", "to_music_alone", None),
+    ("10 % of music users, UniSRec from scratch (`experiment=unisrec_finetune`, every part trains)",
+     "music_10pct_unisrec", "full", "control"),
+    ("10 % of music users, UniSRec pre-trained on movies, its MoE adaptor fine-tuned (`freeze=[user]`)",
+     "music_10pct_unisrec", "full", "adapted"),
 ]
 
 # docs/transfer-share.png: NDCG@10 against the share of the target's training users, per
@@ -316,6 +328,21 @@ Few-shot: `crossrec transfer init_from=<the Food run> source=food target=kitchen
 target_fraction=0.1` adapts the Food model on a seeded 10 % of Kitchen's training users
 ("adapted") and trains the same model from its initialisation on the same users ("control");
 both rank every Kitchen test example.
+
+Kitchen's catalogue (27,637 items) trains with the sampled, logQ-corrected softmax
+(`trainer.loss=sampled_logq`: the batch's targets + 256 uniform negatives, each logit minus the log of
+its expected count among them); the arm `kitchen_full` is the same model with the full softmax, for
+what sampling costs in quality and saves in time (the time-to-quality table).
+
+UniSRec (Hou et al., KDD 2022) as crossrec runs it: `crossrec finetune experiment=unisrec_pretrain`
+on the source (frozen MiniLM vectors, a mixture-of-experts whitening adaptor, a transformer user
+tower, cosine / 0.07; the next-item loss + 0.001 x the sequence-sequence contrastive loss, a
+history against its item-drop view), then `crossrec transfer init_from=<that run>
+experiment=unisrec_finetune`, which keeps the pre-trained user tower (`freeze=[user]`) and fine-tunes
+the adaptor on the target's users; its control is the same model from scratch, every part training.
+Unlike the paper: one source domain per run here (the paper pre-trains on five Amazon domains at
+once; `domain=[a,b,...]` does that), the next-item loss is a softmax over the domain's items (the
+paper's over the batch's items), and the views drop items only (the paper's also drop words).
 """
 
 
@@ -582,6 +609,10 @@ def table(args: argparse.Namespace, out: Path | None = None) -> None:
         ]),
         *few_shot_lift(recs, "kitchen_10pct_from_food", "kitchen", "Kitchen at 10 % of its users, from the Food model"),
         *few_shot_lift(recs, "food_10pct_from_kitchen", "food", "Food at 10 % of its users, from the Kitchen model"),
+        *few_shot_lift(recs, "kitchen_10pct_unisrec", "kitchen", "Kitchen at 10 % of its users, UniSRec pre-trained on Food "
+                       "(adaptor fine-tuned)"),
+        *few_shot_lift(recs, "music_10pct_unisrec", "music", "music at 10 % of its users, UniSRec pre-trained on movies "
+                       "(adaptor fine-tuned)"),
         *zero_shot_ratios(recs, ("text_zeroshot", "full"), "food", ("Food", "Kitchen"), [("(sampled_logq)", "kitchen")]),
         *zero_shot_ratios(recs, ("text_zeroshot", "all"), "food", ("Food", "Kitchen"), [("(sampled_logq)", "kitchen")],
                           users="all"),

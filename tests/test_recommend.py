@@ -99,7 +99,8 @@ def test_recommend_zero_shot_from_a_trained_run(tmp_path):
 # ---- per-group metrics (fairness) -----------------------------------------------------------
 
 def test_group_metrics_by_hand():
-    from crossrec_cli.evaluation.groups import group_metrics, user_groups
+    from crossrec_cli.data.groups import user_groups
+    from crossrec_cli.evaluation.groups import group_metrics
 
     attrs = {"age": {"a": "17", "b": "30", "c": "61", "d": ""}, "gender": {"a": "F", "b": "M", "c": "F"}}
     spec = {"age": {"bins": [18, 25, 35]}, "gender": None}

@@ -23,6 +23,7 @@ from crossrec_cli.config_check import check_common, check_targets
 from crossrec_cli.data import Domain, DomainSpec, load_domain
 from crossrec_cli.errors import CrossrecError, Interrupted
 from crossrec_cli.io import atomic_write_json, atomic_write_text, io_fault
+from crossrec_cli.models.seqrec import feature_names, resolve_score
 from crossrec_cli import progress
 from crossrec_cli.numerics import warm_vector_math
 from crossrec_cli.rundir import RunLock, claim, run_files
@@ -164,7 +165,8 @@ ADDED_KEYS = {"model.features": None, "model.fusion": "sum", "model.feature_sett
               "eval.valid_users": None, "model.feature_settings.kg.hops": 1,
               "model.feature_settings.kg.neighbors2": 8, "model.feature_settings.kg.relation_text": False,
               "trainer.precision": "fp32", "trainer.compile": False, "pretrain.precision": "fp32", "task.train.precision": None,
-              "trainer.sampled_above": None, "model.general_items": "model"}
+              "trainer.sampled_above": None, "model.general_items": "model", "model.seq_loss": 0.0, "model.seq_drop": 0.2,
+              "freeze": []}
 
 
 def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -176,14 +178,22 @@ def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d}
 
 
+def item_features(cfg: DictConfig) -> list[str]:
+    """The run's item features (``model.features``, or what the backbone and item_ids imply)."""
+    return feature_names(cfg.model, cfg.backbone.get("kind", "encoder") != "none")
+
+
+def item_score(cfg: DictConfig) -> str:
+    """The score the run's model uses (``model.score``, with auto decided by its item features)."""
+    return resolve_score(str(cfg.model.get("score", "dot")), item_features(cfg))
+
+
 def check_resume_config(cfg: DictConfig) -> None:
     """Resuming with a changed value that matters stops with one line per differing key."""
     path = run_dir(cfg) / "config.yaml"
     if not path.is_file():
         raise CrossrecError(str(path), "nothing to resume: no config.yaml in the run directory",
                             "pass resume=<the interrupted run directory>")
-    from crossrec_cli.commands.recsys import item_features, item_score
-
     saved = OmegaConf.load(path)
     old, new = (_flat(OmegaConf.to_container(c, resolve=True)) for c in (saved, cfg))
     for flat, c in ((old, saved), (new, cfg)):  # auto compares as the score it picks (a run may spell it out)

@@ -67,6 +67,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         with across_processes():
             for key in model.catalogues:
                 model.refresh(key)
+    if cfg.freeze:
+        if not cfg.get("init_from"):
+            raise CrossrecError("freeze", f"{list(cfg.freeze)} keeps parts as init_from loads them, and init_from is "
+                                "not set (they would stay untrained)", "set init_from=<run dir> or drop freeze")
+        log.info("freeze: %d parameter tensors of %s stay as loaded", model.freeze(list(cfg.freeze)), list(cfg.freeze))
     fair, weights = fair_training(cfg, domains, splits, cfg.model.max_history, tc)
     adversary = adversary_of(cfg, model, [s.name for s, _ in domains], fair)
     if distributed.is_main() and distributed.world_size() > 1 and {"fgm", "pgd"} & set(names(cfg.adversarial.name)):
@@ -102,7 +107,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         best_epoch=prog.best_epoch, epochs_run=len(prog.history),
         seconds_per_epoch=sum(h["train_seconds"] for h in prog.history) / max(1, len(prog.history)),
         wall_seconds=time.perf_counter() - t_start, history=_history(prog.history),
-        status="complete", **early_stopping_sample(cfg), **({"mixed_history": mixed} if mixed else {}), **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups", "fairness") if k in result},
+        status="complete", **early_stopping_sample(cfg), **({"mixed_history": mixed} if mixed else {}),
+        **({"freeze": list(cfg.freeze)} if cfg.freeze else {}), **{k: result[k] for k in ("fusion_gates", "beyond_accuracy", "groups", "fairness") if k in result},
     )
     path = finish(cfg, record, logger)
     if prog.history:

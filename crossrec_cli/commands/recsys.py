@@ -14,7 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from crossrec_cli.io import read_safetensors
 
-from crossrec_cli.commands._common import names, run_dir
+from crossrec_cli.commands._common import item_features, item_score, names, run_dir
 from crossrec_cli.data import Domain, DomainSpec, Split, with_every_user
 from crossrec_cli.adapters import ADAPTERS, param_counts
 from crossrec_cli.errors import CrossrecError
@@ -24,7 +24,7 @@ from crossrec_cli.evaluation.ranking import candidate_lists, full_ranks
 from crossrec_cli.models.build import build_recommender
 from crossrec_cli.models.features import Catalogue
 from crossrec_cli.models.prior import pick_prior_weight
-from crossrec_cli.models.seqrec import SeqRec, feature_names, is_transductive, resolve_score, seqrec_scorer
+from crossrec_cli.models.seqrec import SeqRec, is_transductive, seqrec_scorer
 from crossrec_cli.training import checkpoint as ckpt
 from crossrec_cli.training.batches import windows
 from crossrec_cli.training.loop import Progress, TrainConfig, load_trainable_state
@@ -171,16 +171,6 @@ def early_stopping_sample(cfg: DictConfig) -> dict[str, int]:
     examples (the epochs' ``history`` metrics are on that sample)."""
     n = cfg.eval.get("valid_users")
     return {"valid_users": int(n)} if n else {}
-
-
-def item_features(cfg: DictConfig) -> list[str]:
-    """The run's item features (``model.features``, or what the backbone and item_ids imply)."""
-    return feature_names(cfg.model, cfg.backbone.get("kind", "encoder") != "none")
-
-
-def item_score(cfg: DictConfig) -> str:
-    """The score the run's model uses (``model.score``, with auto decided by its item features)."""
-    return resolve_score(str(cfg.model.get("score", "dot")), item_features(cfg))
 
 
 def text_prior(cfg: DictConfig) -> dict[str, dict[str, float]]:

@@ -83,6 +83,7 @@ def _context_arm(cfg, sources, splits_src, tspec, target, split_full, split_tgt,
         load_init(cfg, model)  # a pretrain run: its backbone (+ a fused item tower)
     else:
         load_matching(model, out / "source")
+    model.freeze(list(cfg.freeze))
     phase = _phase(cfg, model, {key: part}, {key: full}, tc, out / "with_context", logger)
     metrics = evaluate_model(cfg, model, key, full)
     return {"model": model, "key": key, "split": full, "metrics": metrics, "phase": phase, "shared_users": int(len(shared))}
@@ -149,7 +150,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not model.transductive:  # as `evaluate` ranks a domain a run never saw (eval.zero_shot_align / _prior)
         with zero_shot(cfg, model, tname, keys[:-1], split_full) as zero_record:
             zero = evaluate_model(cfg, model, tname, split_full, target)
-    # (c) adapt
+    # (c) adapt (``freeze``: parts of the source model kept as they are)
+    model.freeze(list(cfg.freeze))
     phases["adapted"] = _phase(cfg, model, {tname: split_tgt}, {tname: split_full}, tc, out / "adapted", logger, extra)
     adapted = evaluate_model(cfg, model, tname, split_full, target)
     after = {s.name: evaluate_model(cfg, model, s.name, splits_src[s.name], d) for s, d in sources}
@@ -189,7 +191,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         adversarial=cfg.adversarial.name if isinstance(cfg.adversarial.name, str) else list(cfg.adversarial.name),
         backbone=cfg.backbone.name, adapter=cfg.adapter.name,
         features=used, fusion=str(cfg.model.fusion), score=item_score(cfg), **text_prior(cfg),
-        **zero_record, transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
+        **zero_record, **({"freeze": list(cfg.freeze)} if cfg.freeze else {}), transfer=transfer, lift=lift, forgetting=forgetting, phases=phases, trainable_params=trainable, total_params=total,
         wall_seconds=time.perf_counter() - t0, status="complete", **early_stopping_sample(cfg),
     )
     path = finish(cfg, record, logger)

@@ -12,6 +12,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import numpy as np
 
 from crossrec_cli.errors import CrossrecError, either
+from crossrec_cli.data.groups import check_groups
 from crossrec_cli.data.split import ORDERS
 from crossrec_cli.registry import Registry
 
@@ -82,8 +83,6 @@ class DomainSpec:
                                         "tags and labels are read from Last.fm tag files (format: lastfm)")
                 (tags.TagSpec if key == "tags" else tags.LabelRule).from_dict(data[key], f"{where}.{key}")
         if data.get("user_groups") is not None:
-            from crossrec_cli.evaluation.groups import check_groups
-
             check_groups(data["user_groups"], f"{where}.user_groups")
         fraw = data.pop("filters", None)
         if fraw is None:

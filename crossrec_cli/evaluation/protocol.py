@@ -142,7 +142,7 @@ def groups_of(spec, domain) -> dict[str, np.ndarray] | None:
     """The domain file's ``user_groups`` as labels per user index (None without the key)."""
     if not spec.user_groups:
         return None
-    from crossrec_cli.evaluation.groups import user_groups
+    from crossrec_cli.data.groups import user_groups
 
     return user_groups(domain.user_ids, domain.user_attributes, spec.user_groups, f"domain.{spec.name}.user_groups")
 

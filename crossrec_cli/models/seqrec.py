@@ -27,7 +27,7 @@ from crossrec_cli.models.prior import TextPrior
 from crossrec_cli.registry import Registry
 from crossrec_cli.progress import phase
 
-__all__ = ["SeqRec", "SeqRecConfig", "UserTower", "init_weights", "pad_histories", "seqrec_scorer"]
+__all__ = ["SeqRec", "SeqRecConfig", "UserTower", "init_weights", "item_drop", "pad_histories", "seqrec_scorer"]
 
 # checkpoint names before the item features were modules -> today's (SeqRec.upgrade_state)
 LEGACY_NAMES = (("proj.", "features.text.proj."), ("id_emb.", "features.id.emb."))
@@ -59,6 +59,8 @@ class SeqRecConfig:
     general_loss: float = 0.0  # weight of a next-item loss on the readout's domain-general user alone (residual | pool)
     general_items: str = "model"  # the items general_loss reads: model (the towers' item vectors) | plain (the
     # projection's base: the language model's space, as a domain the model never trained on is read)
+    seq_loss: float = 0.0  # weight of UniSRec's sequence-sequence contrastive loss (sequence_loss); 0 = off
+    seq_drop: float = 0.2  # its item-drop view: the share of a history's items dropped (UniSRec: 0.2)
     text_prior: float = 0.0  # weight of the untrained text scorer added to every logit (models/prior.py); 0 = off
     text_prior_recency: float = 0.9  # its recency weighting over the history (model=text_zeroshot's default)
     pooling: str = "mean"
@@ -307,6 +309,8 @@ class SeqRec(nn.Module):
         if cfg.general_items == "plain" and not ("text" in names and hasattr(self.features["text"].proj, "base")):
             raise CrossrecError("model.general_items", f"plain reads the projection's base, and model.projection="
                                 f"{cfg.projection} (features {names}) has none", "use model.projection=residual")
+        if not 0 <= cfg.seq_drop < 1:
+            raise CrossrecError("model.seq_drop", f"{cfg.seq_drop}", "a share in [0, 1)")
         if cfg.text_prior and "text" not in names:
             raise CrossrecError("model.text_prior", f"{cfg.text_prior}, but the item tower reads no text ({names})",
                                 "set model.text_prior=0 or add text to model.features")
@@ -508,6 +512,41 @@ class SeqRec(nn.Module):
         return torch.cat([self.user(self.tower_vectors(h), valid, general), self.prior.users(h[..., self.cfg.dim:], valid)],
                          -1)
 
+    def sequence_loss(self, items: torch.Tensor, hist: torch.Tensor, next_items: torch.Tensor) -> torch.Tensor:
+        """UniSRec's sequence-sequence contrastive loss (Hou et al., KDD 2022): the user after each
+        history (its newest position) and after an item-drop view of it (``item_drop``) are a
+        positive pair; the other histories' views in the batch are the negatives, except those
+        whose next item (``next_items``) is the same. Cosine / temperature."""
+        users = self.user_states(items, hist)[:, -1, : self.cfg.dim]
+        view = self.user_states(items, item_drop(hist, self.cfg.seq_drop))[:, -1, : self.cfg.dim]
+        a, b = F.normalize(users, dim=-1), F.normalize(view, dim=-1)
+        logits = a @ b.T / self.cfg.temperature
+        same = (next_items[:, None] == next_items[None, :]) & ~torch.eye(len(a), dtype=torch.bool, device=a.device)
+        return F.cross_entropy(logits.masked_fill(same, float("-inf")), torch.arange(len(a), device=a.device))
+
+    def parts(self) -> list[str]:
+        """What ``freeze`` can name: the user tower, the item features (all, or one), the fusion."""
+        return ["user", "features", *(f"features.{n}" for n in self.features), "fusion"]
+
+    def freeze(self, parts: Sequence[str]) -> int:
+        """Keep ``parts`` (``parts()``) as they are (loaded by ``init_from`` or a transfer's source
+        step): their parameters stop training. UniSRec's parameter-efficient fine-tuning is
+        ``freeze=[user]`` (the MoE adaptor of the text feature trains alone). Returns how many
+        parameter tensors were frozen."""
+        known = self.parts()
+        for part in parts:
+            if part not in known:
+                raise CrossrecError("freeze", f"unknown part {part!r}", f"a list of: {', '.join(known)}")
+        n = 0
+        for name, p in self.named_parameters():
+            if any(name.startswith(part + ".") for part in parts) and p.requires_grad:
+                p.requires_grad_(False)
+                n += 1
+        if parts and not any(p.requires_grad for p in self.parameters()):
+            raise CrossrecError("freeze", f"{list(parts)} leaves nothing of the model to train",
+                                f"freeze fewer of: {', '.join(known)}")
+        return n
+
     def general_item_matrix(self, key: str, items: torch.Tensor, fresh: torch.Tensor | None = None,
                             context: torch.Tensor | None = None, rows: torch.Tensor | None = None) -> torch.Tensor:
         """The item vectors ``model.general_loss`` trains the domain-general user on: ``items``
@@ -579,6 +618,20 @@ def feature_names(cfg: SeqRecConfig | Any, has_backbone: bool) -> list[str]:
 def is_transductive(names: list[str]) -> bool:
     """Whether any of the item features learns per-item parameters."""
     return any(FEATURES.get(n.split(":")[0]).transductive for n in names)
+
+
+def item_drop(hist: torch.Tensor, p: float) -> torch.Tensor:
+    """UniSRec's item-drop view of left-padded histories (B, L; -1 = padding): every item but the
+    newest is dropped with probability ``p`` (torch's generator), the kept ones left-padded again
+    in their order."""
+    valid = hist >= 0
+    keep = valid & (torch.rand(hist.shape, device=hist.device) >= p)
+    keep[:, -1] = valid[:, -1]
+    dest = hist.shape[1] - keep.flip(1).long().cumsum(1).flip(1)  # L - (kept items from here to the newest)
+    rows = torch.arange(hist.shape[0], device=hist.device).unsqueeze(1).expand_as(hist)
+    out = torch.full_like(hist, -1)
+    out[rows[keep], dest[keep]] = hist[keep]
+    return out
 
 
 def pad_histories(histories: list, max_len: int) -> torch.Tensor:

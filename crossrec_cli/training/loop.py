@@ -143,6 +143,8 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
         plain = model.general_item_matrix(key, items, fresh, context, rows)  # model.general_items
         general = model.user_states(plain, inp, general=True)[mask]
         out = out + model.cfg.general_loss * loss(model, general, plain, targets, n_items, negatives, log_q, weights)
+    if model.cfg.seq_loss:  # UniSRec's sequence-sequence contrastive loss (each window's newest history)
+        out = out + model.cfg.seq_loss * model.sequence_loss(items, inp, tgt[:, -1])
     return out
 
 
