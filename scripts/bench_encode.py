@@ -1,82 +1,70 @@
-"""Item-encoding throughput: crossrec's text-baseline path vs a bare transformers forward pass.
+"""Item-encoding throughput: bare transformers vs crossrec's encoding under each backbone.runtime.
 
-    .venv/bin/python scripts/bench_encode.py [--n 1024] [--batch-size 128] [--threads N]
+    .venv/bin/python scripts/bench_encode.py [--domain movies] [--n 1024] [--threads 1] [--repeats 3]
+    .venv/bin/python scripts/bench_encode.py --domain path/to/kitchen.yaml --data /your/copy/of/the/data
+    .venv/bin/python scripts/bench_encode.py --recall outputs/finetune/<run> [--recall-domain music]
 
-Both paths encode the same first N ml-100k item texts (as the `movies` domain renders them) with
-the provisioned all-MiniLM-L6-v2 folder, mean pooling, at most 64 tokens, on the CPU:
+Every path encodes the same first N item texts of the domain (``--domain``: movies, music, or a
+domain file; ``--data``: the folder its ``path`` names) with the provisioned all-MiniLM-L6-v2
+folder, mean pooling, at most 64 tokens, batches of 128, on the CPU, in this one process:
 
-  crossrec   crossrec_cli.models.encode.encode_texts (what `model=text_zeroshot` runs)
   bare       AutoTokenizer + AutoModel on the same folder, batches in file order, no crossrec code
+  torch      crossrec_cli.models.encode.encode_texts, backbone.runtime=torch (length-sorted batches)
+  onnx       the same with backbone.runtime=onnx (onnxruntime, the traced float32 graph)
+  onnx_int8  the same with backbone.runtime=onnx_int8 (int8 linear layers)
 
-Each path runs in its own child process so that its peak RSS (resource.getrusage) is its own.
-The children also save their vectors, and the parent reports how closely they agree.
+The paths take turns: each of ``--repeats`` rounds runs every path once, in a rotated order, so a
+change in the machine's load falls on all of them; items/s is the best round, "x bare" the median
+of the rounds' ratios. Agreement is with bare's vectors: cosine, and the share of each item's ten
+nearest items (cosine) that the path's vectors also put in its ten.
+
+``--recall RUN``: the trained run's test metrics with the item vectors of each runtime
+(``crossrec evaluate run=RUN backbone.runtime=...``, in-process, run folders under --out).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import resource
-import subprocess
+import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+RUNTIMES = ("torch", "onnx", "onnx_int8")
 
 
-def item_texts(n: int) -> list[str]:
-    """The first n item texts of the `movies` domain (repeated if n exceeds the catalogue)."""
+def item_texts(domain: str, n: int, data: str | None = None) -> list[str]:
+    """The first n item texts of ``domain`` (a bundled domain's name or a domain file; repeated
+    if n exceeds the catalogue); ``data`` replaces the domain file's ``path``."""
     import yaml
 
     from crossrec_cli.data import DomainSpec, load_domain
 
-    spec = DomainSpec.from_dict(
-        yaml.safe_load((REPO / "crossrec_cli" / "conf" / "domain" / "movies.yaml").read_text()), where="movies"
-    )
-    texts = load_domain(spec).item_text
+    file = Path(domain) if domain.endswith(".yaml") else REPO / "crossrec_cli" / "conf" / "domain" / f"{domain}.yaml"
+    raw = yaml.safe_load(file.read_text())
+    if data:
+        raw["path"] = data
+    texts = load_domain(DomainSpec.from_dict(raw, where=str(file))).item_text
     return [texts[i % len(texts)] for i in range(n)]
 
 
-def peak_rss_mib() -> float:
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return kb / 1024 / (1024 if sys.platform == "darwin" else 1)
-
-
-def encode_crossrec(model_dir: str, texts: list[str], batch_size: int, max_length: int):
-    from crossrec_cli.models.backbone import build_backbone
-    from crossrec_cli.models.encode import encode_texts
-
-    backbone = build_backbone("minilm", path=model_dir)
-
-    def run(batch: list[str]):
-        return encode_texts(
-            backbone, batch, max_length=max_length, pooling="mean", batch_size=batch_size
-        )
-
-    return run
-
-
-def encode_bare(model_dir: str, texts: list[str], batch_size: int, max_length: int):
+def bare_encoder(model_dir: str, batch_size: int, max_length: int):
     import torch
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModel.from_pretrained(model_dir).eval()
 
     @torch.inference_mode()
-    def run(batch_texts: list[str]):
+    def run(texts: list[str]):
         out = []
-        for a in range(0, len(batch_texts), batch_size):
-            enc = tokenizer(
-                batch_texts[a : a + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+        for a in range(0, len(texts), batch_size):
+            enc = tokenizer(texts[a : a + batch_size], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="pt")
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             out.append((hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0))
@@ -85,123 +73,111 @@ def encode_bare(model_dir: str, texts: list[str], batch_size: int, max_length: i
     return run
 
 
-def child(args: argparse.Namespace) -> None:
-    """Time one path; print one JSON line."""
-    import torch
+def crossrec_encoder(model_dir: str, runtime: str, batch_size: int, max_length: int):
+    from crossrec_cli.models.backbone import build_backbone
+    from crossrec_cli.models.encode import encode_texts
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    texts = item_texts(args.n)
-    build = encode_crossrec if args.only == "crossrec" else encode_bare
-    t0 = time.perf_counter()
-    run = build(args.model_dir, texts, args.batch_size, args.max_length)
-    load_s = time.perf_counter() - t0
-    run(texts[: args.batch_size])  # warm-up: first-call allocations, lazy init
-    times = []
-    for _ in range(args.repeats):
+    backbone = build_backbone("minilm", path=model_dir, runtime=runtime)
+    return lambda texts: encode_texts(backbone, texts, max_length=max_length, pooling="mean", batch_size=batch_size)
+
+
+def neighbour_overlap(ref, got, k: int = 10) -> float:
+    """Mean share of each item's k nearest items (cosine, itself left out) under ``ref`` that ``got`` keeps."""
+    import torch
+    import torch.nn.functional as F
+
+    def top(v):
+        v = F.normalize(v.double(), dim=-1)
+        sims = v @ v.T
+        sims.fill_diagonal_(-2.0)
+        return sims.topk(k, dim=1).indices
+
+    a, b = top(ref), top(got)
+    return float(torch.tensor([len(set(x.tolist()) & set(y.tolist())) / k for x, y in zip(a, b)]).mean())
+
+
+def throughput(args: argparse.Namespace) -> None:
+    import torch
+    import torch.nn.functional as F
+    import onnxruntime
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    texts = item_texts(args.domain, args.n, args.data)
+    paths, load = {}, {}
+    for name in ("bare", *RUNTIMES):
         t0 = time.perf_counter()
-        vecs = run(texts)
-        times.append(time.perf_counter() - t0)
-    torch.save(vecs.float(), args.save)
-    best = min(times)
-    print(
-        json.dumps(
-            {
-                "path": args.only,
-                "items": len(texts),
-                "best_s": best,
-                "items_per_s": len(texts) / best,
-                "median_s": sorted(times)[len(times) // 2],
-                "load_s": load_s,
-                "peak_rss_mib": peak_rss_mib(),
-                "threads": torch.get_num_threads(),
-                "interop_threads": torch.get_num_interop_threads(),
-            }
-        )
-    )
+        paths[name] = (bare_encoder(args.model_dir, args.batch_size, args.max_length) if name == "bare"
+                       else crossrec_encoder(args.model_dir, name, args.batch_size, args.max_length))
+        paths[name](texts[: args.batch_size])  # warm-up: lazy init, the graph traced / quantised when not cached
+        load[name] = time.perf_counter() - t0
+    seconds = {name: [] for name in paths}
+    vecs = {}
+    names = list(paths)
+    for r in range(args.repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            vecs[name] = paths[name](texts).float()
+            seconds[name].append(time.perf_counter() - t0)
+    lengths = [len(t) for t in texts]
+    print(f"all-MiniLM-L6-v2 at {args.model_dir}")
+    print(f"{len(texts)} item texts of {args.domain} ({statistics.mean(lengths):.0f} characters on average), batch "
+          f"{args.batch_size}, max {args.max_length} tokens, mean pooling, {args.repeats} interleaved rounds; "
+          f"torch {torch.__version__} ({torch.get_num_threads()} thread{'s' * (torch.get_num_threads() > 1)}), "
+          f"onnxruntime {onnxruntime.__version__} (as many threads), transformers {transformers.__version__}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+    print()
+    print(f"{'path':<10} {'items/s':>8} {'x bare':>7} {'x torch':>8} {'setup s':>8} {'min cos':>9} {'mean cos':>9} "
+          f"{'10-NN kept':>11}")
+    for name in paths:
+        ratio = statistics.median(b / s for b, s in zip(seconds["bare"], seconds[name]))
+        vs_torch = statistics.median(t / s for t, s in zip(seconds["torch"], seconds[name]))
+        cos = F.cosine_similarity(vecs[name], vecs["bare"], dim=-1)
+        print(f"{name:<10} {len(texts) / min(seconds[name]):>8.1f} {ratio:>6.2f}x {vs_torch:>7.2f}x {load[name]:>8.1f} "
+              f"{cos.min():>9.6f} {cos.mean():>9.6f} {neighbour_overlap(vecs['bare'], vecs[name]):>11.4f}")
+
+
+def recall(args: argparse.Namespace) -> None:
+    from crossrec_cli.cli import run_command
+
+    extra = [f"domain={args.recall_domain}"] if args.recall_domain else []
+    rows = []
+    for runtime in RUNTIMES:
+        t0 = time.perf_counter()
+        record = run_command("evaluate", [f"run={args.recall}", f"backbone.runtime={runtime}", f"num_threads={args.threads}",
+                                          "device=cpu", "overwrite=true", *extra], Path(args.out) / runtime)
+        rows.append((runtime, record, time.perf_counter() - t0))
+    print()
+    print(f"test metrics of {args.recall} with the item vectors of each runtime (crossrec evaluate run=... "
+          f"backbone.runtime=...)")
+    print(f"{'runtime':<10} {'domain':<10} {'users':>6} {'recall@10':>10} {'ndcg@10':>9} {'vs torch':>9} {'s':>6}")
+    base = rows[0][1]["test"]
+    for runtime, record, secs in rows:
+        for domain, m in record["test"].items():
+            diff = m["recall@10"] - base[domain]["recall@10"]
+            users = m.get("examples", "")
+            print(f"{runtime:<10} {domain:<10} {users!s:>6} {m['recall@10']:>10.4f} {m['ndcg@10']:>9.4f} {diff:>+9.4f} "
+                  f"{secs:>6.0f}")
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--domain", default="movies", help="movies, music or a domain file (default movies)")
+    p.add_argument("--data", default=None, help="the data folder of a domain file (replaces its path)")
     p.add_argument("--n", type=int, default=1024, help="item texts to encode (default 1024)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument(
-        "--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)"
-    )
+    p.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads (default 1)")
     p.add_argument("--max-length", type=int, default=64)
-    p.add_argument(
-        "--repeats", type=int, default=3, help="timed passes per path; the best is reported"
-    )
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--model-dir", default=str(REPO / "models" / "all-MiniLM-L6-v2"))
-    p.add_argument("--only", choices=["crossrec", "bare"], help=argparse.SUPPRESS)
-    p.add_argument("--save", help=argparse.SUPPRESS)
+    p.add_argument("--recall", default=None, help="a trained run: its test metrics under each runtime, not throughput")
+    p.add_argument("--recall-domain", default=None, help="with --recall: the domain to evaluate (default the run's)")
+    p.add_argument("--out", default=str(REPO / "outputs" / "bench_encode"), help="with --recall: where the runs go")
     args = p.parse_args()
     if not Path(args.model_dir, "config.json").is_file():
-        sys.exit(
-            f"error: {args.model_dir}: no provisioned model; run `make install` or pass --model-dir"
-        )
-    if args.only:
-        return child(args)
-
-    import torch
-    import transformers
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for path in ("crossrec", "bare"):
-            cmd = [
-                sys.executable,
-                __file__,
-                "--only",
-                path,
-                "--save",
-                f"{tmp}/{path}.pt",
-                "--n",
-                str(args.n),
-                "--batch-size",
-                str(args.batch_size),
-                "--threads",
-                str(args.threads),
-                "--max-length",
-                str(args.max_length),
-                "--repeats",
-                str(args.repeats),
-                "--model-dir",
-                args.model_dir,
-            ]
-            out = subprocess.run(
-                cmd,
-                check=False,
-                capture_output=True,
-                text=True,
-                env=dict(os.environ, TOKENIZERS_PARALLELISM="false"),
-            )
-            if out.returncode != 0:
-                sys.exit(f"error: {path} run failed:\n{out.stderr}")
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        a, b = torch.load(f"{tmp}/crossrec.pt", weights_only=True), torch.load(f"{tmp}/bare.pt", weights_only=True)
-    cos = torch.nn.functional.cosine_similarity(a, b, dim=-1)
-
-    print(f"all-MiniLM-L6-v2 at {args.model_dir}")
-    print(
-        f"{args.n} ml-100k item texts, batch {args.batch_size}, max {args.max_length} tokens, mean pooling, "
-        f"best of {args.repeats}; torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
-    )
-    print()
-    print(
-        f"{'path':<9} {'items/s':>9} {'best s':>8} {'median s':>9} {'load s':>7} {'peak RSS MiB':>13} {'threads':>8}"
-    )
-    for r in rows:
-        print(
-            f"{r['path']:<9} {r['items_per_s']:>9.1f} {r['best_s']:>8.3f} {r['median_s']:>9.3f} {r['load_s']:>7.2f} "
-            f"{r['peak_rss_mib']:>13.0f} {r['threads']:>4}/{r['interop_threads']:<3}"
-        )
-    print()
-    print(
-        f"crossrec / bare throughput: {rows[0]['items_per_s'] / rows[1]['items_per_s']:.2f}x; "
-        f"vectors agree: min cosine {cos.min():.6f}, max |diff| {(a - b).abs().max():.2e}"
-    )
+        sys.exit(f"error: {args.model_dir}: no provisioned model; run `make install` or pass --model-dir")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    (recall if args.recall else throughput)(args)
 
 
 if __name__ == "__main__":
