@@ -52,8 +52,10 @@ def _graphs() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
         tree = ast.parse(path.read_text())
         in_functions = {id(n) for f in ast.walk(tree) if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))
                         for n in ast.walk(f) if isinstance(n, (ast.Import, ast.ImportFrom))}
+        typing_only = {id(n) for b in ast.walk(tree) if isinstance(b, ast.If) and ast.unparse(b.test).endswith("TYPE_CHECKING")
+                       for n in ast.walk(b) if isinstance(n, (ast.Import, ast.ImportFrom))}  # never run
         for node in ast.walk(tree):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in typing_only:
                 (inner if id(node) in in_functions else top)[module] |= _targets(module, node, modules)
     return top, inner
 

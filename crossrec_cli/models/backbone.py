@@ -125,10 +125,7 @@ def build_backbone(
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    from crossrec_cli.models.runtimes import check
-
     spec = KINDS.get(kind)
-    check(runtime, kind)
     auto = spec.auto()
     if config is not None:
         tokenizer = byte_tokenizer()

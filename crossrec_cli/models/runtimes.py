@@ -68,7 +68,8 @@ RUNTIMES.add("onnx_int8", Runtime(graph=True, quantize="int8"))
 
 
 def encoder(backbone: Backbone, max_length: int, pooling: str) -> Encoder:
-    """The batch encoder of ``backbone.runtime``."""
+    """The batch encoder of ``backbone.runtime`` (refused where it cannot apply: ``check``)."""
+    check(backbone.runtime, backbone.kind)
     return RUNTIMES.get(backbone.runtime).encoder(backbone, max_length, pooling)
 
 
