@@ -512,12 +512,14 @@ class SeqRec(nn.Module):
         return torch.cat([self.user(self.tower_vectors(h), valid, general), self.prior.users(h[..., self.cfg.dim:], valid)],
                          -1)
 
-    def sequence_loss(self, items: torch.Tensor, hist: torch.Tensor, next_items: torch.Tensor) -> torch.Tensor:
+    def sequence_loss(self, items: torch.Tensor, hist: torch.Tensor, next_items: torch.Tensor,
+                      states: torch.Tensor | None = None) -> torch.Tensor:
         """UniSRec's sequence-sequence contrastive loss (Hou et al., KDD 2022): the user after each
-        history (its newest position) and after an item-drop view of it (``item_drop``) are a
-        positive pair; the other histories' views in the batch are the negatives, except those
-        whose next item (``next_items``) is the same. Cosine / temperature."""
-        users = self.user_states(items, hist)[:, -1, : self.cfg.dim]
+        history (its newest position; ``states``: that row of ``user_states`` when the caller has
+        it) and after an item-drop view of it (``item_drop``) are a positive pair; the other
+        histories' views in the batch are the negatives, except those whose next item
+        (``next_items``) is the same. Cosine / temperature."""
+        users = (self.user_states(items, hist)[:, -1] if states is None else states)[:, : self.cfg.dim]
         view = self.user_states(items, item_drop(hist, self.cfg.seq_drop))[:, -1, : self.cfg.dim]
         a, b = F.normalize(users, dim=-1), F.normalize(view, dim=-1)
         logits = a @ b.T / self.cfg.temperature

@@ -137,14 +137,14 @@ def batch_loss(model: SeqRec, key: str, inp: torch.Tensor, tgt: torch.Tensor, tc
         # those rows alone, not the whole catalogue (the others stay zero and are never read)
         rows = torch.unique(torch.cat([inp[inp >= 0], targets, negatives]))
     items = model.item_matrix(key, fresh, context) if rows is None else model.item_rows(key, rows)
-    users = model.user_states(items, inp)[mask]
-    out = loss(model, users, items, targets, n_items, negatives, log_q, weights)
+    states = model.user_states(items, inp)
+    out = loss(model, states[mask], items, targets, n_items, negatives, log_q, weights)
     if model.cfg.general_loss:  # the readout's domain-general user ranks alone too (what an unseen domain reads)
         plain = model.general_item_matrix(key, items, fresh, context, rows)  # model.general_items
         general = model.user_states(plain, inp, general=True)[mask]
         out = out + model.cfg.general_loss * loss(model, general, plain, targets, n_items, negatives, log_q, weights)
     if model.cfg.seq_loss:  # UniSRec's sequence-sequence contrastive loss (each window's newest history)
-        out = out + model.cfg.seq_loss * model.sequence_loss(items, inp, tgt[:, -1])
+        out = out + model.cfg.seq_loss * model.sequence_loss(items, inp, tgt[:, -1], states[:, -1])
     return out
 
 
