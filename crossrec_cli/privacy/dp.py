@@ -123,8 +123,6 @@ class PrivateNextItem(Objective):
     Poisson samples of users, its loss's gradient is the private one. Validation, early stopping,
     the best weights and checkpoints are the wrapped objective's."""
 
-    loss_name = "train/loss"
-
     def __init__(self, inner: Any, splits: dict[str, Any], optimizer: torch.optim.Optimizer, method: DPSGD):
         from opacus.accountants import create_accountant
         from opacus.accountants.utils import get_noise_multiplier
